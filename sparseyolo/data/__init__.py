@@ -1,0 +1,1 @@
+"""Datasets, image pre-processing and label handling."""
