@@ -1,0 +1,5 @@
+import sys
+
+from sparseyolo.cli import main
+
+sys.exit(main())
