@@ -44,6 +44,8 @@ def _add_val_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-json", action="store_true", help="save predictions json (COCO results format)")
     p.add_argument("--coco-json", default=None, help="COCO instances json of the split (default: found under the dataset root)")
     p.add_argument("--no-cocoeval", dest="cocoeval", action="store_false", help="skip pycocotools COCOeval")
+    p.add_argument("--nms", choices=["fused", "reference"], default="fused",
+                   help="fused: the compiled sparseyolo::yolo_nms op; reference: torch + torchvision (same boxes)")
     p.add_argument("--prune", type=float, default=0.0, help="L1-prune every Conv2d of the fused model by this fraction first")
     p.add_argument("--project", default="runs/val", help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")

@@ -87,6 +87,7 @@ def run(
     project: str | Path = "runs/val",
     name: str = "exp",
     model: torch.nn.Module | None = None,
+    nms: str = "fused",
 ) -> ValResults:
     """Evaluate ``weights`` on the ``task`` split of ``data`` and log the YOLOv5-style report.
 
@@ -108,11 +109,20 @@ def run(
         prune: if > 0, L1-prune every Conv2d of the fused model by this fraction first (as YOLOv5 does).
         project, name: run folder ``project/name`` (incremented) for saved files.
         model: an already loaded model to evaluate instead of ``weights`` (used by training code).
+        nms: ``"fused"`` (the compiled :func:`sparseyolo.ops.yolo_nms`, the default) or ``"reference"`` (the
+            pure torch + torchvision implementation of YOLOv5's ``non_max_suppression``). Both keep the same
+            boxes, so metrics do not change; only the Speed line's NMS figure does.
     """
     if task == "speed":
         conf_thres, iou_thres, cocoeval, save_json = 0.25, 0.45, False, False
     if not 0.0 <= conf_thres <= 1.0 or not 0.0 <= iou_thres <= 1.0:
         raise ValueError(f"--conf-thres {conf_thres} and --iou-thres {iou_thres} must be in [0, 1]")
+    if nms not in ("fused", "reference"):
+        raise ValueError(f"--nms must be 'fused' or 'reference', got {nms!r}")
+    if nms == "fused":
+        from sparseyolo.ops import yolo_nms as nms_fn
+    else:
+        nms_fn = non_max_suppression
     if batch_size < 1:
         raise ValueError(f"--batch must be >= 1, got {batch_size}")
 
@@ -179,7 +189,7 @@ def run(
             preds = model(im)[0]
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=dev)
         with dt[2]:
-            preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, max_det=max_det)
+            preds = nms_fn(preds, conf_thres, iou_thres, multi_label=True, max_det=max_det)
 
         for si, pred in enumerate(preds):
             labels = targets[targets[:, 0] == si, 1:]

@@ -71,3 +71,21 @@ def test_val_bad_arguments_are_clear(shared, tmp_path, capsys):
     code = cli.main(["val", "--weights", str(shared / "weights" / "yolov5n.pt"), "--data", str(data),
                      "--conf-thres", "1.5", "--device", "cpu"])
     assert code == 2 and "conf-thres" in capsys.readouterr().err
+
+
+def test_fused_and_reference_nms_give_identical_metrics(shared, tmp_path):
+    from sparseyolo import val
+    from sparseyolo.checkpoint import load_checkpoint
+
+    names = load_checkpoint(shared / "weights" / "yolov5n.pt").names
+    data = {"path": str(shared / "data" / "coco8"), "train": "images/train", "val": "images/val",
+            "names": dict(enumerate(names))}
+    results = {
+        nms: val.run(shared / "weights" / "yolov5n.pt", data, imgsz=320, batch_size=2, device="cpu", workers=0,
+                     nms=nms, project=tmp_path)
+        for nms in ("fused", "reference")
+    }
+    fused, ref = results["fused"], results["reference"]
+    assert fused.instances > 0
+    assert (fused.precision, fused.recall, fused.map50, fused.map) == (ref.precision, ref.recall, ref.map50, ref.map)
+    assert fused.coco_stats == ref.coco_stats
