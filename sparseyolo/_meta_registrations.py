@@ -83,3 +83,78 @@ def _yolo_nms_fake(
     dets = pred.new_empty((pred.shape[0], width, 6))
     counts = pred.new_empty((pred.shape[0],), dtype=torch.int64)
     return dets, counts
+
+
+def _check_nm_pattern(n: int, m: int, op: str) -> None:
+    torch._check(1 <= n < m <= 16, lambda: f"sparseyolo::{op}: need 1 <= n < m <= 16 (keep n of every m), got n={n}, m={m}")
+
+
+def _check_nm_float(t: torch.Tensor, what: str, op: str) -> None:
+    torch._check(
+        t.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+        lambda: f"sparseyolo::{op}: {what} should be float32, float64, float16 or bfloat16, got {t.dtype}",
+    )
+
+
+@torch.library.register_fake("sparseyolo::nm_mask")
+def _nm_mask_fake(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    _check_nm_pattern(n, m, "nm_mask")
+    _check_nm_float(weight, "weight", "nm_mask")
+    torch._check(weight.dim() >= 2, lambda: f"sparseyolo::nm_mask: weight should have at least 2 dims (groups run along dim 1), got {weight.dim()}D")
+    torch._check(
+        weight.shape[1] % m == 0,
+        lambda: f"sparseyolo::nm_mask: weight.size(1) (input channels) = {weight.shape[1]} is not a multiple of m = {m}",
+    )
+    return torch.empty_like(weight, dtype=torch.bool, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("sparseyolo::nm_compress")
+def _nm_compress_fake(
+    weight: torch.Tensor, n: int, m: int, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_nm_pattern(n, m, "nm_compress")
+    _check_nm_float(weight, "weight", "nm_compress")
+    torch._check(weight.dim() >= 1, lambda: "sparseyolo::nm_compress: weight should have at least 1 dim (groups run along the last), got 0D")
+    torch._check(
+        weight.shape[-1] % m == 0,
+        lambda: f"sparseyolo::nm_compress: weight.size(-1) = {weight.shape[-1]} is not a multiple of m = {m}",
+    )
+    if mask is not None:
+        torch._check(mask.dtype == torch.bool, lambda: f"sparseyolo::nm_compress: mask should be a bool tensor, got {mask.dtype}")
+        torch._check(
+            mask.shape == weight.shape,
+            lambda: f"sparseyolo::nm_compress: mask should have the shape of weight {list(weight.shape)}, got {list(mask.shape)}",
+        )
+    shape = (*weight.shape[:-1], weight.shape[-1] // m * n)
+    return weight.new_empty(shape), weight.new_empty(shape, dtype=torch.uint8)
+
+
+@torch.library.register_fake("sparseyolo::nm_decompress")
+def _nm_decompress_fake(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    _check_nm_pattern(n, m, "nm_decompress")
+    torch._check(values.dim() >= 1, lambda: "sparseyolo::nm_decompress: values should have at least 1 dim, got 0D")
+    torch._check(indices.dtype == torch.uint8, lambda: f"sparseyolo::nm_decompress: indices should be uint8, got {indices.dtype}")
+    torch._check(
+        indices.shape == values.shape,
+        lambda: f"sparseyolo::nm_decompress: indices should have the shape of values {list(values.shape)}, got {list(indices.shape)}",
+    )
+    torch._check(
+        values.shape[-1] % n == 0,
+        lambda: f"sparseyolo::nm_decompress: values.size(-1) = {values.shape[-1]} is not a multiple of n = {n}",
+    )
+    return values.new_empty((*values.shape[:-1], values.shape[-1] // n * m))
+
+
+@torch.library.register_fake("sparseyolo::apply_masks_")
+def _apply_masks_fake(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    torch._check(
+        len(tensors) == len(masks),
+        lambda: f"sparseyolo::apply_masks_: got {len(tensors)} tensors but {len(masks)} masks",
+    )
+    for i, (t, mk) in enumerate(zip(tensors, masks)):
+        torch._check(mk.dtype == torch.bool, lambda: f"sparseyolo::apply_masks_: masks[{i}] should be a bool tensor, got {mk.dtype}")
+        torch._check(
+            mk.shape == t.shape,
+            lambda: f"sparseyolo::apply_masks_: masks[{i}] should have the shape of tensors[{i}] {list(t.shape)}, got {list(mk.shape)}",
+        )
+    return None

@@ -50,7 +50,7 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 FORMAT_NAME = "sparseyolo"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pruned weights may be stored compressed under "sparse_weights"
 
 #: Official YOLOv5 release assets that :func:`attempt_download` may fetch.
 RELEASE_ASSETS: frozenset[str] = frozenset(f"{n}{s}.pt" for n in MODEL_NAMES for s in ("", "6"))
@@ -82,6 +82,7 @@ class Checkpoint:
         fused: True when the state_dict comes from a BN-fused model (convs with biases, no ``bn`` keys).
         yaml_file: config file name recorded with the model ("" when unknown).
         path: the file read.
+        mask_patterns: ``{weight name: "N:M" | "unstructured"}`` of pruned weights stored compressed.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -96,6 +97,7 @@ class Checkpoint:
     fused: bool = False
     yaml_file: str = ""
     path: Path | None = None
+    mask_patterns: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -582,8 +584,16 @@ def _from_sparseyolo(obj: dict, path: Path) -> Checkpoint:
             f"{path}: sparseyolo checkpoint version {version} is newer than this sparseyolo ({FORMAT_VERSION}); upgrade"
         )
     stride = obj.get("stride")
+    state_dict, patterns = dict(obj["state_dict"]), {}
+    if obj.get("sparse_weights"):
+        from sparseyolo.prune.storage import decompress_state_dict
+
+        try:
+            state_dict, patterns = decompress_state_dict(state_dict, obj["sparse_weights"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: corrupt compressed weights ({e})") from e
     return Checkpoint(
-        state_dict=dict(obj["state_dict"]),
+        state_dict=state_dict,
         yaml=obj.get("yaml") or {},
         nc=int(obj["nc"]),
         names=_names_list(obj.get("names"), int(obj["nc"])),
@@ -595,6 +605,7 @@ def _from_sparseyolo(obj: dict, path: Path) -> Checkpoint:
         fused=bool(obj.get("fused", False)),
         yaml_file=str(obj.get("yaml_file") or ""),
         path=path,
+        mask_patterns=patterns,
     )
 
 
@@ -623,7 +634,10 @@ def save_checkpoint(model: DetectionModel, path: str | Path, **meta: Any) -> Pat
 
     The file holds ``{'format': 'sparseyolo', 'version': 1, 'yaml', 'yaml_file', 'names', 'nc', 'stride',
     'fused', 'state_dict', 'meta'}``. The state_dict is saved as the model holds it (dtype and all extra
-    buffers, e.g. pruning masks), moved to CPU.
+    buffers), moved to CPU. A pruned model (``weight_mask`` buffers from :mod:`sparseyolo.prune`) is written
+    as version 2: each masked weight and its mask leave ``state_dict`` for ``'sparse_weights'``, compressed
+    as described in :mod:`sparseyolo.prune.storage` (N:M values + packed positions, or a bitmask + kept
+    values); :func:`load_checkpoint` restores both bit-exact.
 
     Args:
         model: the detector (fused or not).
@@ -638,7 +652,7 @@ def save_checkpoint(model: DetectionModel, path: str | Path, **meta: Any) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": 1,
         "yaml": copy.deepcopy(model.yaml),
         "yaml_file": getattr(model, "yaml_file", ""),
         "names": list(model.names),
@@ -649,6 +663,15 @@ def save_checkpoint(model: DetectionModel, path: str | Path, **meta: Any) -> Pat
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": meta,
     }
+    if any(k.endswith(".weight_mask") for k in obj["state_dict"]):
+        # Pruned weights (sparseyolo.prune masks) go compressed: N:M values + packed positions, or a
+        # bitmask + kept values; the file is smaller and reloads bit-exact.
+        from sparseyolo.prune import mask_patterns
+        from sparseyolo.prune.storage import compress_state_dict
+
+        obj["state_dict"], obj["sparse_weights"] = compress_state_dict(obj["state_dict"], mask_patterns(model))
+        if obj["sparse_weights"]:
+            obj["version"] = FORMAT_VERSION
     _check_plain(obj["yaml"], "model.yaml")
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -718,7 +741,8 @@ def load_model(
 
     Returns:
         The ``DetectionModel`` in eval mode, with ``names``, ``stride``, ``yaml_file``, ``checkpoint_format``
-        and ``meta`` set from the file.
+        and ``meta`` set from the file. A pruned checkpoint comes back with its ``weight_mask`` buffers
+        registered (and kept through fusion) and its weights bit-exact.
 
     Raises:
         CheckpointError: the file is unusable or its tensors do not fit the config.
@@ -736,6 +760,13 @@ def load_model(
         raise CheckpointError(f"{path}: cannot build the model from its config: {e}") from e
     if ck.fused:
         model.fuse()
+    if any(k.endswith(".weight_mask") for k in ck.state_dict):
+        from sparseyolo.prune.masks import register_masks_for_state_dict
+
+        try:  # buffers for the pruning masks, so that the state_dict fits
+            register_masks_for_state_dict(model, ck.state_dict, ck.mask_patterns)
+        except KeyError as e:
+            raise CheckpointError(f"{path}: {e.args[0]}") from None
     _load_state(model, ck.state_dict, strict, path)
     model.names = list(ck.names)
     model.yaml_file = ck.yaml_file or model.yaml_file

@@ -151,3 +151,80 @@ def yolo_nms(
     """
     dets, counts = yolo_nms_padded(pred, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, max_nms)
     return [d[:c] for d, c in zip(dets, counts.tolist())]
+
+
+# ------------------------------------------------------------------------------------------- N:M sparsity
+
+
+def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """N:M mask along input channels: keep the ``n`` largest ``|w|`` of every ``m`` consecutive channels.
+
+    Args:
+        weight (Tensor[Cout, Cin, *]): a conv weight ``[Cout, Cin, kh, kw]`` or linear weight ``[out, in]``;
+            float32, float64, float16 or bfloat16. ``Cin % m == 0``.
+        n, m: keep ``n`` of every ``m`` (``1 <= n < m <= 16``).
+
+    Returns:
+        Tensor[bool] of ``weight``'s shape: True where the weight is kept; exactly ``n`` per group, where a
+        group is ``weight[o, g*m : g*m + m, i, j]`` for fixed ``(o, g, i, j)``.
+
+    Caveats:
+        Ties keep the lower channel: the kept pattern is the first, in ``itertools.combinations`` order, of
+        the patterns with the largest kept ``sum |w|``. NaN ranks above every magnitude (kept).
+    """
+    return torch.ops.sparseyolo.nm_mask.default(weight.detach(), n, m)
+
+
+def nm_compress(
+    weight: torch.Tensor, n: int, m: int, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compress a tensor to the N:M format along its last axis.
+
+    Format: the last axis ``K`` is cut into groups of ``m`` consecutive elements; each group keeps ``n``
+    values in increasing position order, ``values[..., g*n + t]``, and their positions in the group,
+    ``indices[..., g*n + t]`` in ``[0, m)``, strictly increasing. For 2:4 the positions packed two bits each
+    by :func:`sparseyolo.prune.storage.pack_nm_indices` are the metadata of the sparse tensor-core
+    instructions (``mma.sp``: 4 bits per group, first index in the low bits; 16 groups of K per int16 word
+    pair) before any kernel-specific interleaving.
+
+    Args:
+        weight (Tensor[..., K]): float32, float64, float16 or bfloat16; ``K % m == 0``. For a conv weight
+            pass ``w.permute(0, 2, 3, 1)`` (``[Cout, kh, kw, Cin]``) so that groups run along input channels.
+        n, m: ``1 <= n < m <= 16``.
+        mask (Tensor[..., K] bool, optional): positions to keep first (a pruning mask); without it, or for
+            groups where it has fewer than ``n`` True, the largest ``|w|`` fill up as in :func:`nm_mask`.
+
+    Returns:
+        ``(values, indices)``: Tensor[..., K*n/m] in ``weight``'s dtype and Tensor[..., K*n/m] uint8.
+
+    Caveats:
+        Round trip ``nm_decompress(*nm_compress(w, n, m, mask), n, m)`` is bit-exact for every ``w`` with at
+        most ``n`` nonzeros per group and the mask that holds them.
+    """
+    return torch.ops.sparseyolo.nm_compress.default(weight.detach(), n, m, mask)
+
+
+def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Inverse of :func:`nm_compress`: Tensor[..., K*n/m] values + uint8 positions -> dense Tensor[..., K].
+
+    Works for any dtype of 1, 2, 4 or 8 bytes (it moves bits), e.g. ``torch.ones_like(values, dtype=bool)``
+    rebuilds the mask. Raises when a position is ``>= m`` or positions do not increase within a group (this
+    check costs one device sync on CUDA).
+    """
+    return torch.ops.sparseyolo.nm_decompress.default(values, indices, n, m)
+
+
+def apply_masks_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    """In place, set ``tensors[i]`` to 0 wherever ``masks[i]`` is False, for every i, in one op call.
+
+    Args:
+        tensors: tensors of any dtype (1, 2, 4 or 8 bytes per element), all on one device.
+        masks: bool tensors of the same shapes and devices.
+
+    Caveats:
+        A select, not a multiply: masked-out inf/NaN become 0 and every zero written is +0.0. On CUDA the
+        whole list is done in one launch per ~36 tensors / 5M elements (one for a YOLOv5 model), never one
+        per tensor; non-contiguous tensors go through a contiguous copy each. Not differentiable: call it
+        under ``torch.no_grad()`` on parameters.
+    """
+    torch.ops.sparseyolo.apply_masks_.default(list(tensors), list(masks))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from sparseyolo.checkpoint import load_model
 from sparseyolo.data.dataset import create_val_dataloader, load_data_config
-from sparseyolo.prune import l1_unstructured_
+from sparseyolo.prune import prune_from_spec
 from sparseyolo.utils.boxes import scale_boxes, xywh2xyxy
 from sparseyolo.utils.coco import coco_class_map, evaluate_coco, image_id_for, predictions_to_coco, yolo_labels_to_coco
 from sparseyolo.utils.metrics import ap_per_class, process_batch
@@ -83,7 +83,8 @@ def run(
     save_json: bool = False,
     coco_json: str | Path | None = None,
     cocoeval: bool = True,
-    prune: float = 0.0,
+    prune: float | str = 0.0,
+    prune_method: str | None = None,
     project: str | Path = "runs/val",
     name: str = "exp",
     model: torch.nn.Module | None = None,
@@ -106,7 +107,11 @@ def run(
         coco_json: COCO instances json of the split; default: found under the dataset root, else COCO-format
             ground truth is generated from the YOLO labels.
         cocoeval: run pycocotools COCOeval on the predictions.
-        prune: if > 0, L1-prune every Conv2d of the fused model by this fraction first (as YOLOv5 does).
+        prune: prune the fused model first: an amount in (0, 1) (``l1`` by default: every Conv2d by this
+            fraction, as YOLOv5's ``--prune``) or an N:M pattern such as ``"2:4"``. 0 / "" / None: no pruning.
+        prune_method: ``"l1"``, ``"global"`` or ``"nm"`` (see :func:`sparseyolo.prune.prune`); default ``nm``
+            for a pattern, ``l1`` for an amount. Pruning happens after BN fusion, as in YOLOv5, so magnitudes
+            include the BN scale the deployed model applies.
         project, name: run folder ``project/name`` (incremented) for saved files.
         model: an already loaded model to evaluate instead of ``weights`` (used by training code).
         nms: ``"fused"`` (the compiled :func:`sparseyolo.ops.yolo_nms`, the default) or ``"reference"`` (the
@@ -137,8 +142,8 @@ def run(
     model.eval()
     stride = max(int(model.stride.max()), 32)
     imgsz = _check_img_size(imgsz, stride)
-    if prune:
-        l1_unstructured_(model, prune)
+    if prune and str(prune) not in ("0", "0.0"):
+        prune_from_spec(model, prune, prune_method)
     if half:
         model.half()
 

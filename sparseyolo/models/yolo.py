@@ -229,6 +229,12 @@ def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     b_conv = torch.zeros(conv.weight.size(0), device=conv.weight.device) if conv.bias is None else conv.bias
     b_bn = bn.bias - bn.weight.mul(bn.running_mean).div(torch.sqrt(bn.running_var + bn.eps))
     fused.bias.copy_(torch.mm(w_bn, b_conv.reshape(-1, 1)).reshape(-1) + b_bn)
+    mask = conv._buffers.get("weight_mask")
+    if mask is not None:  # a pruning mask (sparseyolo.prune) moves to the fused conv; its zeros stay exact
+        fused.register_buffer("weight_mask", mask.clone())
+        fused.weight.masked_fill_(~mask, 0)
+        if hasattr(conv, "weight_mask_pattern"):
+            fused.weight_mask_pattern = conv.weight_mask_pattern
     return fused
 
 

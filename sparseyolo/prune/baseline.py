@@ -1,8 +1,8 @@
-"""Magnitude pruning of convolution weights.
+"""The Ultralytics-compatible pruning baseline, without masks.
 
-This module holds the Ultralytics-compatible baseline used by ``sparseyolo val --prune``: per-layer L1
-unstructured pruning of every ``nn.Conv2d`` (YOLOv5's ``utils.torch_utils.prune`` does the same with
-``torch.nn.utils.prune.l1_unstructured``), applied in place with no masks kept.
+Per-layer L1 unstructured pruning of every ``nn.Conv2d`` (YOLOv5's ``utils.torch_utils.prune`` does the same
+with ``torch.nn.utils.prune.l1_unstructured``), applied in place with no masks kept. The masked, persistent
+version is ``sparseyolo.prune.prune(model, "l1", amount)``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,90 @@
+"""Pruning of detector weights: magnitude (per layer or global) and N:M masks, kept through training.
+
+Quick reference::
+
+    from sparseyolo.prune import prune, sparsity_report, enforce_masks
+    report = prune(model, "nm", n=2, m=4)          # or prune(model, "l1", 0.3) / prune(model, "global", 0.3)
+    print(sparsity_report(model))                  # per-layer table, dense vs compressed size
+    handle = enforce_masks(model, optimizer)        # pruned weights stay exactly zero while training
+    save_checkpoint(model, "pruned.pt")            # masked weights are stored compressed
+
+Masks are persistent bool buffers ``<module>.weight_mask`` (True = kept). The contract with the sparse
+kernels is "dense weights with exact zeros": a masked weight is +0.0 wherever its mask is False.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sparseyolo.prune.baseline import global_sparsity, l1_unstructured_
+from sparseyolo.prune.masks import (
+    MaskEnforcer,
+    apply_masks,
+    enforce_masks,
+    get_masks,
+    mask_gradients,
+    mask_patterns,
+    remove_masks,
+    set_mask,
+)
+from sparseyolo.prune.methods import METHODS, PruneReport, is_nm_mask, prune, select_layers
+from sparseyolo.prune.report import LayerSparsity, SparsityReport, sparsity_report
+
+__all__ = [
+    "METHODS",
+    "LayerSparsity",
+    "MaskEnforcer",
+    "PruneReport",
+    "SparsityReport",
+    "apply_masks",
+    "enforce_masks",
+    "get_masks",
+    "global_sparsity",
+    "is_nm_mask",
+    "l1_unstructured_",
+    "mask_gradients",
+    "mask_patterns",
+    "parse_nm",
+    "prune",
+    "prune_from_spec",
+    "remove_masks",
+    "select_layers",
+    "set_mask",
+    "sparsity_report",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+
+def parse_nm(spec: str) -> tuple[int, int]:
+    """``"2:4"`` -> ``(2, 4)``; raises ValueError naming the expected form."""
+    parts = str(spec).split(":")
+    try:
+        n, m = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"an N:M pattern looks like 2:4, got '{spec}'") from None
+    if not 1 <= n < m <= 16:
+        raise ValueError(f"N:M pruning needs 1 <= n < m <= 16 (keep n of every m), got {n}:{m}")
+    return n, m
+
+
+def prune_from_spec(model, spec: float | str, method: str | None = None, **kwargs) -> PruneReport:
+    """Prune from command-line style arguments: ``spec`` is an amount (``0.3``) or an N:M pattern (``"2:4"``).
+
+    ``method`` defaults to ``"nm"`` for a pattern and ``"l1"`` for an amount.
+    """
+    if isinstance(spec, str) and ":" in spec:
+        n, m = parse_nm(spec)
+        if method not in (None, "nm"):
+            raise ValueError(f"an N:M pattern ({spec}) needs --prune-method nm, got '{method}'")
+        report = prune(model, "nm", n=n, m=m, **kwargs)
+    else:
+        try:
+            amount = float(spec)
+        except ValueError:
+            raise ValueError(f"--prune takes an amount in [0, 1) or an N:M pattern such as 2:4, got '{spec}'") from None
+        if (method or "l1") == "nm":
+            raise ValueError("--prune-method nm takes an N:M pattern such as --prune 2:4, not an amount")
+        report = prune(model, method or "l1", amount=amount, **kwargs)
+    LOGGER.info("Model pruned to %.3g global sparsity", global_sparsity(model))  # YOLOv5's line
+    return report

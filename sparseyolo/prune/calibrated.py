@@ -1,0 +1,515 @@
+"""One-shot calibrated pruning: layer-wise OBS/SparseGPT masks and weight updates from calibration images.
+
+Quick reference::
+
+    from sparseyolo.prune.calibrated import calibrated_prune, calibration_batches
+    batches = calibration_batches("coco128.yaml", n_images=128, img_size=640, batch_size=8, stride=32)
+    report = calibrated_prune(model, batches, n=2, m=4)        # or amount=0.5 for unstructured
+    print(report)                                              # per-layer relative output errors, time, memory
+
+The model is processed layer by layer in execution order. For each selected ``Conv2d``/``Linear`` the im2col
+rows of its input on the calibration images give ``H = sum x x^T``; :func:`sparseyolo.prune.obs.sparsegpt_prune`
+then chooses the mask and updates the kept weights to minimise the layer's output error, and the next layers
+see the outputs of the already-pruned ones (as SparseGPT does), so errors are compensated downstream instead of
+compounding. Finally BatchNorm running statistics are re-estimated on the calibration images.
+
+Why the unfused model (BatchNorm kept): the masks must survive fine-tuning with BN (``sparseyolo finetune``),
+and BN re-calibration needs the BN layers. Nothing is lost by not fusing: in eval mode a BN is a per-channel
+affine map ``y = s_r * conv_r + b_r``, so for N:M (which never compares output channels) the pre-BN and post-BN
+problems have the same optimum, and for unstructured masks, which compare saliencies across output channels,
+each row's saliency is weighted by ``s_r^2 = (gamma_r / sigma_r)^2`` so that errors are compared in the post-BN
+units the next layer sees, exactly as on a fused model.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparseyolo.prune.masks import has_mask
+from sparseyolo.prune.methods import PruneReport, _set, select_layers
+from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP, sparsegpt_prune
+
+LOGGER = logging.getLogger(__name__)
+
+BN_RECALIBRATION = ("reset", "none")
+
+
+@dataclass
+class CalibratedPruneReport(PruneReport):
+    """A :class:`~sparseyolo.prune.methods.PruneReport` plus what calibration measured.
+
+    Attributes:
+        calib_images: images used; calib_rows: ``{weight name: im2col rows seen}``.
+        rel_error: ``{weight name: ||W X - W' X||^2 / ||W X||^2}`` on the calibration inputs of that layer
+            (inputs produced by the already-pruned earlier layers).
+        seconds: wall time of the calibration (excluding loading the images); peak_rss_mb: the process's peak
+            resident memory afterwards (``ru_maxrss``; includes everything loaded before).
+        bn_recalibrated: number of BatchNorm layers whose running statistics were re-estimated.
+    """
+
+    calib_images: int = 0
+    calib_rows: dict[str, int] = field(default_factory=dict)
+    rel_error: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    bn_recalibrated: int = 0
+
+    def __str__(self) -> str:
+        what = f"{self.n}:{self.m}" if self.n is not None else f"{100 * (self.amount or 0):g}% unstructured"
+        errs = list(self.rel_error.values())
+        mean_err = sum(errs) / len(errs) if errs else 0.0
+        lines = [
+            f"calibrated (SparseGPT) pruning of {len(self.pruned)} layer(s), {what}: {self.zeros}/{self.numel} "
+            f"weights masked ({100 * self.sparsity:.2f}%) on {self.calib_images} calibration images in "
+            f"{self.seconds:.1f} s, peak RSS {self.peak_rss_mb:.0f} MB",
+            f"  mean relative layer output error {mean_err:.4f} (max {max(errs, default=0.0):.4f}); "
+            f"BatchNorm statistics re-calibrated in {self.bn_recalibrated} layer(s)",
+        ]
+        lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
+        return "\n".join(lines)
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every layer of the current group has seen its input: the rest is not needed."""
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _as_float_images(batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    x = batch.to(device)
+    return x.to(dtype) / 255.0 if not x.is_floating_point() else x.to(dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input statistics
+# --------------------------------------------------------------------------------------------------------------
+
+
+def layer_input_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as GEMM columns: Tensor[B, d, L] with ``module(x) == W @ cols`` per image (+ bias).
+
+    For a ``Conv2d`` this is ``F.unfold`` (im2col) with the layer's kernel, stride, padding and dilation:
+    ``d = Cin * kh * kw`` in the order of ``weight.flatten(1)`` (``c * kh * kw + i * kw + j``), ``L`` output
+    positions. For a ``Linear`` every leading index is a position: Tensor[1, in_features, prod(leading)].
+    """
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str):
+            raise ValueError(f"padding='{module.padding}' is not supported for calibration; use explicit padding")
+        padding = module.padding
+        if module.padding_mode != "zeros":
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+            padding = 0
+        return F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
+    raise TypeError(f"calibration supports Conv2d and Linear layers, got {type(module).__name__}")
+
+
+class HessianAccumulator:
+    """Accumulates ``H = sum_x x x^T`` (float64) over a layer's im2col input columns.
+
+    Each image's columns are multiplied in the input dtype (one GEMM, ``d x L`` by ``L x d``) and added to the
+    float64 total, so the sum over many images does not lose precision while the GEMMs stay fast.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        w = module.weight
+        d = w[0].numel()
+        self.hessian = torch.zeros(d, d, dtype=torch.float64, device=w.device)
+        self.rows = 0
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        """Add the columns of input ``x`` (what the layer receives in ``forward``)."""
+        cols = layer_input_columns(self.module, x.detach())
+        for c in cols:  # one image at a time: bounded memory, no copy for the transpose
+            c = c.float() if c.dtype in (torch.float16, torch.bfloat16) else c
+            self.hessian += (c @ c.t()).to(torch.float64)
+            self.rows += c.shape[1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weight layout: N:M groups run along input channels at a fixed (kh, kw)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _channel_last_order(module: nn.Module) -> torch.Tensor | None:
+    """Permutation of im2col columns that puts input channels last: new column ``(i*kw + j) * Cin + c`` is old
+    column ``c * kh * kw + i * kw + j``, so ``m`` consecutive columns are ``m`` consecutive channels at one tap."""
+    if not isinstance(module, nn.Conv2d):
+        return None
+    cin = module.weight.shape[1]
+    taps = module.weight[0, 0].numel()
+    if taps == 1:
+        return None
+    return torch.arange(cin * taps, device=module.weight.device).view(cin, taps).t().reshape(-1)
+
+
+def _row_weight(bn: nn.BatchNorm2d | None) -> torch.Tensor | None:
+    if bn is None or bn.running_var is None:
+        return None
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+    return gamma.abs() / torch.sqrt(bn.running_var + bn.eps)
+
+
+def _following_batchnorms(model: nn.Module) -> dict[nn.Module, nn.BatchNorm2d]:
+    """``{conv: bn}`` for YOLOv5-style blocks holding ``.conv`` (Conv2d) and ``.bn`` (BatchNorm2d)."""
+    out = {}
+    for mod in model.modules():
+        conv, bn = getattr(mod, "conv", None), getattr(mod, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels:
+            out[conv] = bn
+    return out
+
+
+@torch.no_grad()
+def prune_layer(
+    module: nn.Module,
+    hessian: torch.Tensor,
+    amount: float | None = None,
+    n: int | None = None,
+    m: int | None = None,
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    damp: float = DEFAULT_DAMP,
+    row_weight: torch.Tensor | None = None,
+) -> float:
+    """Prune one ``Conv2d``/``Linear`` in place with SparseGPT given its input Hessian, and register the mask.
+
+    Args:
+        module: the layer; an existing ``weight_mask`` is honoured (its pruned entries stay pruned).
+        hessian (Tensor[d, d]): from :class:`HessianAccumulator` (im2col column order).
+        amount: unstructured fraction; or ``n``, ``m``: N:M along input channels.
+        blocksize, damp, row_weight: see :func:`sparseyolo.prune.obs.sparsegpt_prune`.
+
+    Returns:
+        The relative output error ``||W X - W' X||^2 / ||W X||^2`` on the calibration inputs.
+    """
+    w = module.weight
+    w2 = w.detach().flatten(1)
+    old = module.weight_mask.flatten(1) if has_mask(module) else None
+    perm = _channel_last_order(module)
+    h = hessian
+    if perm is not None:
+        w2, h = w2[:, perm], hessian[perm][:, perm]
+        old = None if old is None else old[:, perm]
+    res = sparsegpt_prune(w2, h, sparsity=amount, n=n, m=m, blocksize=blocksize, damp=damp, row_weight=row_weight,
+                          pruned=None if old is None else ~old)
+    new_w, keep = res.weight, res.mask
+    if perm is not None:
+        inv = torch.argsort(perm)
+        new_w, keep = new_w[:, inv], keep[:, inv]
+    w.data.copy_(new_w.view_as(w))
+    _set(module, keep.reshape(w.shape).contiguous(), f"{n}:{m}" if n is not None else "unstructured")
+    return res.relative_error
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layer-by-layer driver
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _stages(model: nn.Module) -> tuple[list[nn.Module], list, set[int]]:
+    """Top-level layers with their input routing: YOLOv5's ``model.model`` (``.f`` routing, ``model.save``),
+    else the whole model as one stage."""
+    seq = getattr(model, "model", None)
+    if isinstance(seq, nn.Sequential) and len(seq) and all(hasattr(s, "f") for s in seq) and hasattr(model, "save"):
+        return list(seq), [s.f for s in seq], set(model.save)
+    return [model], [-1], set()
+
+
+def _plan_groups(stage: nn.Module, x, targets: list[nn.Module]) -> tuple[list[list[nn.Module]], list[nn.Module]]:
+    """Order ``targets`` by first execution on input ``x`` and group each with the later targets that receive the
+    very same input tensor (e.g. the two 1x1 branches of a C3): a group can be calibrated in one pass.
+
+    Returns:
+        ``(groups, unreached)``.
+    """
+    seen: dict[nn.Module, torch.Tensor] = {}
+    order: list[nn.Module] = []
+
+    def hook(mod, args):
+        if mod not in seen:
+            seen[mod] = args[0]
+            order.append(mod)
+
+    handles = [t.register_forward_pre_hook(hook) for t in targets]
+    try:
+        stage(x)
+    finally:
+        for hd in handles:
+            hd.remove()
+    groups, left = [], list(order)
+    while left:
+        first = left[0]
+        group = [t for t in left if seen[t] is seen[first]]
+        groups.append(group)
+        left = [t for t in left if t not in group]
+    return groups, [t for t in targets if t not in seen]
+
+
+def _slice_input(x, k: int):
+    return [t[:k] for t in x] if isinstance(x, list) else x[:k]
+
+
+@torch.no_grad()
+def _calibrate_stage(
+    stage: nn.Module, inputs: Callable[[int], object], nbatch: int, group: list[nn.Module]
+) -> dict[nn.Module, HessianAccumulator]:
+    acc = {t: HessianAccumulator(t) for t in group}
+    remaining: set[nn.Module] = set()
+
+    def hook(mod, args):
+        if mod in remaining:
+            acc[mod].add(args[0])
+            remaining.discard(mod)
+            if not remaining:
+                raise _StopForward
+
+    handles = [t.register_forward_pre_hook(hook) for t in group]
+    try:
+        for b in range(nbatch):
+            remaining.update(group)
+            try:
+                stage(inputs(b))
+            except _StopForward:
+                pass
+    finally:
+        for hd in handles:
+            hd.remove()
+    return acc
+
+
+def _check_pattern(amount: float | None, n: int | None, m: int | None) -> tuple[float | None, int | None, int | None]:
+    if (amount is None) == (n is None and m is None):
+        raise ValueError("calibrated pruning needs either amount (unstructured, e.g. 0.5) or n and m (N:M, e.g. 2:4)")
+    if amount is not None:
+        if not 0.0 <= float(amount) < 1.0:
+            raise ValueError(f"amount must be in [0, 1), got {amount}")
+        return float(amount), None, None
+    if not (isinstance(n, int) and isinstance(m, int) and 1 <= n < m <= 16):
+        raise ValueError(f"N:M pruning needs 1 <= n < m <= 16 (keep n of every m), got {n}:{m}")
+    return None, n, m
+
+
+@torch.no_grad()
+def calibrated_prune(
+    model: nn.Module,
+    batches: Iterable,
+    amount: float | None = None,
+    n: int | None = None,
+    m: int | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    damp: float = DEFAULT_DAMP,
+    bn_recalibration: str = "reset",
+) -> CalibratedPruneReport:
+    """Prune ``model`` in place, one layer at a time, with SparseGPT masks and weight updates from calibration data.
+
+    Layer selection and skip reasons are those of :func:`sparseyolo.prune.prune` (``"nm"`` rules with ``n, m``,
+    ``"l1"`` rules with ``amount``); masks are the same persistent ``weight_mask`` buffers, so the result saves,
+    loads and fine-tunes like any pruned model.
+
+    Args:
+        model: a detector (YOLOv5 ``DetectionModel``: processed top-level layer by top-level layer with cached
+            activations) or any module taking one image tensor (then every pass runs the model from its input).
+        batches: calibration batches, each an image Tensor[B, 3, H, W] (uint8 0-255, or float already scaled as
+            the model expects) or a tuple/list whose first item is one (what the val dataloader yields). They
+            are kept in memory (uint8 stays uint8) and iterated once.
+        amount: unstructured sparsity per layer, a fraction in ``[0, 1)``; or
+        n, m: N:M along input channels (``1 <= n < m <= 16``).
+        include, exclude, filter_fn: layer selection, as in :func:`sparseyolo.prune.prune`.
+        blocksize: columns per lazy-update block of the solver.
+        damp: Hessian dampening as a fraction of its mean diagonal.
+        bn_recalibration: ``"reset"`` re-estimates every BatchNorm's running mean/var as the plain average over the
+            calibration batches (train-mode forward passes without gradients, ``momentum=None``); ``"none"``
+            keeps the trained statistics.
+
+    Returns:
+        A :class:`CalibratedPruneReport`.
+
+    Raises:
+        ValueError: no calibration images, a bad pattern or amount, or no prunable layer.
+
+    Caveats:
+        The model is run in eval mode during calibration (BatchNorm uses its running statistics), with the
+        layers before a layer already pruned and updated. Activations of the top-level layers still needed are
+        cached for all calibration images (float32 on the model's device): about 1.5 GB for yolov5n with 128
+        images at 640, twice that for yolov5s; memory scales linearly with the number of images.
+        A layer that is not reached by the forward pass is left dense and reported as skipped.
+    """
+    amount, n, m = _check_pattern(amount, n, m)
+    if bn_recalibration not in BN_RECALIBRATION:
+        raise ValueError(f"bn_recalibration must be one of {', '.join(BN_RECALIBRATION)}, got '{bn_recalibration}'")
+    method = "nm" if n is not None else "l1"
+    selected, skipped = select_layers(model, method, m or 4, include, exclude, filter_fn)
+    if not selected:
+        why = "; ".join(f"{name}: {reason}" for name, reason in skipped[:5]) or "the model has no Conv2d/Linear layer"
+        raise ValueError(f"no prunable layer for calibrated pruning ({why})")
+    images = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
+    if not images or sum(int(x.shape[0]) for x in images) == 0:
+        raise ValueError("calibrated pruning needs calibration images; the calibration data is empty")
+    t0 = time.perf_counter()
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    was_training = model.training
+    model.eval()
+
+    names = {mod: name for name, mod in selected}
+    report = CalibratedPruneReport(method=method, amount=amount, n=n, m=m, skipped=list(skipped),
+                                   calib_images=sum(int(x.shape[0]) for x in images))
+    bns = _following_batchnorms(model)
+    stages, routes, save = _stages(model)
+    last_use: dict[int, int] = {}
+    for i, f in enumerate(routes):
+        for j in [f] if isinstance(f, int) else f:
+            last_use[i - 1 if j == -1 else j] = i
+    cache: dict[int, list] = {}
+    prev: list | None = None
+    nb = len(images)
+
+    def stage_input(i: int, b: int):
+        if i == 0:
+            return _as_float_images(images[b], device, dtype)
+        f = routes[i]
+        if f == -1:
+            return prev[b]
+        if isinstance(f, int):
+            return cache[f][b]
+        return [prev[b] if j == -1 else cache[j][b] for j in f]
+
+    for i, stage in enumerate(stages):
+        targets = [mod for mod in stage.modules() if mod in names]
+        if targets:
+            groups, unreached = _plan_groups(stage, _slice_input(stage_input(i, 0), 1), targets)
+            for mod in unreached:
+                report.skipped.append((names[mod], "not reached by the forward pass"))
+                names.pop(mod)
+            for group in groups:
+                accs = _calibrate_stage(stage, lambda b, i=i: stage_input(i, b), nb, group)
+                for mod in group:
+                    key = f"{names[mod]}.weight"
+                    rel = prune_layer(mod, accs[mod].hessian, amount, n, m, blocksize, damp,
+                                      row_weight=_row_weight(bns.get(mod)) if amount is not None else None)
+                    report.rel_error[key] = rel
+                    report.calib_rows[key] = accs[mod].rows
+                    LOGGER.debug("%s: relative output error %.4f over %d rows", key, rel, accs[mod].rows)
+                del accs
+        if i < len(stages) - 1:
+            out = [stage(stage_input(i, b)) for b in range(nb)]
+            if i in save or last_use.get(i, -1) > i + 1:
+                cache[i] = out
+            prev = out
+            for j in [j for j in cache if last_use.get(j, -1) <= i + 1 and j != i]:
+                if last_use.get(j, -1) <= i:
+                    del cache[j]
+    del cache, prev
+
+    for name, mod in selected:
+        if mod not in names:
+            continue
+        zeros = int((~mod.weight_mask).sum())
+        report.pruned[f"{name}.weight"] = zeros / mod.weight.numel()
+        report.zeros += zeros
+        report.numel += mod.weight.numel()
+    if bn_recalibration == "reset":
+        report.bn_recalibrated = recalibrate_batchnorm(model, (_as_float_images(x, device, dtype) for x in images))
+    model.train(was_training)
+    report.seconds = time.perf_counter() - t0
+    report.peak_rss_mb = _peak_rss_mb()
+    LOGGER.info("%s", report)
+    return report
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches`` (float image tensors).
+
+    Running statistics are reset and accumulated as a plain cumulative average (``momentum=None``) over
+    train-mode forward passes without gradients; every other module stays in eval mode, and each BN's
+    momentum and the model's train/eval state are restored afterwards.
+
+    Returns:
+        The number of BatchNorm layers re-estimated (0 for a BN-fused model).
+
+    Caveats:
+        The averaged per-batch variances are unbiased per batch (what ``nn.BatchNorm`` stores), so a handful of
+        tiny batches gives slightly noisier variances than one large pass.
+    """
+    bns = [mod for mod in model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)
+           and mod.track_running_stats]
+    if not bns:
+        return 0
+    modes = {mod: mod.training for mod in model.modules()}
+    momenta = {bn: bn.momentum for bn in bns}
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for bn, mom in momenta.items():
+            bn.momentum = mom
+        for mod, mode in modes.items():
+            mod.training = mode
+    return len(bns)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Calibration images
+# --------------------------------------------------------------------------------------------------------------
+
+
+def calibration_batches(
+    data: str | Path | dict,
+    n_images: int = 128,
+    img_size: int = 640,
+    batch_size: int = 8,
+    stride: int = 32,
+    split: str = "train",
+    workers: int = 2,
+) -> list[torch.Tensor]:
+    """Load calibration images from a data yaml, letterboxed as for validation (rect batches, pad 0.5).
+
+    Args:
+        data: Ultralytics data yaml (or its dict); images come from ``split`` (``train`` falls back to ``val``).
+        n_images: how many images, the first in sorted file order (all of them when there are fewer).
+        img_size, batch_size, stride: letterbox size, images per batch, model stride.
+
+    Returns:
+        A list of uint8 Tensor[B, 3, H, W] batches.
+
+    Raises:
+        ValueError: ``n_images < 1``; FileNotFoundError: the split has no images.
+    """
+    from sparseyolo.data.dataset import ValDataset, list_image_files, load_data_config
+
+    if n_images < 1:
+        raise ValueError(f"--calib-images must be at least 1, got {n_images}")
+    cfg = load_data_config(data)
+    source = cfg.get(split) or cfg.get("val")
+    files = list_image_files(source)
+    if len(files) < n_images:
+        LOGGER.warning("calibration: %d images asked for, %s has only %d; using all of them", n_images, source,
+                       len(files))
+    files = files[:n_images]
+    dataset = ValDataset(files, img_size, batch_size, stride, pad=0.5, rect=True, prefix="calibration: ")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=min(workers, batch_size), collate_fn=ValDataset.collate_fn)
+    return [im for im, *_ in loader]

@@ -1,0 +1,206 @@
+"""Optimal Brain Surgeon pruning of one layer from its input statistics (the SparseGPT solver).
+
+A layer computes ``Y = W X`` with ``W`` Tensor[rows, d] (for a convolution: ``Cout`` rows and
+``d = Cin * kh * kw`` im2col columns) and ``X`` Tensor[d, N] (one column per output position of every calibration
+image). Pruning minimises the layer's output error ``||W X - W' X||_F^2`` over masked ``W'``; with
+``H = X X^T`` (Tensor[d, d]) the error is ``tr((W - W') H (W - W')^T)``, a quadratic form that depends on the data
+only through ``H``, and it is separable over rows.
+
+For one row, removing weight ``q`` and re-fitting the others optimally costs ``w_q^2 / [H^-1]_qq`` and moves the
+row by ``-(w_q / [H^-1]_qq) H^-1[q, :]`` (Optimal Brain Surgeon; Hassibi & Stork 1993). OBC (Frantar et al.,
+NeurIPS 2022) applies this greedily weight by weight; SparseGPT (Frantar & Alistarh, ICML 2023) makes it
+practical for every row at once by visiting the columns in a fixed order: after columns ``0..j-1`` have been
+fixed, the inverse Hessian of the remaining columns is read off the upper Cholesky factor ``U`` of ``H^-1``
+(row ``j`` of ``U`` is the update direction, ``U_jj^2`` the denominator), so one factorisation serves all rows
+and all steps. Updates to later columns are applied lazily per block of columns (one GEMM per block).
+
+Mask selection follows SparseGPT: unstructured masks are chosen per block of columns by the OBS saliency
+``w^2 / U_jj^2`` of the current (already updated) weights; N:M masks are chosen per group of ``m`` consecutive
+columns, keeping the ``n`` most salient of each row.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+LOGGER = logging.getLogger(__name__)
+
+#: SparseGPT's default dampening: 1% of the mean diagonal of H is added to the diagonal (Frantar & Alistarh 2023,
+#: section 3 and their reference code); it keeps the Cholesky factorisation stable when ``H`` is rank-deficient
+#: (fewer positions than columns, or correlated channels) at a negligible bias.
+DEFAULT_DAMP = 0.01
+#: Columns per lazy-update block. 128 is SparseGPT's choice; the result does not depend on it for N:M masks and
+#: only through the adaptive mask selection for unstructured ones.
+DEFAULT_BLOCKSIZE = 128
+
+
+@dataclass
+class ObsResult:
+    """What :func:`sparsegpt_prune` returns.
+
+    Attributes:
+        weight (Tensor[rows, d]): the updated weight, exactly zero wherever ``mask`` is False.
+        mask (Tensor[rows, d] bool): True = kept.
+        error: ``tr(dW H dW^T)`` with the undamped ``H`` (the summed squared output error over the calibration
+            positions, up to the scale ``H`` was accumulated with).
+        baseline: ``tr(W H W^T)``, the squared norm of the original output, so ``error / baseline`` is the
+            relative output error.
+        damp: the dampening actually added to the diagonal (relative to the mean diagonal).
+    """
+
+    weight: torch.Tensor
+    mask: torch.Tensor
+    error: float
+    baseline: float
+    damp: float
+
+    @property
+    def relative_error(self) -> float:
+        return self.error / self.baseline if self.baseline > 0 else 0.0
+
+
+def _upper_cholesky_of_inverse(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``; the dampening grows 10x per failure."""
+    mean_diag = float(torch.diag(h).mean())
+    scale = mean_diag if mean_diag > 0 else 1.0
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for attempt in range(6):
+        lower, info = torch.linalg.cholesky_ex(h + (damp * scale) * eye)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0:
+                return upper, damp
+        LOGGER.debug("H not positive definite with damp %.3g (attempt %d); increasing it", damp, attempt)
+        damp = damp * 10 if damp > 0 else 1e-6
+    raise RuntimeError(f"could not factorise the layer Hessian even with dampening {damp:g} of its mean diagonal")
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float | None = None,
+    n: int | None = None,
+    m: int | None = None,
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    damp: float = DEFAULT_DAMP,
+    row_weight: torch.Tensor | None = None,
+    pruned: torch.Tensor | None = None,
+) -> ObsResult:
+    """Prune a weight matrix and update its kept entries to minimise ``tr(dW H dW^T)`` (SparseGPT).
+
+    Give either ``sparsity`` (unstructured: exactly ``round(sparsity * rows * d)`` entries pruned, plus any
+    already ``pruned`` beyond that) or ``n`` and ``m`` (keep ``n`` of every ``m`` consecutive columns in each row;
+    ``d % m == 0``).
+
+    Args:
+        weight (Tensor[rows, d]): the layer weight as a matrix; not modified.
+        hessian (Tensor[d, d]): ``sum x x^T`` over the layer's input columns (any positive scale).
+        sparsity: fraction in ``[0, 1)`` for unstructured pruning.
+        n, m: the N:M pattern, ``1 <= n < m``.
+        blocksize: columns per lazy-update block (rounded down to a multiple of ``m`` for N:M).
+        damp: dampening, as a fraction of the mean diagonal of ``H``.
+        row_weight (Tensor[rows], optional): positive weight of each row's error when unstructured masks compare
+            rows (e.g. a following BatchNorm's ``|gamma| / sigma``); it scales saliencies by ``row_weight^2``.
+            N:M masks never compare rows, so it has no effect on them.
+        pruned (Tensor[rows, d] bool, optional): entries that must be pruned (an existing mask's False entries).
+
+    Returns:
+        An :class:`ObsResult`; the computation runs in float64 and the weight comes back in ``weight.dtype``.
+
+    Caveats:
+        Columns whose input is always zero (``H_jj == 0``) carry no output; their weights are zeroed first, as
+        SparseGPT does, so they are pruned before anything else. Among equal saliencies an N:M group keeps the
+        lower column and unstructured selection prunes the lower flat index first (stable sorts).
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"sparsegpt_prune: weight should be a 2D matrix, got {weight.dim()}D")
+    rows, d = weight.shape
+    if hessian.shape != (d, d):
+        raise ValueError(f"sparsegpt_prune: hessian should be {d}x{d} for a weight with {d} columns, got "
+                         f"{tuple(hessian.shape)}")
+    nm = n is not None or m is not None
+    if nm == (sparsity is not None):
+        raise ValueError("sparsegpt_prune: give either sparsity (unstructured) or n and m (N:M), not both or neither")
+    if nm:
+        if n is None or m is None or not 1 <= n < m:
+            raise ValueError(f"sparsegpt_prune: N:M needs 1 <= n < m, got {n}:{m}")
+        if d % m:
+            raise ValueError(f"sparsegpt_prune: {d} columns are not a multiple of m={m}")
+        blocksize = max(m, blocksize // m * m)
+    elif not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsegpt_prune: sparsity must be in [0, 1), got {sparsity}")
+    if blocksize < 1:
+        raise ValueError(f"sparsegpt_prune: blocksize must be positive, got {blocksize}")
+
+    f64 = torch.float64
+    w = weight.detach().to(f64).clone()
+    h = hessian.detach().to(f64).clone()
+    h_orig = h.clone()
+    forced = torch.zeros_like(w, dtype=torch.bool) if pruned is None else pruned.to(w.device, torch.bool).clone()
+    dead = torch.diag(h) == 0
+    if bool(dead.any()):
+        h[dead, dead] = 1.0
+        w[:, dead] = 0.0
+    w[forced] = 0.0
+    upper, used_damp = _upper_cholesky_of_inverse(h, damp)
+    rw2 = None if row_weight is None else row_weight.detach().to(f64).reshape(rows, 1) ** 2
+
+    keep = torch.ones_like(w, dtype=torch.bool)
+    total_prune = 0 if nm else round(sparsity * rows * d)
+    for i1 in range(0, d, blocksize):
+        i2 = min(i1 + blocksize, d)
+        cols = i2 - i1
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        u1 = upper[i1:i2, i1:i2]
+        diag1 = torch.diag(u1)
+        keep1 = torch.ones_like(w1, dtype=torch.bool)
+        forced1 = forced[:, i1:i2]
+        if not nm:
+            # Quotas telescope so that the layer gets exactly round(sparsity * rows * d) pruned entries.
+            quota = round(sparsity * rows * i2) - round(sparsity * rows * i1)
+            quota = max(quota, int(forced1.sum()))
+            if quota:
+                sal = w1 ** 2 / diag1.reshape(1, -1) ** 2
+                if rw2 is not None:
+                    sal = sal * rw2
+                sal = sal.masked_fill(forced1, -1.0)
+                order = torch.sort(sal.flatten(), stable=True).indices
+                keep1.view(-1)[order[:quota]] = False
+        for j in range(cols):
+            if nm and j % m == 0:
+                sal = w1[:, j:j + m] ** 2 / diag1[j:j + m].reshape(1, -1) ** 2
+                sal = sal.masked_fill(forced1[:, j:j + m], -1.0)
+                top = torch.sort(sal, dim=1, descending=True, stable=True).indices[:, :n]
+                grp = torch.zeros_like(sal, dtype=torch.bool).scatter_(1, top, True)
+                keep1[:, j:j + m] = grp & ~forced1[:, j:j + m]
+            col = w1[:, j]
+            q = torch.where(keep1[:, j], col, torch.zeros_like(col))
+            e = (col - q) / diag1[j]
+            # OBS update of the not-yet-fixed columns of this block; column j becomes exactly q.
+            w1[:, j:] -= e.unsqueeze(1) * u1[j, j:].unsqueeze(0)
+            w1[:, j] = q
+            err1[:, j] = e
+        w[:, i1:i2] = w1
+        keep[:, i1:i2] = keep1
+        if i2 < d:
+            w[:, i2:] -= err1 @ upper[i1:i2, i2:]
+    w[~keep] = 0.0  # exact +0.0 (not -0.0) where pruned
+    if not nm and total_prune and int((~keep).sum()) < total_prune:  # pragma: no cover - quotas are exact
+        raise AssertionError("sparsegpt_prune: pruned fewer entries than asked")
+
+    dw = weight.detach().to(f64) - w
+    error = float(torch.einsum("rd,de,re->", dw, h_orig, dw))
+    w0 = weight.detach().to(f64)
+    baseline = float(torch.einsum("rd,de,re->", w0, h_orig, w0))
+    return ObsResult(weight=w.to(weight.dtype), mask=keep, error=error, baseline=baseline, damp=used_damp)
+
+
+def output_error(weight: torch.Tensor, new_weight: torch.Tensor, hessian: torch.Tensor) -> float:
+    """``tr((W - W') H (W - W')^T)``: the summed squared output change of a linear map with input Hessian ``H``."""
+    dw = (weight.detach() - new_weight.detach()).to(torch.float64)
+    return float(torch.einsum("rd,de,re->", dw, hessian.to(torch.float64), dw))
