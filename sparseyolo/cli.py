@@ -46,7 +46,10 @@ def _add_val_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cocoeval", dest="cocoeval", action="store_false", help="skip pycocotools COCOeval")
     p.add_argument("--nms", choices=["fused", "reference"], default="fused",
                    help="fused: the compiled sparseyolo::yolo_nms op; reference: torch + torchvision (same boxes)")
-    p.add_argument("--prune", type=float, default=0.0, help="L1-prune every Conv2d of the fused model by this fraction first")
+    p.add_argument("--prune", default="0", metavar="AMOUNT|N:M",
+                   help="prune the fused model first: a fraction (e.g. 0.3) or an N:M pattern (e.g. 2:4)")
+    p.add_argument("--prune-method", choices=["l1", "global", "nm"], default=None,
+                   help="l1 per layer (default for an amount, YOLOv5's --prune), global magnitude, or nm (default for N:M)")
     p.add_argument("--project", default="runs/val", help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.set_defaults(func=_cmd_val)
@@ -61,10 +64,187 @@ def _cmd_val(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="prune a checkpoint (l1 / global magnitude / N:M masks) and save it compressed",
+        description="Prune the Conv2d weights of a checkpoint, print the sparsity report and write a compressed "
+        "sparseyolo checkpoint with the masks. Prunes the unfused model (BatchNorms kept) unless --fused.",
+    )
+    p.add_argument("--weights", required=True, help="checkpoint: Ultralytics *.pt, sparseyolo *.pt or a state_dict")
+    p.add_argument("--method", choices=["l1", "global", "nm"], default=None,
+                   help="l1 per layer, global magnitude, or nm (N:M along input channels); default: nm with --nm, else l1")
+    p.add_argument("--amount", type=float, default=None, help="fraction of weights to prune, in [0, 1) (l1, global)")
+    p.add_argument("--nm", default=None, metavar="N:M", help="N:M pattern for --method nm, e.g. 2:4 (default 2:4)")
+    p.add_argument("--include", nargs="+", default=None, metavar="PATTERN",
+                   help="only prune layers whose name matches one of these fnmatch patterns (e.g. 'model.2*')")
+    p.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN", help="never prune layers matching these")
+    p.add_argument("--fused", action="store_true",
+                   help="fuse BatchNorms first and prune the fused weights (YOLOv5 val --prune's choice); the output "
+                   "then cannot be fine-tuned with BN")
+    p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16, as YOLOv5 releases)")
+    p.add_argument("--out", required=True, help="output checkpoint path")
+    p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from sparseyolo.checkpoint import load_model, save_checkpoint
+    from sparseyolo.prune import parse_nm, prune, sparsity_report
+
+    method = args.method or ("nm" if args.nm else "l1")
+    kwargs: dict = {"include": args.include, "exclude": args.exclude}
+    if method == "nm":
+        if args.amount is not None:
+            raise _UserError("--method nm takes --nm N:M, not --amount")
+        n, m = parse_nm(args.nm or "2:4")
+        kwargs.update(n=n, m=m)
+        recipe = {"method": "nm", "n": n, "m": m}
+    else:
+        if args.nm:
+            raise _UserError(f"--nm is for --method nm, not --method {method}")
+        if args.amount is None:
+            raise _UserError(f"--method {method} needs --amount, a fraction in [0, 1)")
+        if not 0.0 <= args.amount < 1.0:
+            raise _UserError(f"--amount must be in [0, 1), got {args.amount}")
+        kwargs["amount"] = args.amount
+        recipe = {"method": method, "amount": args.amount}
+    model = load_model(args.weights, fuse=args.fused)
+    report = prune(model, method, **kwargs)
+    dtype = torch.float32 if args.fp32 else torch.float16
+    print(sparsity_report(model, dtype=dtype, skipped=report.skipped).table())
+    recipe.update(include=args.include, exclude=args.exclude, fused=bool(args.fused), source=str(args.weights))
+    path = save_checkpoint(model.to(dtype), args.out, pruning=recipe)
+    print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a (pruned) checkpoint with its masks enforced; also under torchrun (DDP)",
+        description="YOLOv5 training (hyp.scratch-low recipe) that keeps pruning masks: pruned weights stay exactly "
+        "zero after every step. A pruned sparseyolo checkpoint keeps its masks; otherwise the model is pruned "
+        "first (--prune-method), or gradually along a cubic schedule (--gradual). Multi-process: "
+        "torchrun --nproc_per_node K -m sparseyolo finetune ...",
+    )
+    p.add_argument("--weights", default=None, help="checkpoint: Ultralytics *.pt, sparseyolo *.pt (masks kept) or a state_dict")
+    p.add_argument("--data", default=None, help="data yaml with train and val splits, as Ultralytics")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--img", "--imgsz", dest="imgsz", type=int, default=640, help="train and val size (pixels)")
+    p.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=16, help="total batch size, all processes")
+    p.add_argument("--nbs", type=int, default=64, help="nominal batch size: gradients are accumulated to it")
+    p.add_argument("--lr0", type=float, default=0.01, help="initial learning rate")
+    p.add_argument("--lrf", type=float, default=0.01, help="final learning rate as a fraction of lr0")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR decay (default linear)")
+    p.add_argument("--warmup-epochs", type=float, default=3.0, help="warm-up epochs (at least 100 batches; 0 disables)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    p.add_argument("--no-mosaic", dest="mosaic", action="store_false", help="disable 4-image mosaic augmentation")
+    p.add_argument("--prune-method", choices=["l1", "global", "nm"], default=None,
+                   help="prune before (or, with --gradual, during) training: l1 per layer, global magnitude, or nm")
+    p.add_argument("--amount", type=float, default=None, help="final sparsity in (0, 1) for l1/global")
+    p.add_argument("--nm", default=None, metavar="N:M", help="N:M pattern for --prune-method nm (default 2:4)")
+    p.add_argument("--include", nargs="+", default=None, metavar="PATTERN", help="only prune layers matching these")
+    p.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN", help="never prune layers matching these")
+    p.add_argument("--gradual", action="store_true", help="gradual magnitude pruning (Zhu & Gupta cubic schedule)")
+    p.add_argument("--prune-start", type=int, default=0, help="--gradual: first epoch of the pruning window")
+    p.add_argument("--prune-end", type=int, default=None, help="--gradual: the final sparsity is reached by the end "
+                   "of epoch prune-end - 1 (default: half of --epochs, at least 1)")
+    p.add_argument("--initial-sparsity", type=float, default=0.0, help="--gradual: sparsity at --prune-start")
+    p.add_argument("--prune-freq", type=int, default=0, help="--gradual: batches between mask updates (0: 4 per epoch)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="LAST_PT",
+                   help="resume a run from its weights/last.pt (default: the newest under --project)")
+    p.add_argument("--noval", action="store_true", help="validate only after the final epoch")
+    p.add_argument("--single-cls", action="store_true", help="train as a single class")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu (under torchrun: each rank its LOCAL_RANK)")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers per process")
+    p.add_argument("--project", default="runs/finetune", help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
+    p.set_defaults(func=_cmd_finetune)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import os
+
+    from sparseyolo.prune import parse_nm
+    from sparseyolo.train import PruneRecipe, TrainConfig, train
+    from sparseyolo.train.loss import LossGains
+
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports
+        logging.getLogger("sparseyolo").setLevel(logging.WARNING)
+    if args.resume:
+        cfg = TrainConfig(resume=args.resume, device=args.device, workers=args.workers, project=args.project)
+        LOGGER.info("finetune: resume=%s", args.resume)
+        train(cfg)
+        return 0
+    if not args.weights or not args.data:
+        raise _UserError("--weights and --data are required (unless --resume)")
+    recipe = None
+    if args.prune_method is None:
+        for flag, value in (("--amount", args.amount), ("--nm", args.nm), ("--gradual", args.gradual or None)):
+            if value is not None:
+                raise _UserError(f"{flag} needs --prune-method (l1, global or nm)")
+    else:
+        if args.prune_method == "nm":
+            if args.amount is not None:
+                raise _UserError("--prune-method nm takes --nm N:M, not --amount")
+            n, m = parse_nm(args.nm or "2:4")
+        else:
+            if args.nm:
+                raise _UserError(f"--nm is for --prune-method nm, not {args.prune_method}")
+            if args.amount is None:
+                raise _UserError(f"--prune-method {args.prune_method} needs --amount, a fraction in (0, 1)")
+            n, m = 2, 4
+        recipe = PruneRecipe(
+            method=args.prune_method,
+            amount=args.amount,
+            n=n,
+            m=m,
+            gradual=args.gradual,
+            start=args.prune_start,
+            end=args.prune_end if args.prune_end is not None else max(args.epochs // 2, 1),
+            initial=args.initial_sparsity,
+            freq=args.prune_freq,
+            include=args.include,
+            exclude=args.exclude,
+        )
+    cfg = TrainConfig(
+        weights=args.weights,
+        data=args.data,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch_size=args.batch_size,
+        nbs=args.nbs,
+        lr0=args.lr0,
+        lrf=args.lrf,
+        cos_lr=args.cos_lr,
+        warmup_epochs=args.warmup_epochs,
+        loss=LossGains(label_smoothing=args.label_smoothing),
+        mosaic=args.mosaic,
+        prune=recipe,
+        device=args.device,
+        workers=args.workers,
+        project=args.project,
+        name=args.name,
+        exist_ok=args.exist_ok,
+        seed=args.seed,
+        noval=args.noval,
+        single_cls=args.single_cls,
+    )
+    LOGGER.info("finetune: " + ", ".join(f"{k}={v}" for k, v in vars(args).items() if k not in ("func", "command")))
+    train(cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseyolo", description="Prune YOLOv5 detectors; make sparsity fast.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_val_parser(sub)
+    _add_prune_parser(sub)
+    _add_finetune_parser(sub)
     return parser
 
 

@@ -1,0 +1,644 @@
+"""Masked fine-tuning of YOLOv5 detectors: the training loop behind ``sparseyolo finetune``.
+
+The recipe is YOLOv5's ``train.py`` with ``hyp.scratch-low.yaml`` (SGD, nesterov, momentum 0.937, three
+parameter groups with no weight decay on biases and BatchNorm weights, warm-up, linear or cosine LR decay to
+``lr0 * lrf``, gradient accumulation to a nominal batch of 64, EMA of the weights, AMP on CUDA, gradient
+clipping at norm 10, per-epoch validation and ``best.pt`` chosen by ``0.1 mAP50 + 0.9 mAP50-95``), plus masks:
+
+* a model loaded from a pruned sparseyolo checkpoint keeps its ``weight_mask`` buffers; otherwise it is pruned
+  before training as the :class:`~sparseyolo.train.gradual.PruneRecipe` says, or gradually during training;
+* ``sparseyolo.prune.enforce_masks`` hooks the optimizer so gradients are masked before every step and weights
+  after it, and :class:`~sparseyolo.train.ema.ModelEMA` re-applies the masks to the EMA after every update, so
+  pruned weights are exactly zero after every step in both.
+
+Runs under ``torchrun`` with DistributedDataParallel (see :mod:`sparseyolo.train.distributed`).
+
+Checkpoints go to ``project/name/weights/{last,best}.pt`` (``name`` incremented: exp, exp2, ...), written with
+:func:`sparseyolo.checkpoint.save_checkpoint`: the EMA model is the stored model (what ``sparseyolo val``
+evaluates, as Ultralytics prefers its ``ema``), and ``meta`` holds ``epoch``, ``best_fitness``, the training
+model's state (``model_state``), the ``optimizer`` state, ``ema_updates``, ``train_args``, the pruning recipe
+and the gradual pruner's state, so ``--resume`` continues exactly. At the end both files are stripped of the
+training state, as Ultralytics' ``strip_optimizer`` does (a finished run has nothing to resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import dataclasses
+import datetime
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from sparseyolo.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from sparseyolo.models import DetectionModel
+from sparseyolo.train.augment import AugmentConfig
+from sparseyolo.train.dataset import create_train_dataloader
+from sparseyolo.train.distributed import DistContext, barrier, broadcast_masks, cleanup, init_distributed, wrap_ddp
+from sparseyolo.train.ema import ModelEMA, unwrap
+from sparseyolo.train.gradual import GradualPruner, PruneRecipe, mask_buffers
+from sparseyolo.train.loss import LossGains, YoloLoss, scaled_loss_gains
+from sparseyolo.utils.torch_utils import environment_line, select_device
+
+__all__ = ["TrainConfig", "TrainResult", "train", "load_training_model", "masked_sparsity", "fitness", "lr_lambda"]
+
+LOGGER = logging.getLogger(__name__)
+
+TQDM_BAR_FORMAT = "{l_bar}{bar:10}{r_bar}"
+#: Progress-bar columns (YOLOv5's, plus the masked fraction of the pruned layers).
+HEADER = ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size", "Sparsity")
+#: Gradient-norm clip (YOLOv5 train.py); keeps the first steps after pruning from blowing up.
+MAX_GRAD_NORM = 10.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a fine-tuning run needs; defaults are YOLOv5's ``train.py`` + ``hyp.scratch-low.yaml``.
+
+    Attributes:
+        weights: checkpoint to start from (Ultralytics, sparseyolo or state_dict; pruned sparseyolo files keep
+            their masks).
+        data: data yaml with a ``train`` split (``val`` is used for per-epoch validation).
+        epochs, imgsz, batch_size: epochs, square training size, total batch over all ranks.
+        nbs: nominal batch size; gradients are accumulated over ``round(nbs / batch_size)`` batches and weight
+            decay is scaled by ``batch_size * accumulate / nbs``.
+        lr0, lrf: initial LR and final LR fraction. cos_lr: cosine instead of linear decay.
+        momentum, weight_decay: SGD settings (nesterov).
+        warmup_epochs, warmup_momentum, warmup_bias_lr: warm-up length (at least 100 batches when > 0, as in
+            YOLOv5), starting momentum, and the bias group's starting LR (ramped down to its scheduled LR).
+        loss: loss gains before scaling to the model (:func:`~sparseyolo.train.loss.scaled_loss_gains`).
+        aug: augmentation strengths; ``mosaic=False`` disables mosaic whatever ``aug.mosaic`` says.
+        prune: what to prune (None: keep the checkpoint's masks, or train dense when it has none).
+        device, workers: ``select_device`` string and max loader workers per rank.
+        project, name, exist_ok: run folder ``project/name`` (incremented unless ``exist_ok``).
+        seed: RNG seed (rank added, so ranks augment differently).
+        noval: validate only after the last epoch.
+        amp: mixed precision on CUDA (ignored on CPU).
+        ema_decay, ema_tau: EMA settings.
+        max_batches: stop each epoch after this many batches (smoke tests; None = full epochs).
+        single_cls: train as a single class.
+        resume: a ``last.pt`` to continue from, True for the newest under ``project``, False for a new run.
+    """
+
+    weights: str = "yolov5n.pt"
+    data: str = ""
+    epochs: int = 10
+    imgsz: int = 640
+    batch_size: int = 16
+    nbs: int = 64
+    lr0: float = 0.01
+    lrf: float = 0.01
+    cos_lr: bool = False
+    momentum: float = 0.937
+    weight_decay: float = 0.0005
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    loss: LossGains = field(default_factory=LossGains)
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    mosaic: bool = True
+    prune: PruneRecipe | None = None
+    device: str = ""
+    workers: int = 8
+    project: str = "runs/finetune"
+    name: str = "exp"
+    exist_ok: bool = False
+    seed: int = 0
+    noval: bool = False
+    amp: bool = True
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    max_batches: int | None = None
+    single_cls: bool = False
+    resume: str | bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data form stored in checkpoints (``train_args``)."""
+        d = dataclasses.asdict(self)
+        d["resume"] = False
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d["loss"] = LossGains(**d.get("loss", {}))
+        d["aug"] = AugmentConfig(**d.get("aug", {}))
+        d["prune"] = PruneRecipe(**d["prune"]) if d.get("prune") else None
+        return cls(**d)
+
+    def check(self) -> None:
+        """Raise ValueError naming the fix for an unusable setting."""
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.nbs < 1:
+            raise ValueError(f"--batch must be >= 1, got {self.batch_size}")
+        if self.imgsz < 32:
+            raise ValueError(f"--img must be >= 32, got {self.imgsz}")
+        if not 0.0 < self.lrf <= 1.0 or self.lr0 <= 0:
+            raise ValueError(f"need lr0 > 0 and 0 < lrf <= 1, got lr0={self.lr0}, lrf={self.lrf}")
+        if self.prune is not None:
+            self.prune.check(self.epochs)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced (on rank 0; other ranks get the same with ``final=None``).
+
+    Attributes:
+        save_dir: the run folder. last, best: checkpoint paths.
+        epochs_run: epochs completed in this call. best_fitness: ``0.1 mAP50 + 0.9 mAP50-95`` of ``best.pt``.
+        history: per-epoch dicts (losses, metrics, LRs, sparsity), also in ``results.csv``.
+        final: the last validation of ``best.pt`` (a ``sparseyolo.val.ValResults``), or None.
+        model: the trained (unwrapped) model of this rank; ema: the EMA model (rank 0), or None.
+    """
+
+    save_dir: Path
+    last: Path
+    best: Path
+    epochs_run: int = 0
+    best_fitness: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: Any = None
+    model: nn.Module | None = None
+    ema: nn.Module | None = None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------------------
+
+
+def lr_lambda(epochs: int, lrf: float, cos: bool) -> Callable[[float], float]:
+    """LR factor of epoch ``x``: linear ``(1 - x/E)(1 - lrf) + lrf`` or cosine ``1 + (lrf - 1)(1 - cos(pi x/E))/2``."""
+    if cos:
+        return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+    return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
+
+
+def fitness(map50: float, map5095: float) -> float:
+    """YOLOv5's model-selection score, ``0.1 mAP50 + 0.9 mAP50-95``."""
+    return 0.1 * map50 + 0.9 * map5095
+
+
+def masked_sparsity(model: nn.Module) -> float:
+    """Fraction of masked-off weights over all masked layers (0 when none is masked)."""
+    masks = mask_buffers(unwrap(model))
+    total = sum(m.numel() for m in masks.values())
+    return sum(int((~m).sum()) for m in masks.values()) / total if total else 0.0
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD (nesterov) with YOLOv5's three groups: 0 biases, 1 other weights (decayed), 2 normalisation weights.
+
+    Group 0 is the bias group because warm-up starts it at a high LR (``warmup_bias_lr``).
+    """
+    biases, weights, norms = [], [], []
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if pname == "bias":
+                biases.append(p)
+            elif pname == "weight" and "Norm" in type(module).__name__:
+                norms.append(p)
+            else:
+                weights.append(p)
+    opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    opt.add_param_group({"params": weights, "weight_decay": weight_decay})
+    opt.add_param_group({"params": norms, "weight_decay": 0.0})
+    for g in opt.param_groups:
+        g["initial_lr"] = lr
+    LOGGER.info(
+        "optimizer: SGD(lr=%g, momentum=%g, nesterov) with parameter groups %d weight(decay=0.0), "
+        "%d weight(decay=%g), %d bias",
+        lr,
+        momentum,
+        len(norms),
+        len(weights),
+        weight_decay,
+        len(biases),
+    )
+    return opt
+
+
+def _model_from_state(
+    yaml_cfg: dict, nc: int, sd: dict[str, torch.Tensor], fused: bool, patterns: dict[str, str], source: Any
+) -> DetectionModel:
+    """A detector holding ``sd`` exactly, masks (and their N:M / unstructured patterns) included."""
+    from sparseyolo.prune.masks import register_masks_for_state_dict
+
+    model = DetectionModel(yaml_cfg, nc=nc)
+    if fused:
+        model.fuse()
+    register_masks_for_state_dict(model, sd, patterns)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: its tensors do not fit the model: {e}") from e
+    return model
+
+
+def load_training_model(weights: str | Path, device: str | torch.device = "cpu") -> DetectionModel:
+    """Build a trainable (unfused, float32, gradients on, train mode) detector from a checkpoint, with its masks.
+
+    Args:
+        weights: any checkpoint :func:`~sparseyolo.checkpoint.load_model` reads, or an official asset name.
+        device: where to put it.
+
+    Returns:
+        A ``DetectionModel``; layers pruned in the file carry their ``weight_mask`` buffers.
+
+    Caveats:
+        A BN-fused checkpoint cannot be un-fused: it is trained as it is (convolutions with biases, no
+        BatchNorm), with a warning.
+    """
+    model = load_model(weights, device=device, fuse=False)
+    if model.is_fused():
+        LOGGER.warning("%s holds BN-fused weights: training without BatchNorm layers (no way to un-fuse them)", weights)
+    return model.requires_grad_(True).train()
+
+
+def _increment_dir(path: Path, exist_ok: bool) -> Path:
+    if exist_ok or not path.exists():
+        return path
+    for n in range(2, 10_000):
+        p = Path(f"{path}{n}")
+        if not p.exists():
+            return p
+    raise RuntimeError(f"too many runs in {path.parent}")
+
+
+def _latest_last(project: str | Path) -> Path:
+    runs = sorted(Path(project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f"--resume: no weights/last.pt under {project}; pass the checkpoint path")
+    return runs[-1]
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------
+
+
+def train(
+    cfg: TrainConfig,
+    step_callback: Callable[[nn.Module, ModelEMA | None, int], None] | None = None,
+) -> TrainResult:
+    """Fine-tune ``cfg.weights`` on ``cfg.data`` with masks enforced; see the module docstring.
+
+    Args:
+        cfg: the run's settings.
+        step_callback: called after every optimizer step (and EMA update) as ``f(model, ema, step)`` with the
+            unwrapped model; for tests and monitoring.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError, FileNotFoundError, CheckpointError: unusable settings, data or checkpoint (named in the message).
+    """
+    from sparseyolo import val as val_mod
+    from sparseyolo.data.dataset import load_data_config
+    from sparseyolo.prune import enforce_masks, mask_patterns, prune, sparsity_report
+
+    # ---- resume: the stored arguments win, except where the hardware may have changed
+    ck_resume = None
+    if cfg.resume:
+        last = _latest_last(cfg.project) if cfg.resume is True else Path(str(cfg.resume))
+        ck_resume = load_checkpoint(last)
+        if "optimizer" not in ck_resume.meta or "train_args" not in ck_resume.meta:
+            raise ValueError(f"--resume {last}: this run finished (its training state was stripped); nothing to resume")
+        stored = TrainConfig.from_dict(ck_resume.meta["train_args"])
+        stored.device, stored.workers, stored.resume = cfg.device, cfg.workers, str(last)
+        cfg = stored
+        save_dir = last.parent.parent
+    cfg.check()
+
+    ctx = init_distributed(select_device(cfg.device))
+    device = ctx.device
+    _seed_all(cfg.seed + 1 + max(ctx.rank, 0))
+    if ctx.is_main:
+        LOGGER.info(environment_line(device) + (f" x{ctx.world_size} ranks ({ctx.backend})" if ctx.enabled else ""))
+    if not cfg.resume:
+        save_dir = _increment_dir(Path(cfg.project) / cfg.name, cfg.exist_ok) if ctx.is_main else None
+        save_dir = Path(_broadcast_object(str(save_dir) if save_dir else None, ctx))
+    wdir = save_dir / "weights"
+    last_pt, best_pt = wdir / "last.pt", wdir / "best.pt"
+    if ctx.is_main:
+        wdir.mkdir(parents=True, exist_ok=True)
+
+    try:
+        data = load_data_config(cfg.data)
+        if not data.get("train"):
+            raise ValueError(f"{cfg.data}: no 'train:' split to fine-tune on")
+
+        # ---- model and masks
+        if ck_resume is not None:
+            model = _model_from_state(
+                ck_resume.yaml,
+                ck_resume.nc,
+                ck_resume.meta["model_state"],
+                ck_resume.fused,
+                ck_resume.meta.get("mask_patterns") or {},
+                ck_resume.path,
+            )
+            model.names = list(ck_resume.names)
+            model.float().requires_grad_(True)
+        else:
+            model = load_training_model(cfg.weights)
+        nc = 1 if cfg.single_cls else data["nc"]
+        if model.nc != nc:
+            raise ValueError(
+                f"{cfg.weights} has {model.nc} classes but {cfg.data} has {nc}; fine-tuning keeps the detection head, "
+                "so the dataset must use the checkpoint's classes"
+            )
+        model.names = ["item"] if cfg.single_cls else list(data["names"])
+        model.to(device).train()
+
+        recipe = cfg.prune
+        had_masks = bool(mask_buffers(model))
+        pruner = None
+        if recipe is not None and recipe.gradual:
+            if had_masks and ck_resume is None:
+                LOGGER.info("%s already has masks; gradual pruning grows them", cfg.weights)
+        elif recipe is not None and ck_resume is None:
+            if had_masks:
+                LOGGER.info("%s already has masks; pruning again with %s only grows them", cfg.weights, recipe.method)
+            prune(model, method=recipe.method, **recipe.prune_kwargs())
+        elif recipe is None and not had_masks:
+            LOGGER.warning("%s has no pruning masks and no --prune-method was given: fine-tuning dense", cfg.weights)
+        broadcast_masks(model, ctx)
+
+        # ---- data
+        world = ctx.world_size
+        if cfg.batch_size % world:
+            raise ValueError(f"--batch {cfg.batch_size} must be a multiple of the number of processes ({world})")
+        gs = max(int(model.stride.max()), 32)
+        if cfg.imgsz % gs:
+            raise ValueError(f"--img {cfg.imgsz} must be a multiple of the model's max stride {gs}")
+        aug = dataclasses.replace(cfg.aug, mosaic=cfg.aug.mosaic if cfg.mosaic else 0.0)
+        loader, dataset = create_train_dataloader(
+            data["train"],
+            cfg.imgsz,
+            cfg.batch_size // world,
+            gs,
+            aug=aug,
+            workers=cfg.workers,
+            rank=ctx.rank,
+            world_size=world,
+            seed=cfg.seed,
+            single_cls=cfg.single_cls,
+            prefix="train: ",
+        )
+        nb = len(loader) if cfg.max_batches is None else min(len(loader), cfg.max_batches)
+
+        # ---- optimisation (YOLOv5 train.py): accumulate to the nominal batch, scale decay accordingly
+        accumulate = max(round(cfg.nbs / cfg.batch_size), 1)
+        weight_decay = cfg.weight_decay * cfg.batch_size * accumulate / cfg.nbs
+        optimizer = build_optimizer(model, cfg.lr0, cfg.momentum, weight_decay)
+        lf = lr_lambda(cfg.epochs, cfg.lrf, cfg.cos_lr)
+        nl = model.model[-1].nl
+        compute_loss = YoloLoss(model, scaled_loss_gains(cfg.loss, nl, model.nc, cfg.imgsz))
+        amp = cfg.amp and device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+        start_epoch, best_fitness, history = 0, 0.0, []
+        if recipe is not None and recipe.gradual:
+            pruner = GradualPruner(model, recipe, nb)
+        if ck_resume is not None:
+            meta = ck_resume.meta
+            optimizer.load_state_dict(meta["optimizer"])
+            start_epoch = int(meta["epoch"]) + 1
+            best_fitness = float(meta.get("best_fitness", 0.0))
+            history = list(meta.get("history", []))
+            if pruner is not None and meta.get("pruner"):
+                pruner.load_state_dict(meta["pruner"])
+            LOGGER.info("resuming %s from epoch %d of %d", ck_resume.path, start_epoch, cfg.epochs)
+            if start_epoch >= cfg.epochs:
+                raise ValueError(f"--resume {ck_resume.path}: all {cfg.epochs} epochs are done; nothing to resume")
+        elif pruner is not None and pruner.t0 == 0:
+            pruner.maybe_update(0)  # masks exist before DDP and the EMA copy are made
+            broadcast_masks(model, ctx)
+
+        ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if ctx.is_main else None
+        if ema is not None and ck_resume is not None:
+            ema.ema.load_state_dict(ck_resume.state_dict, strict=True)
+            ema.updates = int(ck_resume.meta.get("ema_updates", 0))
+        if ctx.is_main and mask_buffers(model):
+            LOGGER.info("%s", sparsity_report(model))
+
+        enforcer = enforce_masks(model, optimizer)
+        ddp_model = wrap_ddp(model, ctx)
+
+        # ---- loop
+        nw = max(round(cfg.warmup_epochs * nb), 100) if cfg.warmup_epochs > 0 else -1
+        last_opt_step = -1
+        step = (ema.updates if ema is not None else 0) if ck_resume is not None else 0
+        if ctx.is_main:
+            LOGGER.info(
+                "image sizes %d train, %d val; %d dataloader workers; logging to %s; training for %d epochs...",
+                cfg.imgsz,
+                cfg.imgsz,
+                loader.num_workers,
+                save_dir,
+                cfg.epochs,
+            )
+        t_start = time.time()
+        epoch = start_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            ddp_model.train()
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * lf(epoch)
+            mloss = torch.zeros(3, device=device)
+            pbar: Any = enumerate(loader)
+            if ctx.is_main:
+                LOGGER.info(("\n" + "%11s" * 8) % HEADER)
+                pbar = tqdm(pbar, total=nb, bar_format=TQDM_BAR_FORMAT)
+            optimizer.zero_grad()
+            for i, (imgs, targets, _, _) in pbar:
+                if i >= nb:
+                    break
+                ni = i + nb * epoch
+                imgs = imgs.to(device, non_blocking=True).float() / 255
+
+                if ni <= nw:  # warm-up: ramp LR (bias group from warmup_bias_lr down), momentum and accumulation
+                    xi = [0, nw]
+                    accumulate = max(1, int(np.interp(ni, xi, [1, cfg.nbs / cfg.batch_size]).round()))
+                    for j, g in enumerate(optimizer.param_groups):
+                        start_lr = cfg.warmup_bias_lr if j == 0 else 0.0
+                        g["lr"] = float(np.interp(ni, xi, [start_lr, g["initial_lr"] * lf(epoch)]))
+                        g["momentum"] = float(np.interp(ni, xi, [cfg.warmup_momentum, cfg.momentum]))
+
+                do_step = ni - last_opt_step >= accumulate
+                sync = ddp_model.no_sync() if (ctx.enabled and not do_step) else contextlib.nullcontext()
+                with sync:
+                    with torch.autocast(device_type=device.type, enabled=amp):
+                        preds = ddp_model(imgs)
+                        loss, loss_items = compute_loss(preds, targets.to(device))
+                    if ctx.enabled:
+                        loss = loss * world  # DDP averages gradients over ranks; YOLOv5's loss is a sum
+                    scaler.scale(loss).backward()
+
+                if do_step:
+                    if pruner is not None and pruner.maybe_update(ni):
+                        broadcast_masks(model, ctx)
+                        enforcer.remove()
+                        enforcer = enforce_masks(model, optimizer)
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=MAX_GRAD_NORM)
+                    scaler.step(optimizer)  # enforce_masks: grads masked before, weights after
+                    scaler.update()
+                    optimizer.zero_grad()
+                    if ema is not None:
+                        ema.update(model)
+                    last_opt_step = ni
+                    step += 1
+                    if step_callback is not None:
+                        step_callback(model, ema, step)
+
+                if not math.isfinite(float(loss.detach())):
+                    raise FloatingPointError(f"loss is {float(loss.detach())} at epoch {epoch} batch {i}; lower --lr0")
+                if ctx.is_main:
+                    mloss = (mloss * i + loss_items) / (i + 1)
+                    mem = f"{torch.cuda.memory_reserved(device) / 1e9 if device.type == 'cuda' else 0:.3g}G"
+                    pbar.set_description(
+                        ("%11s" * 2 + "%11.4g" * 6)
+                        % (
+                            f"{epoch}/{cfg.epochs - 1}",
+                            mem,
+                            *mloss.tolist(),
+                            targets.shape[0],
+                            imgs.shape[-1],
+                            masked_sparsity(model),
+                        )
+                    )
+            if ctx.is_main:
+                pbar.close()
+
+            # ---- end of epoch (rank 0): validate, checkpoint
+            lrs = [g["lr"] for g in optimizer.param_groups]
+            final_epoch = epoch + 1 == cfg.epochs
+            if pruner is not None and final_epoch and not pruner.done:
+                pruner.update(recipe.final)  # the window ended on a batch that was not an optimizer step
+                broadcast_masks(model, ctx)
+                if ema is not None:
+                    ema.update(model)
+            if ctx.is_main:
+                row = {"epoch": epoch}
+                row.update(zip(("box_loss", "obj_loss", "cls_loss"), mloss.tolist(), strict=True))
+                row.update({"P": 0.0, "R": 0.0, "mAP50": 0.0, "mAP50-95": 0.0})
+                if not cfg.noval or final_epoch:
+                    res = val_mod.run(
+                        weights=str(cfg.weights),
+                        data=cfg.data,
+                        imgsz=cfg.imgsz,
+                        batch_size=max(cfg.batch_size // world * 2, 1),
+                        device=device,
+                        workers=cfg.workers,
+                        half=amp,
+                        cocoeval=False,
+                        model=copy.deepcopy(ema.ema),
+                    )
+                    row.update(P=float(res.precision), R=float(res.recall), mAP50=float(res.map50))
+                    row["mAP50-95"] = float(res.map)
+                row.update({f"lr{j}": lr for j, lr in enumerate(lrs)})
+                row["sparsity"] = masked_sparsity(model)
+                history.append(row)
+                fi = fitness(row["mAP50"], row["mAP50-95"])
+                improved = fi > best_fitness or not best_pt.exists()
+                best_fitness = max(fi, best_fitness)
+                _write_results_csv(save_dir / "results.csv", history)
+                meta = {
+                    "epoch": epoch,
+                    "best_fitness": best_fitness,
+                    "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "mask_patterns": mask_patterns(model),
+                    "optimizer": optimizer.state_dict(),
+                    "ema_updates": ema.updates,
+                    "train_args": cfg.as_dict(),
+                    "pruning": recipe.as_dict() if recipe is not None else None,
+                    "pruner": pruner.state_dict() if pruner is not None else None,
+                    "history": history,
+                    "sparsity": row["sparsity"],
+                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                }
+                save_checkpoint(ema.ema, last_pt, **meta)
+                if improved:
+                    save_checkpoint(ema.ema, best_pt, **meta)
+            barrier(ctx)
+
+        epochs_run = cfg.epochs - start_epoch
+        result = TrainResult(
+            save_dir, last_pt, best_pt, epochs_run, best_fitness, history, model=model, ema=ema.ema if ema else None
+        )
+        if ctx.is_main:
+            LOGGER.info("\n%d epochs completed in %.3f hours.", epochs_run, (time.time() - t_start) / 3600)
+            for f in (last_pt, best_pt):
+                if f.exists():
+                    _strip_training_state(f)
+            if best_pt.exists():
+                LOGGER.info("\nValidating %s...", best_pt)
+                result.final = val_mod.run(
+                    weights=str(best_pt),
+                    data=cfg.data,
+                    imgsz=cfg.imgsz,
+                    batch_size=max(cfg.batch_size // world * 2, 1),
+                    device=device,
+                    workers=cfg.workers,
+                    half=amp,
+                    cocoeval=True,
+                    model=load_training_model(best_pt).to(device),
+                )
+            LOGGER.info("Results saved to %s", save_dir)
+        enforcer.remove()
+        barrier(ctx)
+        return result
+    finally:
+        cleanup(ctx)
+
+
+def _write_results_csv(path: Path, history: list[dict[str, float]]) -> None:
+    keys = list(history[0])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _strip_training_state(path: Path) -> None:
+    """Drop optimizer, training-model state and EMA counters from a finished run's checkpoint."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for k in ("optimizer", "model_state", "mask_patterns", "ema_updates", "pruner"):
+        obj["meta"].pop(k, None)
+    obj["meta"]["finished"] = True
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    LOGGER.info("Optimizer stripped from %s, %.1fMB", path, path.stat().st_size / 1e6)

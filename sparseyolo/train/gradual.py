@@ -1,0 +1,222 @@
+"""Gradual magnitude pruning during training (Zhu & Gupta, "To prune, or not to prune", 2017).
+
+The target sparsity follows the cubic schedule
+
+    s(t) = s_f + (s_i - s_f) * (1 - (t - t0) / (n dt))^3,   t0 <= t <= t0 + n dt,
+
+which prunes fast while the network has many redundant weights and slowly near the end. Here ``t`` counts
+training batches, ``t0 = prune_start * batches_per_epoch`` and ``t0 + n dt = prune_end * batches_per_epoch - 1``
+(the last batch of epoch ``prune_end - 1``), so the final sparsity is reached inside the pruning window and the
+epochs after it fine-tune at that sparsity.
+
+Masks only grow: every update prunes the current (masked) weights again with a higher target through
+``sparseyolo.prune.prune``, and pruned weights are exactly zero, so they rank first.
+
+N:M sparsity cannot take a fractional ratio, so for ``method="nm"`` the schedule's sparsity is reached by
+giving the N:M pattern to a growing fraction ``s(t) / (1 - N/M)`` of each layer's groups (M consecutive input
+channels at a fixed output channel and kernel position), the groups whose N:M pruning removes the least
+magnitude first; at the end of the window every group of every N:M layer holds the pattern. Each update
+re-derives the N:M pattern of the groups from the current weights, so the pattern moves with training for
+the groups not yet pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["cubic_sparsity", "PruneRecipe", "GradualPruner", "mask_buffers"]
+
+LOGGER = logging.getLogger(__name__)
+
+def cubic_sparsity(t: float, t0: float, t1: float, s_i: float, s_f: float) -> float:
+    """The cubic schedule: ``s_i`` up to ``t0``, ``s_f`` from ``t1`` on, ``s_f + (s_i - s_f)(1 - p)^3`` between,
+    with ``p = (t - t0) / (t1 - t0)``."""
+    if t >= t1 and t >= t0:
+        return s_f
+    if t <= t0:
+        return s_i  # exact at both ends, so "reached the final sparsity" compares equal
+    p = (t - t0) / (t1 - t0)
+    return s_f + (s_i - s_f) * (1.0 - p) ** 3
+
+
+@dataclass
+class PruneRecipe:
+    """What to prune before or during training.
+
+    Attributes:
+        method: ``'l1'`` (per-layer unstructured), ``'global'`` (one magnitude threshold over all layers) or
+            ``'nm'``.
+        amount: final sparsity for ``'l1'``/``'global'`` (fraction of each layer's / all weights).
+        n, m: the N:M pattern (N kept of every M) for ``'nm'``.
+        gradual: prune along the cubic schedule instead of once before training.
+        start, end: pruning window in epochs (``start < end``).
+        initial: sparsity ``s_i`` at ``start``.
+        freq: batches between mask updates inside the window (0: four updates per epoch).
+        include, exclude: ``fnmatch`` patterns of layer names to prune / never prune (``sparseyolo.prune.prune``).
+    """
+
+    method: str = "nm"
+    amount: float | None = None
+    n: int = 2
+    m: int = 4
+    gradual: bool = False
+    start: int = 0
+    end: int = 1
+    initial: float = 0.0
+    freq: int = 0
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+
+    @property
+    def final(self) -> float:
+        """The final sparsity of the pruned layers."""
+        return 1.0 - self.n / self.m if self.method == "nm" else float(self.amount or 0.0)
+
+    def check(self, epochs: int) -> None:
+        """Raise ValueError naming the fix for an inconsistent recipe."""
+        if self.method not in ("l1", "global", "nm"):
+            raise ValueError(f"--prune-method must be l1, global or nm, got {self.method!r}")
+        if self.method == "nm":
+            if not (0 < self.n < self.m):
+                raise ValueError(f"--nm N:M needs 0 < N < M, got {self.n}:{self.m}")
+        elif self.amount is None or not 0.0 < self.amount < 1.0:
+            raise ValueError(f"--prune-method {self.method} needs --amount in (0, 1), got {self.amount}")
+        if self.gradual:
+            if not 0 <= self.start < self.end <= epochs:
+                raise ValueError(
+                    f"--prune-start {self.start} / --prune-end {self.end} must satisfy "
+                    f"0 <= start < end <= epochs ({epochs})"
+                )
+            if not 0.0 <= self.initial < self.final:
+                raise ValueError(f"--initial-sparsity {self.initial} must be in [0, final sparsity {self.final:.3g})")
+            if self.end == epochs:
+                LOGGER.warning(
+                    "--prune-end equals --epochs: the final sparsity is reached on the last batch, with no epoch left "
+                    "to fine-tune at it (Zhu & Gupta fine-tune after the pruning window)"
+                )
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def prune_kwargs(self) -> dict:
+        """Keyword arguments of ``sparseyolo.prune.prune`` for this recipe's final pruning."""
+        kw: dict = {"include": self.include, "exclude": self.exclude}
+        if self.method == "nm":
+            kw.update(n=self.n, m=self.m)
+        else:
+            kw["amount"] = self.amount
+        return kw
+
+
+def mask_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{module name: weight_mask}`` of every masked module (bool, True = kept; the buffers themselves)."""
+    from sparseyolo.prune.masks import masked_modules
+
+    return {name: mod.weight_mask for name, mod in masked_modules(model)}
+
+
+def _partial_nm_mask(
+    w: torch.Tensor, full: torch.Tensor, old: torch.Tensor | None, m: int, frac: float
+) -> torch.Tensor:
+    """Apply the N:M mask ``full`` to the fraction ``frac`` of M-groups it costs least, keep the rest dense.
+
+    Groups are M consecutive input channels at fixed ``(cout, kh, kw)`` (the sparsyolo N:M convention);
+    ``w``, ``full``, ``old`` are ``[Cout, Cin, kh, kw]`` with ``Cin % m == 0``.
+    """
+    cout, cin, kh, kw = w.shape
+    # [Cout, kh, kw, Cin/m, m]: the last axis is one group.
+    g = lambda x: x.permute(0, 2, 3, 1).reshape(cout, kh, kw, cin // m, m)  # noqa: E731
+    removed = (g(w.abs().float()) * ~g(full)).sum(-1).flatten()
+    k = min(removed.numel(), math.ceil(frac * removed.numel() - 1e-9))
+    chosen = torch.zeros_like(removed, dtype=torch.bool)
+    if k > 0:
+        # Stable order on ties: lowest group index first, so every rank picks the same groups.
+        order = torch.sort(removed, stable=True).indices
+        chosen[order[:k]] = True
+    chosen = chosen.view(cout, kh, kw, cin // m, 1)
+    mask5 = g(full) | ~chosen
+    mask = mask5.reshape(cout, kh, kw, cin).permute(0, 3, 1, 2).contiguous()
+    return mask & old if old is not None else mask
+
+
+class GradualPruner:
+    """Update masks along :func:`cubic_sparsity` during training.
+
+    Args:
+        model: the (unwrapped) training model; masks are set on its convolutions.
+        recipe: a gradual :class:`PruneRecipe`.
+        batches_per_epoch: training batches per epoch on this process.
+
+    Call :meth:`maybe_update` before every optimizer step with the global batch index; it returns True when the
+    masks changed (the caller then re-applies them to the EMA and re-synchronises ranks).
+
+    Attributes:
+        sparsity: the schedule sparsity the masks currently implement.
+        next_t: the batch index at or after which the next update happens.
+    """
+
+    def __init__(self, model: nn.Module, recipe: PruneRecipe, batches_per_epoch: int) -> None:
+        self.model = model
+        self.recipe = recipe
+        self.prune_kwargs = {"include": recipe.include, "exclude": recipe.exclude}
+        nb = max(batches_per_epoch, 1)
+        self.t0 = recipe.start * nb
+        self.t1 = max(recipe.end * nb - 1, self.t0)
+        self.freq = recipe.freq or max(1, nb // 4)
+        self.sparsity = -1.0
+        self.next_t = self.t0
+
+    def target(self, t: int) -> float:
+        """Scheduled sparsity at batch ``t``."""
+        return cubic_sparsity(t, self.t0, self.t1, self.recipe.initial, self.recipe.final)
+
+    @property
+    def done(self) -> bool:
+        return self.sparsity >= self.recipe.final
+
+    def maybe_update(self, t: int) -> bool:
+        """Prune to the scheduled sparsity when an update is due at batch ``t``; True when masks were set."""
+        if self.done or t < self.next_t:
+            return False
+        self.update(self.target(t) if t < self.t1 else self.recipe.final)
+        self.next_t = t + self.freq
+        return True
+
+    @torch.no_grad()
+    def update(self, sparsity: float) -> None:
+        """Set the masks for ``sparsity`` (never shrinking the pruned set) and zero the pruned weights."""
+        from sparseyolo.prune import apply_masks, is_nm_mask, prune, set_mask
+
+        r = self.recipe
+        if r.method == "nm":
+            frac = sparsity / r.final
+            # The full N:M pattern of the current weights, computed on a copy so only chosen groups change here.
+            probe = copy.deepcopy(self.model)
+            prune(probe, method="nm", n=r.n, m=r.m, **self.prune_kwargs)
+            full = mask_buffers(probe)
+            own = mask_buffers(self.model)
+            for name, fm in full.items():
+                module = self.model.get_submodule(name)
+                if frac >= 1.0 or fm.dim() != 4 or fm.shape[1] % r.m:
+                    new = fm & own[name] if name in own else fm
+                else:
+                    new = _partial_nm_mask(module.weight.detach(), fm, own.get(name), r.m, frac)
+                set_mask(module, new, f"{r.n}:{r.m}" if is_nm_mask(new, r.n, r.m) else "unstructured")
+        elif sparsity > 0:
+            prune(self.model, method=r.method, amount=sparsity, **self.prune_kwargs)
+        apply_masks(self.model)
+        self.sparsity = sparsity
+        LOGGER.info("gradual pruning: masks set for %.4g sparsity (%s)", sparsity, r.method)
+
+    def state_dict(self) -> dict:
+        return {"sparsity": self.sparsity, "next_t": self.next_t}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sparsity = float(state.get("sparsity", -1.0))
+        self.next_t = int(state.get("next_t", self.t0))
