@@ -4,4 +4,13 @@ __version__ = "0.1.0"
 
 from sparseyolo.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint  # noqa: E402
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_model", "save_checkpoint", "__version__"]
+__all__ = ["CheckpointError", "load_checkpoint", "load_model", "save_checkpoint", "sparsify", "__version__"]
+
+
+def __getattr__(name: str):
+    # sparsify needs the compiled ops: imported on first use so `import sparseyolo` works without them.
+    if name == "sparsify":
+        from sparseyolo.sparse import sparsify
+
+        return sparsify
+    raise AttributeError(f"module 'sparseyolo' has no attribute '{name}'")

@@ -158,3 +158,42 @@ def _apply_masks_fake(tensors: list[torch.Tensor], masks: list[torch.Tensor]) ->
             lambda: f"sparseyolo::apply_masks_: masks[{i}] should have the shape of tensors[{i}] {list(t.shape)}, got {list(mk.shape)}",
         )
     return None
+
+
+@torch.library.register_fake("sparseyolo::sparse_conv2d")
+def _sparse_conv2d_fake(
+    input: torch.Tensor,
+    values: torch.Tensor,
+    columns: torch.Tensor,
+    row_ptr: torch.Tensor,
+    kernel_size: list[int],
+    bias: torch.Tensor | None = None,
+    stride: list[int] = (1, 1),
+    padding: list[int] = (0, 0),
+    activation: str = "identity",
+) -> torch.Tensor:
+    op = "sparseyolo::sparse_conv2d"
+    torch._check(input.dim() == 4, lambda: f"{op}: input should be a 4D tensor [N, Cin, H, W], got {input.dim()}D")
+    torch._check(input.dtype == torch.float32, lambda: f"{op}: input should be float32, got {input.dtype}")
+    torch._check(values.dim() == 1 and values.dtype == torch.float32,
+                 lambda: f"{op}: values should be a 1D float32 tensor (the packed nonzeros), got {values.dim()}D {values.dtype}")
+    torch._check(columns.dim() == 1 and columns.dtype == torch.int32,
+                 lambda: f"{op}: columns should be a 1D int32 tensor, got {columns.dim()}D {columns.dtype}")
+    torch._check(columns.numel() == values.numel(),
+                 lambda: f"{op}: columns and values should have one entry per nonzero, got {columns.numel()} and {values.numel()}")
+    torch._check(row_ptr.dim() == 1 and row_ptr.dtype == torch.int64 and row_ptr.numel() >= 2,
+                 lambda: f"{op}: row_ptr should be a 1D int64 tensor of Cout + 1 >= 2 entries")
+    torch._check(len(kernel_size) == 2 and min(kernel_size) >= 1, lambda: f"{op}: kernel_size should be two positive ints, got {kernel_size}")
+    torch._check(len(stride) == 2 and min(stride) >= 1, lambda: f"{op}: stride should be two positive ints, got {stride}")
+    torch._check(len(padding) == 2 and min(padding) >= 0, lambda: f"{op}: padding should be two non-negative ints, got {padding}")
+    torch._check(activation in ("identity", "silu"), lambda: f"{op}: activation should be 'identity' or 'silu', got '{activation}'")
+    cout = row_ptr.shape[0] - 1
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == cout and bias.dtype == torch.float32,
+                     lambda: f"{op}: bias should be a float32 tensor of Cout = {cout} entries")
+    hp, wp = input.shape[2] + 2 * padding[0], input.shape[3] + 2 * padding[1]
+    torch._check(hp >= kernel_size[0] and wp >= kernel_size[1],
+                 lambda: f"{op}: padded input {hp}x{wp} is smaller than the kernel {kernel_size[0]}x{kernel_size[1]}")
+    ho = (hp - kernel_size[0]) // stride[0] + 1
+    wo = (wp - kernel_size[1]) // stride[1] + 1
+    return input.new_empty((input.shape[0], cout, ho, wo))

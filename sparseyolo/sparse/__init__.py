@@ -1,0 +1,39 @@
+"""Sparse inference on the CPU: packed conv weights, :class:`SparseConv2d`, and :func:`sparsify`.
+
+Quick reference::
+
+    from sparseyolo.prune import prune
+    from sparseyolo.sparse import sparsify
+    prune(model, "nm", n=2, m=4)
+    fast = sparsify(model, backend="auto")     # folds BatchNorms, sparse where it is faster here
+    print(fast.sparsify_report)                # per-layer decision, dense vs sparse ms
+"""
+
+from __future__ import annotations
+
+from sparseyolo.sparse.convert import BACKENDS, LayerDecision, SparsifyReport, sparsify, sparsify_report
+from sparseyolo.sparse.modules import SparseConv2d
+from sparseyolo.sparse.packing import PackedConvWeight, pack_conv_weight, pack_nm_weight
+
+__all__ = [
+    "BACKENDS",
+    "LayerDecision",
+    "PackedConvWeight",
+    "SparseConv2d",
+    "SparsifyReport",
+    "pack_conv_weight",
+    "pack_nm_weight",
+    "sparsify",
+    "sparsify_report",
+]
+
+
+def _isa_name() -> str:
+    """Which compute path ``sparse_conv2d`` takes here: ``"avx2"`` or ``"portable"`` (for benchmark reports)."""
+    import os
+
+    import torch
+
+    if os.environ.get("SPARSEYOLO_SPARSE_CONV_ISA") == "portable":
+        return "portable (forced)"
+    return "avx2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "portable"
