@@ -197,3 +197,45 @@ def _sparse_conv2d_fake(
     ho = (hp - kernel_size[0]) // stride[0] + 1
     wo = (wp - kernel_size[1]) // stride[1] + 1
     return input.new_empty((input.shape[0], cout, ho, wo))
+
+
+@torch.library.register_fake("sparseyolo::sparse_conv2d_24")
+def _sparse_conv2d_24_fake(
+    input: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    out_channels: int,
+    kernel_size: list[int],
+    bias: torch.Tensor | None = None,
+    stride: list[int] = (1, 1),
+    padding: list[int] = (0, 0),
+    activation: str = "identity",
+) -> torch.Tensor:
+    op = "sparseyolo::sparse_conv2d_24"
+    torch._check(input.dim() == 4, lambda: f"{op}: input should be a 4D tensor [N, Cin, H, W], got {input.dim()}D")
+    torch._check(input.dtype in (torch.float16, torch.bfloat16),
+                 lambda: f"{op}: input should be float16 or bfloat16, got {input.dtype}")
+    torch._check(input.shape[1] % 8 == 0,
+                 lambda: f"{op}: input channels should be a multiple of 8, got {input.shape[1]} (run such a layer dense)")
+    torch._check(len(kernel_size) == 2 and min(kernel_size) >= 1, lambda: f"{op}: kernel_size should be two positive ints, got {kernel_size}")
+    torch._check(len(stride) == 2 and min(stride) >= 1, lambda: f"{op}: stride should be two positive ints, got {stride}")
+    torch._check(len(padding) == 2 and min(padding) >= 0, lambda: f"{op}: padding should be two non-negative ints, got {padding}")
+    torch._check(activation in ("identity", "silu"), lambda: f"{op}: activation should be 'identity' or 'silu', got '{activation}'")
+    torch._check(out_channels >= 1, lambda: f"{op}: out_channels should be positive, got {out_channels}")
+    mt = (out_channels + 63) // 64 * 4
+    kb = kernel_size[0] * kernel_size[1] * ((input.shape[1] + 31) // 32)
+    torch._check(values.dim() == 4 and tuple(values.shape) == (mt, kb, 32, 8),
+                 lambda: f"{op}: values should be [{mt}, {kb}, 32, 8], got {list(values.shape)}")
+    torch._check(values.dtype == input.dtype, lambda: f"{op}: values should have the input's dtype {input.dtype}, got {values.dtype}")
+    torch._check(meta.dim() == 3 and tuple(meta.shape) == (mt, kb, 16) and meta.dtype == torch.int32,
+                 lambda: f"{op}: meta should be an int32 tensor [{mt}, {kb}, 16], got {list(meta.shape)} {meta.dtype}")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == out_channels and bias.dtype == torch.float32,
+                     lambda: f"{op}: bias should be a float32 tensor of Cout = {out_channels} entries")
+    hp, wp = input.shape[2] + 2 * padding[0], input.shape[3] + 2 * padding[1]
+    torch._check(hp >= kernel_size[0] and wp >= kernel_size[1],
+                 lambda: f"{op}: padded input {hp}x{wp} is smaller than the kernel {kernel_size[0]}x{kernel_size[1]}")
+    ho = (hp - kernel_size[0]) // stride[0] + 1
+    wo = (wp - kernel_size[1]) // stride[1] + 1
+    return torch.empty((input.shape[0], out_channels, ho, wo), dtype=input.dtype, device=input.device,
+                       memory_format=torch.channels_last)

@@ -269,3 +269,41 @@ def sparse_conv2d(
     pd = (padding, padding) if isinstance(padding, int) else tuple(padding)
     return torch.ops.sparseyolo.sparse_conv2d.default(input, values, columns, row_ptr, list(ks), bias, list(st),
                                                       list(pd), activation)
+
+
+def sparse_conv2d_24(
+    input: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    out_channels: int,
+    kernel_size: int | tuple[int, int],
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    activation: str = "identity",
+) -> torch.Tensor:
+    """2:4 sparse convolution on the sparse tensor cores: ``act(conv2d(input, W, bias, stride, padding))``.
+
+    Args:
+        input (Tensor[N, Cin, H, W]): float16 or bfloat16, ``Cin % 8 == 0``; channels_last is read without a copy.
+        values (Tensor[MT, KB, 32, 8]), meta (Tensor[MT, KB, 16] int32): the 2:4 weight ``[Cout, Cin, KH, KW]``
+            (groups of 4 along Cin) in mma.sp fragment order (:func:`sparseyolo.sparse.pack_mma_sp_weight`, once
+            per model; values in the input's dtype).
+        out_channels: ``Cout``.
+        kernel_size: ``(KH, KW)``.
+        bias (Tensor[Cout] float32, optional).
+        stride, padding: as in ``F.conv2d`` (zero padding, groups = 1, dilation = 1).
+        activation: ``"identity"`` or ``"silu"`` (fused in the epilogue, in fp32).
+
+    Returns:
+        Tensor[N, Cout, H', W'] in the input's dtype, channels_last.
+
+    Caveats:
+        No autograd. CUDA (compute capability 8.0+) runs ``mma.sp`` with fp32 accumulation; the CPU backend is
+        the slow reference (decode + float32 conv), for tests and tracing.
+    """
+    ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    st = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    pd = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    return torch.ops.sparseyolo.sparse_conv2d_24.default(input, values, meta, out_channels, list(ks), bias, list(st),
+                                                         list(pd), activation)

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 from sparseyolo.sparse.convert import BACKENDS, LayerDecision, SparsifyReport, sparsify, sparsify_report
 from sparseyolo.sparse.modules import SparseConv2d
+from sparseyolo.sparse.mma_sp import MmaSpWeight, pack_mma_sp_weight, unpack_mma_sp_weight
 from sparseyolo.sparse.packing import PackedConvWeight, pack_conv_weight, pack_nm_weight
 
 __all__ = [
     "BACKENDS",
     "LayerDecision",
+    "MmaSpWeight",
     "PackedConvWeight",
     "SparseConv2d",
     "SparsifyReport",
     "pack_conv_weight",
+    "pack_mma_sp_weight",
     "pack_nm_weight",
     "sparsify",
     "sparsify_report",
+    "unpack_mma_sp_weight",
 ]
 
 

@@ -60,6 +60,8 @@ class SparseConv2d(nn.Module):
         self.register_buffer("row_ptr", packed.row_ptr)
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).contiguous().clone())
         self._warned = False
+        # CUDA inputs (sparseyolo.sparse.cuda_backend): "auto", "mma_sp", "cusparselt" or "dense".
+        self.gpu_backend = "auto"
 
     @classmethod
     def from_dense(
@@ -101,6 +103,10 @@ class SparseConv2d(nn.Module):
         if x.device.type == "cpu" and x.dtype == torch.float32:
             return ops.sparse_conv2d(x, self.values, self.columns, self.row_ptr, self.kernel_size, self.bias,
                                      self.stride, self.padding, self.activation)
+        if x.device.type == "cuda":
+            from sparseyolo.sparse.cuda_backend import cuda_forward  # 2:4 tensor cores / cuSPARSELt / cuDNN
+
+            return cuda_forward(self, x)
         if not self._warned:
             LOGGER.warning("SparseConv2d: no sparse kernel for %s %s input; running F.conv2d on the unpacked "
                            "weight", x.device.type, x.dtype)

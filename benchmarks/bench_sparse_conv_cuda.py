@@ -1,0 +1,281 @@
+"""2:4 sparse convolution on the GPU: cuDNN dense vs cuSPARSELt vs our mma.sp kernel, and end to end.
+
+1. Device ceilings, measured in the same run: device-to-device copy bandwidth (bytes read + written) and a
+   dense fp16 8192^3 GEMM (TFLOP/s on random data).
+2. Per unique conv shape of yolov5x at ``--batch`` x 640 x 640 (default 32, fp16, channels_last), 2:4 weights
+   along Cin, fused bias + SiLU in every method: cuDNN ``F.conv2d`` + SiLU (dense), cuSPARSELt (1x1, stride 1
+   only: one GEMM over NHWC, weight compressed and algorithm searched once), ``sparseyolo::sparse_conv2d_24``.
+   TFLOP/s count the dense-equivalent 2*N*Ho*Wo*Cout*Cin*KH*KW, so sparse and dense rates compare directly.
+3. End to end yolov5s and yolov5x (random weights, 2:4 pruned, BatchNorms folded) at ``--batch`` fp16:
+   inference and NMS (``sparseyolo.ops.yolo_nms``, val setting conf 0.001 IoU 0.6 multi-label) timed
+   separately, dense (cuDNN) vs 2:4 (``SparseConv2d`` with GPU ``auto`` per layer: each layer's backend is
+   chosen once by timing, before the timed runs).
+
+Timing (benchmarks/../.library METHOD): CUDA events around each call, warm-up first, the median of ``--reps``;
+inputs rotated among enough buffers that they exceed 3x the L2 cache. A failing method records NaN.
+
+  python benchmarks/bench_sparse_conv_cuda.py --out benchmarks/results   # writes .json and .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sparseyolo import ops  # noqa: E402
+from sparseyolo.sparse import SparseConv2d, pack_mma_sp_weight, sparsify  # noqa: E402
+from sparseyolo.sparse.cuda_backend import CusparseLtConv1x1  # noqa: E402
+
+LOGGER = logging.getLogger("bench_sparse_conv_cuda")
+NAN = float("nan")
+
+
+def time_ms(fn, args_list: list, reps: int, warmup: int = 3) -> float:
+    """Median ms of ``fn(*args)`` over ``reps`` calls, rotating through ``args_list``; NaN if it fails."""
+    try:
+        for i in range(warmup):
+            fn(*args_list[i % len(args_list)])
+        torch.cuda.synchronize()
+        times = []
+        for i in range(reps):
+            a = args_list[i % len(args_list)]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*a)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+    except Exception as e:  # noqa: BLE001 - a failing method is recorded as NaN
+        LOGGER.warning("method failed: %s: %s", type(e).__name__, e)
+        torch.cuda.synchronize()
+        return NAN
+
+
+def rotations(bytes_one: int, l2: int, cap: int = 8) -> int:
+    return max(1, min(cap, math.ceil(3 * l2 / max(bytes_one, 1))))
+
+
+def ceilings(reps: int) -> dict:
+    out = {}
+    n = 1 << 30  # 1 GiB per buffer
+    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    b = torch.empty_like(a)
+    ms = time_ms(lambda: b.copy_(a), [()], reps)
+    out["copy_GBps"] = 2 * n / (ms * 1e-3) / 1e9
+    del a, b
+    m = 8192
+    x = torch.randn(m, m, device="cuda", dtype=torch.float16)
+    y = torch.randn(m, m, device="cuda", dtype=torch.float16)
+    ms = time_ms(lambda: x @ y, [()], reps)
+    out["gemm_fp16_TFLOPs"] = 2 * m**3 / (ms * 1e-3) / 1e12
+    return out
+
+
+def conv_shapes(model_name: str, size: int) -> list[dict]:
+    """Unique (Cin, Cout, k, stride, pad, H, W) of the model's convs at batch 1, with their counts."""
+    from sparseyolo import models
+
+    dev, dt = ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    model = getattr(models, model_name)().eval().to(dev, dt)
+    seen: dict[tuple, dict] = {}
+
+    def hook(mod, args):
+        x = args[0]
+        key = (mod.in_channels, mod.out_channels, mod.kernel_size[0], mod.stride[0], mod.padding[0], x.shape[2],
+               x.shape[3])
+        seen.setdefault(key, {"count": 0})["count"] += 1
+
+    hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size, device=dev, dtype=dt))
+    for h in hooks:
+        h.remove()
+    return [dict(cin=k[0], cout=k[1], k=k[2], stride=k[3], pad=k[4], h=k[5], w=k[6], count=v["count"])
+            for k, v in seen.items()]
+
+
+def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int) -> dict:
+    cin, cout, k, st, pd, h, w = s["cin"], s["cout"], s["k"], s["stride"], s["pad"], s["h"], s["w"]
+    ho, wo = (h + 2 * pd - k) // st + 1, (w + 2 * pd - k) // st + 1
+    flops = 2.0 * batch * ho * wo * cout * cin * k * k
+    row = dict(s, batch=batch, ho=ho, wo=wo, gflop=flops / 1e9)
+    wt = torch.randn(cout, cin, k, k) / math.sqrt(cin * k * k)
+    if cin % 4 == 0:
+        wt = wt * ops.nm_mask(wt, 2, 4)
+    wd = wt.to("cuda", dtype).contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(cout, device="cuda")
+    bias_d = bias.to(dtype)
+    n_rot = rotations(batch * cin * h * w * 2, l2)
+    xs = [(torch.randn(batch, cin, h, w, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last),)
+          for _ in range(n_rot)]
+    row["rotations"] = n_rot
+
+    def dense(x):
+        return F.silu(F.conv2d(x, wd, bias_d, st, pd), inplace=True)
+
+    row["dense_ms"] = time_ms(dense, xs, reps)
+    row["cusparselt_ms"] = NAN
+    if k == 1 and st == 1 and pd == 0 and cin % 4 == 0:
+        try:
+            cs = CusparseLtConv1x1(wd, bias)
+            cs.search(xs[0][0])
+            row["cusparselt_ms"] = time_ms(lambda x: cs(x, "silu"), xs, reps)
+        except Exception as e:  # noqa: BLE001
+            LOGGER.warning("cuSPARSELt %s: %s", s, e)
+    row["mma_sp_ms"] = NAN
+    if cin % 8 == 0:
+        try:
+            p = pack_mma_sp_weight(wt, dtype=dtype).to("cuda")
+            row["mma_sp_ms"] = time_ms(
+                lambda x: ops.sparse_conv2d_24(x, p.values, p.meta, cout, k, bias, st, pd, "silu"), xs, reps)
+            # correctness on the timed shape, against the dense masked conv (fp32 reference)
+            y = ops.sparse_conv2d_24(xs[0][0][:1], p.values, p.meta, cout, k, bias, st, pd, "silu").float()
+            ref = F.silu(F.conv2d(xs[0][0][:1].float(), wd.float(), bias, st, pd))
+            row["mma_sp_rel_err"] = float((y - ref).norm() / ref.norm())
+        except Exception as e:  # noqa: BLE001
+            LOGGER.warning("mma_sp %s: %s", s, e)
+    for m in ("dense", "cusparselt", "mma_sp"):
+        t = row[f"{m}_ms"]
+        row[f"{m}_TFLOPs"] = flops / (t * 1e-3) / 1e12 if t == t else NAN
+    row["speedup_mma_sp"] = row["dense_ms"] / row["mma_sp_ms"] if row["mma_sp_ms"] == row["mma_sp_ms"] else NAN
+    del xs
+    torch.cuda.empty_cache()
+    return row
+
+
+def end_to_end(model_name: str, batch: int, size: int, dtype: torch.dtype, reps: int) -> dict:
+    from sparseyolo import models
+    from sparseyolo.prune import prune
+
+    row = {"model": model_name, "batch": batch}
+    torch.manual_seed(0)
+    base = getattr(models, model_name)().eval()
+    prune(base, "nm", n=2, m=4)
+    xs = [(torch.rand(batch, 3, size, size, device="cuda", dtype=dtype).contiguous(
+        memory_format=torch.channels_last),) for _ in range(2)]
+    for variant, backend in (("dense", "dense"), ("sparse24", "sparse")):
+        try:
+            t0 = time.perf_counter()
+            m = sparsify(copy.deepcopy(base), backend=backend)
+            m = m.to("cuda", dtype).to(memory_format=torch.channels_last).eval()
+            with torch.no_grad():
+                m(xs[0][0])  # builds GPU weights; "auto" picks each SparseConv2d's backend here
+            torch.cuda.synchronize()
+            row[f"{variant}_convert_s"] = time.perf_counter() - t0
+            if variant == "sparse24":
+                choices: dict[str, int] = {}
+                for mod in m.modules():
+                    if isinstance(mod, SparseConv2d):
+                        for st in getattr(mod, "_gpu_states", {}).values():
+                            for c in st.choice.values():
+                                choices[c] = choices.get(c, 0) + 1
+                row["sparse24_layer_backends"] = choices
+            with torch.no_grad():
+                row[f"{variant}_infer_ms"] = time_ms(lambda x: m(x), xs, reps)
+                pred = m(xs[0][0])
+                pred = pred[0] if isinstance(pred, (tuple, list)) else pred
+                row[f"{variant}_nms_ms"] = time_ms(
+                    lambda p: ops.yolo_nms(p, 0.001, 0.6, multi_label=True), [(pred.float(),)], reps)
+            del m
+        except Exception as e:  # noqa: BLE001
+            LOGGER.warning("end to end %s %s: %s: %s", model_name, variant, type(e).__name__, e)
+            row.setdefault(f"{variant}_infer_ms", NAN)
+            row.setdefault(f"{variant}_nms_ms", NAN)
+        torch.cuda.empty_cache()
+    d = row["dense_infer_ms"] + row["dense_nms_ms"]
+    s = row["sparse24_infer_ms"] + row["sparse24_nms_ms"]
+    row["speedup_infer"] = row["dense_infer_ms"] / row["sparse24_infer_ms"]
+    row["speedup_total"] = d / s
+    return row
+
+
+def markdown(res: dict) -> str:
+    env, c = res["environment"], res["ceilings"]
+    lines = [f"## 2:4 sparse convolution on {env['gpu']} ({res['dtype']}, batch {res['batch']})", "",
+             f"torch {env['torch']}, CUDA {env['cuda']}, {env['date']}. Ceilings: copy "
+             f"{c.get('copy_GBps', NAN):.0f} GB/s, dense fp16 GEMM {c.get('gemm_fp16_TFLOPs', NAN):.0f} TFLOP/s.",
+             "", "| Cin | Cout | k | s | in HxW | n | dense ms | cuSPARSELt ms | mma.sp ms | dense TF/s | cuSPARSELt TF/s "
+             "| mma.sp TF/s | mma.sp speedup | rel err |", "|" + "---|" * 14]
+    for r in res["layers"]:
+        lines.append(
+            f"| {r['cin']} | {r['cout']} | {r['k']} | {r['stride']} | {r['h']}x{r['w']} | {r['count']} | "
+            f"{r['dense_ms']:.3f} | {r['cusparselt_ms']:.3f} | {r['mma_sp_ms']:.3f} | {r['dense_TFLOPs']:.0f} | "
+            f"{r['cusparselt_TFLOPs']:.0f} | {r['mma_sp_TFLOPs']:.0f} | {r['speedup_mma_sp']:.2f} | "
+            f"{r.get('mma_sp_rel_err', NAN):.1e} |")
+    if res["end_to_end"]:
+        lines += ["", "| model | dense infer ms | dense NMS ms | 2:4 infer ms | 2:4 NMS ms | infer speedup | "
+                  "infer+NMS speedup | 2:4 layer backends |", "|" + "---|" * 8]
+        for r in res["end_to_end"]:
+            lines.append(f"| {r['model']} | {r['dense_infer_ms']:.2f} | {r['dense_nms_ms']:.2f} | "
+                         f"{r['sparse24_infer_ms']:.2f} | {r['sparse24_nms_ms']:.2f} | {r['speedup_infer']:.2f} | "
+                         f"{r['speedup_total']:.2f} | {r.get('sparse24_layer_backends', {})} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=640)
+    ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+    ap.add_argument("--layers-model", default="yolov5x")
+    ap.add_argument("--models", nargs="*", default=["yolov5s", "yolov5x"], help="end-to-end models")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for .json and .md")
+    ap.add_argument("--name", default="sparse_conv_cuda")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not torch.cuda.is_available():
+        sys.exit("bench_sparse_conv_cuda: needs a CUDA device")
+    dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    res = {"batch": args.batch, "size": args.size, "dtype": args.dtype, "reps": args.reps,
+           "environment": {"gpu": props.name, "sms": props.multi_processor_count, "l2_bytes": l2,
+                           "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+                           "date": time.strftime("%Y-%m-%d %H:%M")},
+           "ceilings": {}, "layers": [], "end_to_end": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = args.out / f"{args.name}.json", args.out / f"{args.name}.md"
+
+    def save():
+        json_path.write_text(json.dumps(res, indent=1, default=str))
+        md_path.write_text(markdown(res))
+
+    try:
+        res["ceilings"] = ceilings(args.reps)
+    except Exception as e:  # noqa: BLE001
+        LOGGER.warning("ceilings: %s", e)
+    print(res["ceilings"], flush=True)
+    for s in conv_shapes(args.layers_model, args.size):
+        r = bench_layer(s, args.batch, dtype, l2, args.reps)
+        res["layers"].append(r)
+        print(f"{s['cin']:>5} {s['cout']:>5} k{s['k']} s{s['stride']} {s['h']}x{s['w']}: dense {r['dense_ms']:.3f} "
+              f"cslt {r['cusparselt_ms']:.3f} mma.sp {r['mma_sp_ms']:.3f} ms ({r['speedup_mma_sp']:.2f}x) "
+              f"err {r.get('mma_sp_rel_err', NAN):.1e}", flush=True)
+        save()
+    for name in args.models:
+        r = end_to_end(name, args.batch, args.size, dtype, args.reps)
+        res["end_to_end"].append(r)
+        print(r, flush=True)
+        save()
+    save()
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

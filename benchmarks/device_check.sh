@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The GPU check of sparseyolo, in one command, on a machine with an NVIDIA GPU (written for the H200 device
+# machine: python3 3.12 with torch 2.11+cu130, 16 cores, no network), in about 8 minutes at most:
+#
+#   bash benchmarks/device_check.sh            # from the repository root; results under $OUT (default ./device_out)
+#
+# Stages (each one's failure is recorded and the next still runs; every stage has a time limit and the whole
+# run a deadline of DEADLINE_S seconds, default 470):
+#   1. build   MAX_JOBS=16 pip install --no-build-isolation --no-deps -e .   (the machine's own python3)
+#   2. pytest  the CUDA tests of NMS, box_iou, N:M masks/compress and the 2:4 sparse conv (-m cuda)
+#   3. ctest   the torch-free kernels' CUDA tests (CMake)
+#   4. bench   benchmarks/bench_nms.py --device cuda; benchmarks/bench_sparse_conv_cuda.py (batch 32, fp16)
+# Files under $OUT (<= 8, flat): log.txt (everything), summary.md (stage table + the benchmark tables),
+# pytest_cuda.xml, sparse_conv_cuda.{json,md}, nms_cuda.json, nms_cuda.md.
+set -o pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/device_out}"
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+DEADLINE_S="${DEADLINE_S:-470}"
+START=$(date +%s)
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 MAX_JOBS="${MAX_JOBS:-16}"
+declare -a STAGES
+
+log() { echo "[device_check $(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
+
+# run_stage NAME CAP_SECONDS CMD...: runs CMD with timeout min(CAP, time left), tees its output to the log.
+run_stage() {
+  local name="$1" cap="$2"
+  shift 2
+  local left=$((DEADLINE_S - ($(date +%s) - START)))
+  local limit=$((cap < left ? cap : left))
+  if ((limit < 10)); then
+    STAGES+=("| $name | skipped | no time left |")
+    log "SKIP $name: no time left"
+    return 0
+  fi
+  log "START $name (limit ${limit}s): $*"
+  local t0=$(date +%s) rc
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  rc=$?
+  local dt=$(($(date +%s) - t0)) status="ok"
+  if ((rc == 124 || rc == 137)); then status="TIMEOUT"; elif ((rc != 0)); then status="FAILED (rc $rc)"; fi
+  STAGES+=("| $name | $status | ${dt}s |")
+  log "END $name: $status in ${dt}s"
+  return 0
+}
+
+# --- environment ------------------------------------------------------------------------------------------
+if [[ -z "${CUDA_HOME:-}" || ! -x "${CUDA_HOME}/bin/nvcc" ]]; then
+  CUDA_HOME=""
+  for d in /usr/local/cuda /usr/local/cuda-13.0 /usr/local/cuda-13 /opt/cuda \
+           "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x/x)")")"; do
+    if [[ -x "$d/bin/nvcc" && -f "$d/include/cuda_runtime.h" ]]; then CUDA_HOME="$d"; break; fi
+  done
+fi
+export CUDA_HOME
+export PATH="${CUDA_HOME:+$CUDA_HOME/bin:}$PATH"
+{
+  echo "# environment"
+  date
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 || true
+  echo "CUDA_HOME=$CUDA_HOME"; nvcc --version 2>&1 | tail -1 || true
+  "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)" 2>&1
+  "$PY" -m pip --version 2>&1
+} | tee -a "$LOG"
+# Pure-python deps the tests import; the machine has no network, so only report what is missing.
+"$PY" - <<'EOF' 2>&1 | tee -a "$LOG"
+import importlib
+for name in ("yaml", "tqdm", "cv2", "numpy", "torchvision", "pytest", "hypothesis", "pycocotools"):
+    try:
+        importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001
+        print(f"missing python module {name}: {e} (tests that need it skip or fail)")
+EOF
+# Wheels carried in .whl/ (see the device README) are installed when present.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    2>&1 | tee -a "$LOG" && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+# --- 1. build ---------------------------------------------------------------------------------------------
+run_stage build 300 env MAX_JOBS="$MAX_JOBS" CUDA_HOME="$CUDA_HOME" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" \
+  "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+"$PY" -c "import sparseyolo._C, torch; print('ops:', sorted(n for n in dir(torch.ops.sparseyolo) if not n.startswith('_')))" \
+  2>&1 | tee -a "$LOG"
+
+# --- 2. CUDA tests ----------------------------------------------------------------------------------------
+run_stage pytest_cuda 120 "$PY" -m pytest -q -m cuda -p no:cacheprovider --junitxml="$OUT/pytest_cuda.xml" \
+  tests/test_sparse_conv_cuda.py tests/test_ops_nms.py tests/test_ops_box_iou.py tests/test_ops_nm_sparsity.py
+
+# --- 3. ctest (torch-free kernels) ------------------------------------------------------------------------
+ctest_all() {
+  cmake -S . -B build/device_cmake -DSPARSEYOLO_CUDA=ON -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" \
+    -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null &&
+    cmake --build build/device_cmake -j "$MAX_JOBS" >/dev/null &&
+    ctest --test-dir build/device_cmake --output-on-failure -R cuda_test
+}
+run_stage ctest_cuda 90 bash -c "$(declare -f ctest_all); CUDA_HOME='$CUDA_HOME' MAX_JOBS='$MAX_JOBS' ctest_all"
+
+# --- 4. benchmarks ----------------------------------------------------------------------------------------
+run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 --min-run-time 0.3 \
+  --json "$OUT/nms_cuda.json" --markdown "$OUT/nms_cuda.md"
+run_stage bench_sparse_conv 400 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
+  --out "$OUT" --name sparse_conv_cuda
+
+# --- summary ----------------------------------------------------------------------------------------------
+{
+  echo "# sparseyolo device check ($(date '+%Y-%m-%d %H:%M'), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+  echo
+  echo "| stage | status | time |"
+  echo "|---|---|---|"
+  printf '%s\n' "${STAGES[@]}"
+  echo
+  grep -E "passed|failed|error" "$LOG" | grep -E "^[=]* ?[0-9]+ (passed|failed)" | tail -2
+  [[ -f "$OUT/sparse_conv_cuda.md" ]] && cat "$OUT/sparse_conv_cuda.md"
+  [[ -f "$OUT/nms_cuda.md" ]] && { echo; cat "$OUT/nms_cuda.md"; }
+} >"$OUT/summary.md"
+log "done in $(($(date +%s) - START))s"
+cat "$OUT/summary.md"

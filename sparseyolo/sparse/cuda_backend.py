@@ -1,0 +1,195 @@
+"""GPU execution of :class:`~sparseyolo.sparse.SparseConv2d`: 2:4 sparse tensor cores, cuSPARSELt, or cuDNN.
+
+For a CUDA input, :func:`cuda_forward` runs the layer on one of:
+
+* ``"mma_sp"``: :func:`sparseyolo.ops.sparse_conv2d_24` (our implicit-GEMM ``mma.sp`` kernel, 1x1 and 3x3,
+  any stride/padding, fused bias + SiLU), for fp16/bf16 inputs of a 2:4 layer with ``Cin % 8 == 0``;
+* ``"cusparselt"``: 1x1, stride 1, unpadded convs as one GEMM over NHWC through PyTorch's cuSPARSELt binding
+  (``torch._cslt_compress`` / ``torch._cslt_sparse_mm``), the weight compressed and the algorithm searched
+  once, at the first call;
+* ``"dense"``: cuDNN ``F.conv2d`` on the cached dense weight (channels_last).
+
+The module's ``gpu_backend`` picks one; ``"auto"`` (the default) times the applicable ones once per layer shape
+and input shape (CUDA events, median) and keeps the fastest, cached per process like the CPU ``auto`` of
+:func:`~sparseyolo.sparse.sparsify`. Anything that does not apply falls back to ``"dense"``, logging the reason
+once per layer; nothing crashes or returns other values than the dense masked conv up to rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sparseyolo.sparse.mma_sp import MmaSpWeight, is_24_sparse, pack_mma_sp_weight
+
+LOGGER = logging.getLogger(__name__)
+
+GPU_BACKENDS = ("auto", "mma_sp", "cusparselt", "dense")
+# (device name, weight shape, stride, padding, input shape, dtype, activation) -> {backend: ms}
+_GPU_TIMING_CACHE: dict[tuple, dict[str, float]] = {}
+
+
+@dataclass
+class _GpuState:
+    """Per (device, dtype) weights of one layer, built once."""
+
+    dense_w: torch.Tensor
+    bias: torch.Tensor | None  # float32
+    packed: MmaSpWeight | None = None
+    cslt: object | None = None
+    reason: str | None = None  # why mma.sp cannot run it ("" when it can); checked once
+    choice: dict[tuple, str] = field(default_factory=dict)  # input shape -> backend
+    timings: dict[tuple, dict[str, float]] = field(default_factory=dict)
+
+
+class CusparseLtConv1x1:
+    """A 1x1, stride-1, unpadded 2:4 conv as ``Y[P, Cout] = X[P, Cin] @ W^T`` through cuSPARSELt.
+
+    The weight is compressed once (``torch._cslt_compress``); the algorithm is searched once for the first input
+    shape (``torch._cslt_sparse_mm_search`` where PyTorch has it). Raises at construction when this PyTorch build
+    or GPU has no cuSPARSELt.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        if not hasattr(torch, "_cslt_compress"):
+            raise RuntimeError("this PyTorch build has no cuSPARSELt binding")
+        self.cout, self.cin = weight.shape[:2]
+        self.compressed = torch._cslt_compress(weight.reshape(self.cout, self.cin).contiguous())
+        self.bias = None if bias is None else bias.to(weight.dtype).contiguous()
+        self.alg_id = 0
+
+    def search(self, x: torch.Tensor) -> None:
+        search = getattr(torch, "_cslt_sparse_mm_search", None)
+        if search is not None:
+            try:
+                self.alg_id = int(search(self.compressed, self._dense_operand(x), bias=self.bias,
+                                         transpose_result=True))
+            except Exception as e:  # noqa: BLE001 - the default algorithm still works
+                LOGGER.debug("cuSPARSELt algorithm search failed (%s); using algorithm 0", e)
+
+    def _dense_operand(self, x: torch.Tensor) -> torch.Tensor:
+        # channels_last [N, Cin, H, W] is [N*H*W, Cin] row-major; its transpose is the column-major B.
+        return x.permute(0, 2, 3, 1).reshape(-1, self.cin).t()
+
+    def __call__(self, x: torch.Tensor, activation: str) -> torch.Tensor:
+        n, _, h, w = x.shape
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch._cslt_sparse_mm(self.compressed, self._dense_operand(x), bias=self.bias, transpose_result=True,
+                                  alg_id=self.alg_id)  # [N*H*W, Cout]
+        if activation == "silu":
+            y = F.silu(y, inplace=True)
+        return y.reshape(n, h, w, self.cout).permute(0, 3, 1, 2)  # channels_last view
+
+
+def _median_ms_cuda(fn, reps: int = 10, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _log_once(module, reason: str) -> None:
+    seen = module.__dict__.setdefault("_gpu_reasons", set())
+    if reason not in seen:
+        seen.add(reason)
+        LOGGER.warning("SparseConv2d(%s): running cuDNN dense on the GPU: %s", module.extra_repr(), reason)
+
+
+def _sparse_reason(module, x: torch.Tensor, dense_w: torch.Tensor) -> str:
+    """Why the mma.sp kernel cannot run this layer ("" when it can)."""
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return f"{x.dtype} input (the sparse tensor cores take float16/bfloat16)"
+    if torch.cuda.get_device_capability(x.device) < (8, 0):
+        return "GPU older than sm_80 (no sparse tensor cores)"
+    if module.in_channels % 8:
+        return f"Cin = {module.in_channels} is not a multiple of 8"
+    if not is_24_sparse(dense_w):
+        return "weight is not 2:4 sparse along Cin"
+    return ""
+
+
+def _state(module, x: torch.Tensor) -> _GpuState:
+    states = module.__dict__.setdefault("_gpu_states", {})
+    key = (x.device, x.dtype)
+    if key not in states:
+        w = module.dense_weight().to(device=x.device, dtype=x.dtype).contiguous(memory_format=torch.channels_last)
+        b = None if module.bias is None else module.bias.to(device=x.device, dtype=torch.float32)
+        states[key] = _GpuState(dense_w=w, bias=b)
+    return states[key]
+
+
+def _run(module, st: _GpuState, backend: str, x: torch.Tensor) -> torch.Tensor:
+    act = module.activation
+    if backend == "mma_sp":
+        from sparseyolo import ops
+
+        return ops.sparse_conv2d_24(x, st.packed.values, st.packed.meta, module.out_channels, module.kernel_size,
+                                    st.bias, module.stride, module.padding, act)
+    if backend == "cusparselt":
+        return st.cslt(x, act)
+    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), st.dense_w,
+                 None if st.bias is None else st.bias.to(x.dtype), module.stride, module.padding)
+    return F.silu(y, inplace=True) if act == "silu" else y
+
+
+@torch.no_grad()
+def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """Run ``module`` (a :class:`~sparseyolo.sparse.SparseConv2d`) on a CUDA input ``x``; see the module doc."""
+    want = getattr(module, "gpu_backend", "auto")
+    st = _state(module, x)
+    if want == "dense":
+        return _run(module, st, "dense", x)
+    if st.reason is None:
+        st.reason = _sparse_reason(module, x, st.dense_w)
+    reason = st.reason
+    candidates = ["dense"]
+    if not reason:
+        if st.packed is None:
+            st.packed = pack_mma_sp_weight(st.dense_w, dtype=x.dtype).to(x.device)
+        candidates.append("mma_sp")
+        is_1x1 = module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding == (0, 0)
+        if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
+            try:
+                st.cslt = CusparseLtConv1x1(st.dense_w, st.bias)
+                st.cslt.search(x.contiguous(memory_format=torch.channels_last))
+            except Exception as e:  # noqa: BLE001 - no cuSPARSELt here, or a shape it rejects
+                st.cslt = False
+                LOGGER.info("SparseConv2d(%s): cuSPARSELt unavailable (%s)", module.extra_repr(), e)
+        if st.cslt:
+            candidates.append("cusparselt")
+    if want != "auto":
+        if want in candidates:
+            return _run(module, st, want, x)
+        _log_once(module, reason or f"backend '{want}' does not apply to this layer")
+        return _run(module, st, "dense", x)
+    if reason:
+        _log_once(module, reason)
+        return _run(module, st, "dense", x)
+    shape = tuple(x.shape)
+    if shape not in st.choice:
+        key = (torch.cuda.get_device_name(x.device), tuple(st.dense_w.shape), module.stride, module.padding, shape,
+               x.dtype, module.activation)
+        if key not in _GPU_TIMING_CACHE:
+            times = {}
+            for b in candidates:
+                try:
+                    times[b] = _median_ms_cuda(lambda b=b: _run(module, st, b, x))
+                except Exception as e:  # noqa: BLE001 - a failing backend is never chosen
+                    LOGGER.warning("SparseConv2d(%s): backend %s failed (%s)", module.extra_repr(), b, e)
+                    times[b] = float("inf")
+            _GPU_TIMING_CACHE[key] = times
+        times = _GPU_TIMING_CACHE[key]
+        st.timings[shape] = times
+        st.choice[shape] = min(times, key=times.get)
+    return _run(module, st, st.choice[shape], x)

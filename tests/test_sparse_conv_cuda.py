@@ -1,0 +1,197 @@
+"""2:4 sparse convolution on the sparse tensor cores (``sparseyolo::sparse_conv2d_24``).
+
+CPU-runnable: the mma.sp weight format (packing vs a bit-level reader written from the PTX ISA, vs the
+``pack_nm_indices`` row metadata of the pruning work), the CPU reference op vs ``F.conv2d`` of the masked
+weight, opcheck, error messages. CUDA-marked (skipped without a GPU): the kernel vs an fp64 reference, error
+at most 2x PyTorch's own fp16/bf16 error, awkward channel counts and spatial sizes, poisoned outputs,
+``SparseConv2d`` on the GPU (auto / mma_sp / cuSPARSELt / dense).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparseyolo import ops
+from sparseyolo.prune.storage import pack_nm_indices
+from sparseyolo.sparse import SparseConv2d, pack_mma_sp_weight, unpack_mma_sp_weight
+from sparseyolo.sparse.mma_sp import is_24_sparse
+
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+def _weight_24(cout: int, cin: int, k: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(cout, cin, k, k, generator=g) * (1.0 / (cin * k * k) ** 0.5)
+    w = w * ops.nm_mask(w, 2, 4)
+    return w.to(dtype).to(torch.float32)  # exactly representable in dtype
+
+
+def _reference(x, w, bias, stride, padding, activation):
+    y = F.conv2d(x.double(), w.double(), None if bias is None else bias.double(), stride, padding)
+    return F.silu(y) if activation == "silu" else y
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+class TestMmaSpPacking:
+    @pytest.mark.parametrize("cout,cin,k", [(80, 104, 3), (16, 32, 1), (255, 160, 1), (72, 8, 3), (64, 96, 3)])
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_roundtrip_bit_level(self, cout, cin, k, dtype):
+        w = _weight_24(cout, cin, k, seed=cout + cin, dtype=dtype)
+        packed = pack_mma_sp_weight(w, dtype=dtype)
+        assert packed.values.dtype == dtype and packed.meta.dtype == torch.int32
+        assert packed.values.shape == ((cout + 63) // 64 * 4, k * k * ((cin + 31) // 32), 32, 8)
+        assert torch.equal(unpack_mma_sp_weight(packed), w)
+
+    def test_sparse_groups_and_all_zero_groups(self):
+        w = _weight_24(16, 32, 1, seed=1)
+        w[0, 0:4] = 0  # no nonzero
+        w[1, 0:4] = 0
+        w[1, 3] = 0.5  # one nonzero at the last position
+        packed = pack_mma_sp_weight(w)
+        assert torch.equal(unpack_mma_sp_weight(packed), w.half().float())
+
+    def test_metadata_codes_valid_and_ordered(self):
+        packed = pack_mma_sp_weight(_weight_24(80, 104, 3, seed=2))
+        words = packed.meta.to(torch.int64) & 0xFFFFFFFF
+        nibbles = torch.stack([(words >> (4 * j)) & 0xF for j in range(8)])
+        lo, hi = nibbles & 3, nibbles >> 2
+        assert bool((lo < hi).all())  # never the undefined equal-index codes 0b0000/0101/1010/1111
+
+    def test_row_metadata_matches_pack_nm_indices(self):
+        # storage.pack_nm_indices claims the per-row mma.sp metadata before the lane interleaving: the low
+        # half-word of lane pair word (g, h) must be row g's packed positions for dense columns 16h..16h+15.
+        cout, cin = 16, 64
+        w = _weight_24(cout, cin, 1, seed=3)
+        _, idx = ops.nm_compress(w.permute(0, 2, 3, 1).contiguous(), 2, 4)  # [16, 1, 1, 32]
+        rows = pack_nm_indices(idx.reshape(cout, cin // 2), 4).view(torch.int16).to(torch.int64) & 0xFFFF  # [16, 4]
+        packed = pack_mma_sp_weight(w)
+        words = packed.meta.to(torch.int64) & 0xFFFFFFFF  # [1, 2 k-blocks, 16]
+        for kb in range(2):
+            for g in range(8):
+                for h in range(2):
+                    word = int(words[0, kb, 2 * g + h])
+                    assert word & 0xFFFF == int(rows[g, 2 * kb + h])
+                    assert word >> 16 == int(rows[g + 8, 2 * kb + h])
+
+    def test_rejects_dense(self):
+        with pytest.raises(ValueError, match="not 2:4"):
+            pack_mma_sp_weight(torch.randn(16, 32, 1, 1))
+        assert not is_24_sparse(torch.randn(16, 32, 1, 1))
+
+
+CASES = [  # (cin, cout, k, stride, padding, h, w)
+    (80, 80, 1, 1, 0, 13, 11),
+    (160, 104, 3, 1, 1, 13, 13),
+    (104, 160, 3, 2, 1, 33, 17),
+    (64, 255, 1, 1, 0, 9, 7),
+    (8, 72, 3, 2, 1, 13, 12),
+]
+
+
+class TestSparseConv2d24CPU:
+    @pytest.mark.parametrize("cin,cout,k,stride,padding,h,w", CASES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("activation", ["identity", "silu"])
+    def test_matches_masked_dense(self, cin, cout, k, stride, padding, h, w, dtype, activation):
+        wt = _weight_24(cout, cin, k, seed=cin * cout, dtype=dtype)
+        x = torch.randn(2, cin, h, w).to(dtype)
+        bias = torch.randn(cout)
+        packed = pack_mma_sp_weight(wt, dtype=dtype)
+        y = ops.sparse_conv2d_24(x, packed.values, packed.meta, cout, k, bias, stride, padding, activation)
+        ref = _reference(x, wt, bias, stride, padding, activation)
+        torch_own = F.conv2d(x.float(), wt, bias, stride, padding)
+        torch_own = (F.silu(torch_own) if activation == "silu" else torch_own).to(dtype)
+        assert y.dtype == dtype and y.shape == ref.shape
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert _rel(y, ref) <= 2 * _rel(torch_own, ref) + 1e-7
+
+    def test_opcheck(self):
+        wt = _weight_24(72, 40, 3, seed=5)
+        packed = pack_mma_sp_weight(wt)
+        x = torch.randn(1, 40, 9, 7).half().contiguous(memory_format=torch.channels_last)
+        torch.library.opcheck(torch.ops.sparseyolo.sparse_conv2d_24.default,
+                              (x, packed.values, packed.meta, 72, [3, 3], torch.randn(72), [2, 2], [1, 1], "silu"))
+
+    def test_errors(self):
+        packed = pack_mma_sp_weight(_weight_24(16, 32, 1, seed=6))
+        x = torch.randn(1, 32, 5, 5).half()
+        with pytest.raises(RuntimeError, match="sparseyolo::sparse_conv2d_24: values should be"):
+            ops.sparse_conv2d_24(x, packed.values, packed.meta, 16, 3)
+        with pytest.raises(RuntimeError, match="float16 or bfloat16"):
+            ops.sparse_conv2d_24(x.float(), packed.values, packed.meta, 16, 1)
+        with pytest.raises(RuntimeError, match="multiple of 8"):
+            ops.sparse_conv2d_24(torch.randn(1, 12, 5, 5).half(), packed.values, packed.meta, 16, 1)
+
+
+# ------------------------------------------------------------------------------------------------ CUDA
+
+
+def _poison_allocator(numel: int, dtype: torch.dtype) -> None:
+    """Leave NaN bytes in the caching allocator's next blocks, so an unwritten output element shows up."""
+    blocks = [torch.full((numel,), float("nan"), dtype=dtype, device="cuda") for _ in range(4)]
+    del blocks
+
+
+@pytest.mark.cuda
+class TestSparseConv2d24CUDA:
+    @pytest.mark.parametrize("cin,cout,k,stride,padding,h,w", CASES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("activation", ["identity", "silu"])
+    def test_kernel_vs_fp64(self, cin, cout, k, stride, padding, h, w, dtype, activation):
+        if torch.cuda.get_device_capability() < (8, 0):
+            pytest.skip("needs sm_80+")
+        torch.manual_seed(cin + cout + h)
+        wt = _weight_24(cout, cin, k, seed=cin * cout + 1, dtype=dtype)
+        x = torch.randn(3, cin, h, w).to(dtype)
+        bias = torch.randn(cout)
+        ref = _reference(x, wt, bias, stride, padding, activation)
+        packed = pack_mma_sp_weight(wt, dtype=dtype).to("cuda")
+        xc = x.cuda().contiguous(memory_format=torch.channels_last)
+        _poison_allocator(ref.numel(), dtype)
+        y = ops.sparse_conv2d_24(xc, packed.values, packed.meta, cout, k, bias.cuda(), stride, padding, activation)
+        torch.cuda.synchronize()
+        assert bool(torch.isfinite(y).all()), "unwritten (poisoned) or non-finite output elements"
+        torch_own = F.conv2d(xc, wt.to("cuda", dtype), bias.to("cuda", dtype), stride, padding)
+        torch_own = F.silu(torch_own) if activation == "silu" else torch_own
+        err, err_torch = _rel(y.cpu(), ref), _rel(torch_own.cpu(), ref)
+        assert err <= 2 * err_torch + 1e-6, f"kernel {err:.2e} vs PyTorch {err_torch:.2e}"
+        y_cpu = ops.sparse_conv2d_24(x, packed.values.cpu(), packed.meta.cpu(), cout, k, bias, stride, padding,
+                                     activation)
+        assert _rel(y.cpu(), y_cpu.double()) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+
+    def test_nchw_input_and_batch_1(self):
+        wt = _weight_24(96, 64, 3, seed=9, dtype=torch.float16)
+        packed = pack_mma_sp_weight(wt).to("cuda")
+        x = torch.randn(1, 64, 20, 20, device="cuda", dtype=torch.float16)  # NCHW: copied to channels_last
+        y = ops.sparse_conv2d_24(x, packed.values, packed.meta, 96, 3, None, 1, 1)
+        ref = _reference(x.cpu(), wt, None, 1, 1, "identity")
+        assert _rel(y.cpu(), ref) < 2e-3
+
+    @pytest.mark.parametrize("backend", ["auto", "mma_sp", "cusparselt", "dense"])
+    def test_module_backends(self, backend):
+        wt = _weight_24(128, 64, 1, seed=11, dtype=torch.float16)
+        conv = torch.nn.Conv2d(64, 128, 1, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(wt)
+        mod = SparseConv2d.from_dense(conv, activation="silu", pattern="2:4").cuda().half()
+        mod.gpu_backend = backend
+        x = torch.randn(2, 64, 24, 24, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+        y = mod(x)
+        ref = _reference(x.cpu(), wt, conv.bias.detach(), 1, 0, "silu")
+        assert _rel(y.float().cpu(), ref) < 5e-3
+
+    def test_module_falls_back_for_odd_cin(self, caplog):
+        conv = torch.nn.Conv2d(12, 16, 3, padding=1)
+        with torch.no_grad():
+            conv.weight.mul_(ops.nm_mask(conv.weight, 2, 4))
+        mod = SparseConv2d.from_dense(conv, pattern="2:4").cuda().half()
+        x = torch.randn(1, 12, 9, 9, device="cuda", dtype=torch.float16)
+        with caplog.at_level("WARNING"):
+            y1, y2 = mod(x), mod(x)
+        assert torch.equal(y1, y2)
+        assert sum("multiple of 8" in r.message for r in caplog.records) == 1  # logged once
