@@ -70,7 +70,10 @@ def _upper_cholesky_of_inverse(h: torch.Tensor, damp: float) -> tuple[torch.Tens
     for attempt in range(6):
         lower, info = torch.linalg.cholesky_ex(h + (damp * scale) * eye)
         if int(info) == 0:
-            hinv = torch.cholesky_inverse(lower)
+            # H^-1 = L^-T L^-1 via a triangular solve and a GEMM: torch.cholesky_inverse is ~20x slower on CPU
+            # (12 s vs 0.6 s for d = 2304 in float64 on this 2-core machine).
+            linv = torch.linalg.solve_triangular(lower, eye, upper=False)
+            hinv = linv.t() @ linv
             upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
             if int(info) == 0:
                 return upper, damp
@@ -194,13 +197,17 @@ def sparsegpt_prune(
         raise AssertionError("sparsegpt_prune: pruned fewer entries than asked")
 
     dw = weight.detach().to(f64) - w
-    error = float(torch.einsum("rd,de,re->", dw, h_orig, dw))
     w0 = weight.detach().to(f64)
-    baseline = float(torch.einsum("rd,de,re->", w0, h_orig, w0))
+    error, baseline = _quadratic(dw, h_orig), _quadratic(w0, h_orig)
     return ObsResult(weight=w.to(weight.dtype), mask=keep, error=error, baseline=baseline, damp=used_damp)
 
 
 def output_error(weight: torch.Tensor, new_weight: torch.Tensor, hessian: torch.Tensor) -> float:
     """``tr((W - W') H (W - W')^T)``: the summed squared output change of a linear map with input Hessian ``H``."""
     dw = (weight.detach() - new_weight.detach()).to(torch.float64)
-    return float(torch.einsum("rd,de,re->", dw, hessian.to(torch.float64), dw))
+    return _quadratic(dw, hessian.to(torch.float64))
+
+
+def _quadratic(w: torch.Tensor, h: torch.Tensor) -> float:
+    """``tr(w h w^T)``."""
+    return float(((w @ h) * w).sum())

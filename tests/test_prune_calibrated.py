@@ -1,0 +1,295 @@
+"""One-shot calibrated (OBS / SparseGPT) pruning: solver, input statistics, model driver, BN re-calibration, CLI."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparseyolo.prune import is_nm_mask, prune
+from sparseyolo.prune.calibrated import (
+    HessianAccumulator,
+    calibrated_prune,
+    dense_target_weight,
+    layer_input_columns,
+    prune_layer,
+    recalibrate_batchnorm,
+)
+from sparseyolo.prune.obs import output_error, sparsegpt_prune
+
+
+def _correlated_input(seed: int, b: int = 6, c: int = 16, hw: int = 11) -> torch.Tensor:
+    """Channels with shared structure (as real activations have), so that re-fitting the kept weights pays."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(b, c // 2, hw, hw, generator=g)
+    mix = torch.randn(c, c // 2, generator=g)
+    x = torch.einsum("oc,bchw->bohw", mix, base) + 0.3 * torch.randn(b, c, hw, hw, generator=g)
+    return F.silu(x)
+
+
+def _reference_hessian(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Explicit im2col: every output position's receptive field, flattened in weight order (c, i, j)."""
+    kh, kw = conv.kernel_size
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    xp = F.pad(x, (pw, pw, ph, ph)).double()
+    rows = []
+    for b in range(x.shape[0]):
+        for oy in range(0, xp.shape[2] - kh + 1, sh):
+            for ox in range(0, xp.shape[3] - kw + 1, sw):
+                rows.append(xp[b, :, oy:oy + kh, ox:ox + kw].reshape(-1))
+    X = torch.stack(rows, 1)
+    return X @ X.t()
+
+
+class TestHessian:
+    @pytest.mark.parametrize("k,stride,pad", [(1, 1, 0), (3, 1, 1), (3, 2, 1), (6, 2, 2)])
+    def test_matches_explicit_im2col(self, k, stride, pad):
+        conv = nn.Conv2d(5, 7, k, stride, pad, bias=False)
+        x = torch.randn(2, 5, 9, 13)
+        acc = HessianAccumulator(conv)
+        acc.add(x[:1])
+        acc.add(x[1:])
+        torch.testing.assert_close(acc.hessian, _reference_hessian(conv, x), rtol=1e-5, atol=1e-4)
+        out = conv(x)
+        assert acc.rows == out.shape[0] * out.shape[2] * out.shape[3]
+
+    def test_columns_reproduce_conv(self):
+        conv = nn.Conv2d(4, 6, 3, 2, 1, bias=False)
+        x = torch.randn(2, 4, 10, 7)
+        cols = layer_input_columns(conv, x)
+        y = conv.weight.flatten(1) @ cols
+        torch.testing.assert_close(y.view_as(conv(x)), conv(x), rtol=1e-5, atol=1e-5)
+
+    def test_linear(self):
+        lin = nn.Linear(6, 3)
+        x = torch.randn(4, 5, 6)
+        acc = HessianAccumulator(lin)
+        acc.add(x)
+        X = x.reshape(-1, 6).double()
+        torch.testing.assert_close(acc.hessian, X.t() @ X, rtol=1e-5, atol=1e-5)  # float32 GEMM per batch
+
+    def test_cross_term_equals_hessian_for_same_input(self):
+        conv = nn.Conv2d(4, 4, 3, 1, 1, bias=False)
+        x = torch.randn(2, 4, 6, 6)
+        acc = HessianAccumulator(conv, cross=True)
+        acc.add(x, x)
+        torch.testing.assert_close(acc.cross, acc.hessian)
+        w = conv.weight.flatten(1)
+        torch.testing.assert_close(dense_target_weight(w, acc.hessian, acc.cross, 0.01), w.double())
+
+
+class TestSolver:
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    @pytest.mark.parametrize("pattern", ["2:4", "1:4", "2:8", 0.5, 0.75])
+    def test_beats_magnitude_on_conv(self, seed, pattern):
+        torch.manual_seed(seed)
+        conv = nn.Conv2d(16, 13, 3, padding=1, bias=False)
+        x = _correlated_input(seed)
+        acc = HessianAccumulator(conv)
+        acc.add(x)
+        ref = conv(x).detach()
+        calib, mag = copy.deepcopy(conv), copy.deepcopy(conv)
+        if isinstance(pattern, str):
+            n, m = (int(v) for v in pattern.split(":"))
+            prune_layer(calib, acc.hessian, n=n, m=m, blocksize=32)
+            prune(mag, "nm", n=n, m=m)
+            assert is_nm_mask(calib.weight_mask, n, m)
+            assert calib.weight_mask_pattern == pattern
+        else:
+            prune_layer(calib, acc.hessian, amount=pattern, blocksize=32)
+            prune(mag, "l1", amount=pattern)
+            assert int((~calib.weight_mask).sum()) == round(pattern * conv.weight.numel())
+        w = calib.weight.detach()
+        assert bool((w[~calib.weight_mask] == 0).all())
+        assert not bool(torch.signbit(w[~calib.weight_mask]).any())  # +0.0, what the kernels expect
+        with torch.no_grad():
+            err_calib = float((calib(x) - ref).pow(2).sum())
+            err_mag = float((mag(x) - ref).pow(2).sum())
+        assert err_calib < 0.9 * err_mag, (err_calib, err_mag)
+
+    def test_beats_magnitude_on_linear(self):
+        torch.manual_seed(0)
+        lin = nn.Linear(32, 20, bias=False)
+        x = _correlated_input(3, b=4, c=32, hw=8).permute(0, 2, 3, 1).reshape(-1, 32)
+        acc = HessianAccumulator(lin)
+        acc.add(x)
+        calib, mag = copy.deepcopy(lin), copy.deepcopy(lin)
+        prune_layer(calib, acc.hessian, n=2, m=4)
+        prune(mag, "nm", n=2, m=4)
+        assert is_nm_mask(calib.weight_mask, 2, 4)
+        ref = lin(x)
+        assert (calib(x) - ref).norm() < (mag(x) - ref).norm()
+
+    def test_reported_error_is_output_error(self):
+        torch.manual_seed(0)
+        w = torch.randn(9, 24, dtype=torch.float64)
+        x = torch.randn(24, 200, dtype=torch.float64)
+        h = x @ x.t()
+        res = sparsegpt_prune(w, h, n=2, m=4, blocksize=8)
+        assert res.error == pytest.approx(float(((w - res.weight) @ x).pow(2).sum()), rel=1e-9)
+        assert res.error == pytest.approx(output_error(w, res.weight, h), rel=1e-12)
+        assert res.baseline == pytest.approx(float((w @ x).pow(2).sum()), rel=1e-9)
+
+    def test_nm_mask_independent_of_blocksize(self):
+        torch.manual_seed(1)
+        w = torch.randn(6, 32, dtype=torch.float64)
+        x = torch.randn(32, 100, dtype=torch.float64)
+        a = sparsegpt_prune(w, x @ x.t(), n=2, m=4, blocksize=8)
+        b = sparsegpt_prune(w, x @ x.t(), n=2, m=4, blocksize=32)
+        assert torch.equal(a.mask, b.mask)
+        torch.testing.assert_close(a.weight, b.weight)
+
+    def test_existing_mask_kept(self):
+        torch.manual_seed(0)
+        w = torch.randn(8, 16)
+        x = torch.randn(16, 64)
+        pruned = torch.zeros(8, 16, dtype=torch.bool)
+        pruned[:, 0] = True
+        res = sparsegpt_prune(w, x @ x.t(), sparsity=0.25, pruned=pruned)
+        assert not res.mask[:, 0].any()
+        assert int((~res.mask).sum()) == 32
+
+    def test_dead_inputs_pruned_first(self):
+        torch.manual_seed(0)
+        w = torch.randn(4, 8)
+        x = torch.randn(8, 50)
+        x[3] = 0  # an input channel that is always zero
+        res = sparsegpt_prune(w, x @ x.t(), n=2, m=4)
+        assert not res.mask[:, 3].any()
+
+    def test_bad_args(self):
+        w, h = torch.randn(4, 8), torch.eye(8)
+        with pytest.raises(ValueError, match="either sparsity"):
+            sparsegpt_prune(w, h)
+        with pytest.raises(ValueError, match="either sparsity"):
+            sparsegpt_prune(w, h, sparsity=0.5, n=2, m=4)
+        with pytest.raises(ValueError, match="1 <= n < m"):
+            sparsegpt_prune(w, h, n=4, m=4)
+        with pytest.raises(ValueError, match="multiple of m"):
+            sparsegpt_prune(torch.randn(4, 6), torch.eye(6), n=2, m=4)
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            sparsegpt_prune(w, h, sparsity=1.0)
+        with pytest.raises(ValueError, match="8x8"):
+            sparsegpt_prune(w, torch.eye(7), sparsity=0.5)
+
+
+class _Tiny(nn.Module):
+    """conv-bn-act, a branch reusing the same input twice (sibling group), and a 1x1 head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.a = nn.Conv2d(8, 8, 3, 1, 1, bias=False)
+        self.b = nn.Conv2d(8, 8, 1, bias=False)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.bn(self.stem(x)))
+        return self.head(torch.cat((F.silu(self.a(x)), F.silu(self.b(x))), 1))
+
+
+class TestDriver:
+    def _batches(self, n: int = 3) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        return [torch.randint(0, 256, (2, 3, 16, 16), generator=g, dtype=torch.uint8) for _ in range(n)]
+
+    @pytest.mark.parametrize("target", ["dense", "layer"])
+    def test_generic_model_nm(self, target):
+        torch.manual_seed(0)
+        model = _Tiny().eval()
+        report = calibrated_prune(model, self._batches(), n=2, m=4, target=target, bn_recalibration="reset")
+        assert set(report.pruned) == {"a.weight", "b.weight", "head.weight"}
+        assert ("stem", "3 input channels, not a multiple of m=4") in report.skipped
+        for mod in (model.a, model.b, model.head):
+            assert is_nm_mask(mod.weight_mask, 2, 4)
+            assert bool((mod.weight[~mod.weight_mask] == 0).all())
+        assert report.calib_images == 6 and report.bn_recalibrated == 1
+        assert report.calib_rows["b.weight"] == 6 * 8 * 8
+        assert not model.training
+
+    def test_unstructured_count_per_layer(self):
+        model = _Tiny().eval()
+        report = calibrated_prune(model, self._batches(), amount=0.5, bn_recalibration="none")
+        for name, mod in (("a", model.a), ("b", model.b), ("head", model.head), ("stem", model.stem)):
+            assert int((~mod.weight_mask).sum()) == round(0.5 * mod.weight.numel()), name
+        assert report.bn_recalibrated == 0
+
+    def test_errors(self):
+        model = _Tiny().eval()
+        with pytest.raises(ValueError, match="calibration images"):
+            calibrated_prune(model, [], n=2, m=4)
+        with pytest.raises(ValueError, match="either amount"):
+            calibrated_prune(model, self._batches(), amount=0.5, n=2, m=4)
+        with pytest.raises(ValueError, match="1 <= n < m"):
+            calibrated_prune(model, self._batches(), n=3, m=2)
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            calibrated_prune(model, self._batches(), amount=1.5)
+        with pytest.raises(ValueError, match="no prunable layer"):
+            calibrated_prune(model, self._batches(), n=2, m=4, include="nothing*")
+        with pytest.raises(ValueError, match="bn_recalibration"):
+            calibrated_prune(model, self._batches(), n=2, m=4, bn_recalibration="sometimes")
+
+
+class TestBatchNormRecalibration:
+    def test_matches_statistics_of_the_data(self):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)).eval()
+        model[1].running_mean.fill_(5.0)
+        model[1].running_var.fill_(7.0)
+        batches = [torch.randn(4, 3, 10, 10) * 2 + 1 for _ in range(3)]
+        assert recalibrate_batchnorm(model, batches) == 1
+        y = torch.cat([model[0](x) for x in batches])
+        torch.testing.assert_close(model[1].running_mean, y.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+        # the stored variance is the mean of the per-batch unbiased variances
+        var = torch.stack([model[0](x).transpose(0, 1).reshape(4, -1).var(1) for x in batches]).mean(0)
+        torch.testing.assert_close(model[1].running_var, var, rtol=1e-4, atol=1e-5)
+        assert model[1].momentum == 0.1 and not model.training and model[1].num_batches_tracked == 3
+
+
+@pytest.fixture(scope="module")
+def coco8_batches(shared):
+    from sparseyolo.prune.calibrated import calibration_batches
+
+    data = {"path": str(shared / "data" / "coco8"), "train": "images/train", "val": "images/val",
+            "names": [str(i) for i in range(80)]}
+    return calibration_batches(data, n_images=2, img_size=160, batch_size=2)
+
+
+class TestYolov5n:
+    def test_end_to_end_nm(self, shared, coco8_batches, tmp_path):
+        from sparseyolo.checkpoint import load_model, save_checkpoint
+
+        model = load_model(shared / "weights" / "yolov5n.pt", fuse=False)
+        bn = model.model[1].bn
+        mean_before = bn.running_mean.clone()
+        report = calibrated_prune(model, coco8_batches, n=2, m=4, bn_recalibration="reset")
+        assert report.calib_images == 2 and len(report.pruned) == 59
+        assert [name for name, _ in report.skipped] == ["model.0.conv"]
+        for name, mod in model.named_modules():
+            if name in ("model.1.conv", "model.24.m.2"):
+                assert is_nm_mask(mod.weight_mask, 2, 4)
+                assert bool((mod.weight[~mod.weight_mask] == 0).all())
+        assert all(0.0 <= e < 0.5 for e in report.rel_error.values())
+        # BN statistics re-estimated on the calibration images: changed, finite, positive variances
+        assert not torch.equal(bn.running_mean, mean_before)
+        assert bool(torch.isfinite(bn.running_mean).all()) and bool((bn.running_var > 0).all())
+        # the pruned model saves and loads with its masks
+        path = save_checkpoint(model, tmp_path / "calibrated.pt", pruning={"method": "nm", "n": 2, "m": 4})
+        back = load_model(path, fuse=False)
+        assert is_nm_mask(back.model[1].conv.weight_mask, 2, 4)
+
+    def test_cli_errors(self, shared, tmp_path, capsys):
+        from sparseyolo import cli
+
+        argv = ["prune", "--weights", str(shared / "weights" / "yolov5n.pt"), "--out", str(tmp_path / "x.pt"),
+                "--calibrate", str(tmp_path / "missing.yaml")]
+        assert cli.main([*argv, "--method", "global", "--amount", "0.5"]) == 2
+        assert "--calibrate works with --method l1" in capsys.readouterr().err
+        assert cli.main([*argv, "--nm", "2:4"]) == 2
+        assert "data yaml not found" in capsys.readouterr().err
+        assert cli.main([*argv, "--nm", "2:4", "--calib-images", "0"]) == 2
+        assert "at least 1" in capsys.readouterr().err
