@@ -152,7 +152,7 @@ def make_extension():
 
 setup(
     packages=find_packages(include=["sparseyolo", "sparseyolo.*"]),
-    package_data={"sparseyolo": ["models/configs/*.yaml"]},
+    package_data={"sparseyolo": ["models/configs/*.yaml", "assets/*.pt.xz"]},  # assets: the demo's checkpoint
     ext_modules=[make_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

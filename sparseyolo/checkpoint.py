@@ -11,12 +11,18 @@ Three kinds of files are understood:
 * **sparseyolo** files written by :func:`save_checkpoint`, read with ``torch.load(weights_only=True)``.
 * **plain state_dicts** (a dict of tensors, or one under ``'state_dict'`` or ``'model'``); the config is
   inferred by matching tensor shapes against the built-in configs.
+
+Any of them may be compressed whole with xz or gzip (``model.pt.xz``, as the packaged demo model is); such a
+file is decompressed in memory before it is read.
 """
 
 from __future__ import annotations
 
 import copy
+import gzip
+import io
 import logging
+import lzma
 import os
 import pickle
 import re
@@ -457,13 +463,35 @@ _MAGIC_HINTS = (
 )
 
 
-def _sniff(path: Path) -> None:
-    """Raise CheckpointError unless the file starts like a torch zip archive or a pickle."""
+#: Magic numbers of the whole-file compressions :func:`load_checkpoint` undoes in memory.
+_XZ_MAGIC, _GZIP_MAGIC = b"\xfd7zXZ\x00", b"\x1f\x8b"
+
+
+def _decompressed(path: Path) -> Path | io.BytesIO:
+    """The file itself, or its content in memory when it is xz- or gzip-compressed (e.g. ``model.pt.xz``)."""
     with open(path, "rb") as fh:
-        head = fh.read(8)
+        head = fh.read(6)
+    try:
+        if head.startswith(_XZ_MAGIC):
+            return io.BytesIO(lzma.decompress(path.read_bytes()))
+        if head.startswith(_GZIP_MAGIC):
+            return io.BytesIO(gzip.decompress(path.read_bytes()))
+    except (lzma.LZMAError, OSError, EOFError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated compressed checkpoint ({e})") from e
+    return path
+
+
+def _sniff(path: Path, source: Path | io.BytesIO | None = None) -> None:
+    """Raise CheckpointError unless the file (or its decompressed ``source``) starts like a torch zip or a pickle."""
+    source = path if source is None else source
+    if isinstance(source, io.BytesIO):
+        head = source.getvalue()[:8]
+    else:
+        with open(source, "rb") as fh:
+            head = fh.read(8)
     if head.startswith(b"PK"):
         try:
-            with zipfile.ZipFile(path) as zf:
+            with zipfile.ZipFile(source) as zf:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise CheckpointError(f"{path}: not a readable checkpoint: corrupt or truncated zip archive ({e})") from e
@@ -488,14 +516,17 @@ def _sniff(path: Path) -> None:
     raise CheckpointError(f"{path}: not a PyTorch checkpoint (it looks like {what})")
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, source: Path | io.BytesIO | None = None) -> Any:
     """Load with weights_only=True, or else with the restricted unpickler (Ultralytics model objects)."""
+    source = path if source is None else source
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as first:
         LOGGER.debug("weights_only load of %s failed (%s); trying the restricted unpickler", path, first)
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module())
+        return torch.load(source, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module())
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
     except CheckpointError:
@@ -525,8 +556,11 @@ def load_checkpoint(path: str | Path, cfg: str | Path | dict | None = None) -> C
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    _sniff(path)
-    obj = _torch_load(path)
+    source = _decompressed(path)
+    _sniff(path, source)
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    obj = _torch_load(path, source)
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
         return _from_sparseyolo(obj, path)

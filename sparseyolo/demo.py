@@ -1,0 +1,339 @@
+"""``sparseyolo demo``: prune a detector several ways, recover one, and measure accuracy, size and CPU speed.
+
+By default everything ships with the package or is made on the spot, so it runs offline: the small detector in
+``sparseyolo/assets`` (YOLOv5n layout at width 0.125, 3 shape classes, trained by
+``benchmarks/train_demo_model.py``) and a freshly generated synthetic shapes dataset (the checkpoint's held-out
+val split, and a small train split for the recovery fine-tune). With ``--weights`` and ``--data`` the same
+steps run on a real model and dataset.
+
+The variants, each evaluated with pycocotools on the val split:
+
+* ``dense``: the checkpoint as it is;
+* ``l1 30%``: every conv pruned by 30% of its smallest weights (YOLOv5's ``--prune``), no retraining;
+* ``2:4 one-shot``: two of every four input-channel weights kept, no retraining;
+* ``2:4 recovered``: the one-shot model fine-tuned a few epochs with its masks enforced;
+* ``global 75%``: 75% of all conv weights pruned by global magnitude (where CPU sparse kernels can pay).
+
+For each: mAP50-95, checkpoint size (fp16, pruned weights stored compressed), CPU latency per image of the
+BN-folded dense model (the same baseline for every row) and of the ``sparsify(backend="auto")`` model (per layer the faster of dense and
+sparse), and their ratio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import io
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["DemoConfig", "DemoRow", "DemoResult", "run_demo", "packaged_weights", "format_table"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: The packaged checkpoint (written by benchmarks/train_demo_model.py).
+PACKAGED_WEIGHTS = "shapes_yolov5n_w0125.pt.xz"
+#: Generator settings used when the checkpoint does not record its dataset (they match the packaged one).
+DEFAULT_DATASET = {"seed": 0, "img_size": 128, "max_objects": 8, "size_range": [0.1, 0.45],
+                   "classes": ["circle", "square", "triangle"]}
+
+
+#: Extra one-shot points of the mAP-vs-sparsity curves (method, amount); mAP only, no timing.
+SWEEP: tuple[tuple[str, float], ...] = (("l1", 0.5), ("global", 0.5), ("global", 0.9))
+
+
+def packaged_weights() -> Path:
+    """Path of the checkpoint shipped in ``sparseyolo/assets``."""
+    path = Path(__file__).resolve().parent / "assets" / PACKAGED_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the packaged demo checkpoint {path} is missing; reinstall sparseyolo, or make it with "
+            "`python benchmarks/train_demo_model.py`, or pass --weights and --data"
+        )
+    return path
+
+
+@dataclass
+class DemoConfig:
+    """Settings of :func:`run_demo`.
+
+    Attributes:
+        weights, data: checkpoint and data yaml; None: the packaged model and a generated synthetic dataset.
+        out: output folder (data, checkpoints, plots, table).
+        imgsz: inference and fine-tune size; None: the synthetic data's size (128), else 640.
+        n_val, n_train: synthetic images generated for evaluation and for the recovery fine-tune.
+        finetune_epochs: epochs of masked fine-tuning for "2:4 recovered" (0 skips the row).
+        finetune_batches: stop each fine-tune epoch after this many batches (None: full epochs).
+        global_amount: sparsity of the global-magnitude row (0 skips it).
+        plots: write the PNG figures.
+        sweep: with ``plots``, also evaluate the one-shot sparsities of :data:`SWEEP` for the mAP curves.
+        reps: timed forwards per latency measurement (median).
+        threads: torch threads (None: leave as is).
+        batch_size: val batch size.
+        workers: dataloader workers.
+    """
+
+    weights: str | None = None
+    data: str | None = None
+    out: str = "runs/demo"
+    imgsz: int | None = None
+    n_val: int = 100
+    n_train: int = 128
+    finetune_epochs: int = 3
+    finetune_batches: int | None = None
+    global_amount: float = 0.75
+    plots: bool = True
+    sweep: bool = True
+    reps: int = 15
+    threads: int | None = None
+    batch_size: int = 16
+    workers: int = 1
+
+
+@dataclass
+class DemoRow:
+    """One variant of the model and what was measured on it."""
+
+    name: str
+    method: str  # "dense", "l1", "nm", "global"
+    sparsity: float  # zero fraction over the pruned convs' weights (0 for dense)
+    map5095: float
+    map50: float
+    size_mb: float
+    dense_ms: float
+    sparse_ms: float
+    sparse_layers: int = 0
+    pruned_layers: int = 0
+    recovered: bool = False
+    model: nn.Module | None = field(default=None, repr=False)
+    sparse_model: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.sparse_ms if self.sparse_ms > 0 else float("nan")
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced."""
+
+    rows: list[DemoRow]
+    out: Path
+    data: str
+    imgsz: int
+    threads: int
+    seconds: float
+    plots: list[Path] = field(default_factory=list)
+    sweep: list[tuple[str, float, float]] = field(default_factory=list)  # (method, sparsity, mAP50-95)
+
+    def table(self) -> str:
+        return format_table(self.rows, self.imgsz, self.threads)
+
+
+def format_table(rows: list[DemoRow], imgsz: int, threads: int) -> str:
+    """The demo's one table, fixed width."""
+    head = (f"{'model':<15} {'sparsity':>8} {'mAP50-95':>8} {'mAP50':>6} {'size MB':>7} {'dense ms':>8} "
+            f"{'sparse ms':>9} {'speedup':>7}  sparse convs")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        conv = f"{r.sparse_layers}/{r.pruned_layers}" if r.pruned_layers else "-"
+        lines.append(f"{r.name:<15} {100 * r.sparsity:>7.1f}% {r.map5095:>8.3f} {r.map50:>6.3f} {r.size_mb:>7.3f} "
+                     f"{r.dense_ms:>8.2f} {r.sparse_ms:>9.2f} {r.speedup:>6.2f}x  {conv}")
+    lines.append(f"mAP: pycocotools on the val split; size: fp16 checkpoint, pruned weights compressed; latency: "
+                 f"median per image, batch 1, {imgsz}x{imgsz}, {threads} CPU threads; dense = BN-folded dense model, "
+                 "sparse = sparsify(backend='auto'), speedup = dense / sparse")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool):
+    """Silence the library's logs, progress bars and pycocotools' prints around a step (unless verbose)."""
+    if verbose:
+        yield
+        return
+    root = logging.getLogger("sparseyolo")
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:  # tqdm writes to sys.stderr, pycocotools prints to sys.stdout
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+@torch.no_grad()
+def _interleaved_ms(a: nn.Module, b: nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float]:
+    """Median forward ms of ``a`` and of ``b``, timed alternately so load changes hit both alike."""
+    for _ in range(3):  # warm-up: thread pools, allocator, first-call dispatch
+        a(x), b(x)
+    ta, tb = [], []
+    for _ in range(max(reps, 1)):
+        for model, acc in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            model(x)
+            acc.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def _evaluate(model: nn.Module, data: str, imgsz: int, cfg: DemoConfig, out: Path) -> tuple[float, float]:
+    from sparseyolo import val
+
+    res = val.run(weights="", data=data, imgsz=imgsz, batch_size=cfg.batch_size, device="cpu", workers=cfg.workers,
+                  cocoeval=True, project=str(out / "val"), model=model)
+    map5095 = res.coco_stats[0] if res.coco_stats else res.map
+    return float(map5095), float(res.coco_stats[1] if res.coco_stats else res.map50)
+
+
+def _masked_sparsity(model: nn.Module) -> tuple[float, int]:
+    from sparseyolo.prune import sparsity_report
+
+    rep = sparsity_report(model)
+    return (rep.masked_sparsity if rep.masked_layers else 0.0), len(rep.masked_layers)
+
+
+def _synthetic_data(out: Path, meta: dict, cfg: DemoConfig) -> tuple[str, int]:
+    from sparseyolo.data.synthetic import make_synthetic_dataset
+
+    ds = {**DEFAULT_DATASET, **(meta.get("dataset") or {})}
+    classes = meta.get("classes") or ds["classes"]
+    n_train = cfg.n_train if cfg.finetune_epochs > 0 else 0
+    yaml_path = make_synthetic_dataset(out / "data", n_train=n_train, n_val=cfg.n_val, img_size=int(ds["img_size"]),
+                                       classes=classes, seed=int(ds["seed"]), max_objects=int(ds["max_objects"]),
+                                       size_range=tuple(ds["size_range"]))
+    return str(yaml_path), int(ds["img_size"])
+
+
+def _finetune(pruned_ckpt: Path, data: str, imgsz: int, cfg: DemoConfig, out: Path) -> tuple[nn.Module, Any]:
+    from sparseyolo.checkpoint import load_model
+    from sparseyolo.train import TrainConfig, train
+
+    tcfg = TrainConfig(
+        weights=str(pruned_ckpt), data=data, epochs=cfg.finetune_epochs, imgsz=imgsz, batch_size=cfg.batch_size,
+        nbs=cfg.batch_size, lr0=0.002, lrf=0.1, cos_lr=True, warmup_epochs=0.0, mosaic=False, device="cpu",
+        workers=cfg.workers, project=str(out), name="finetune_2of4", exist_ok=True, noval=True,
+        ema_tau=50.0,  # a few dozen steps: a short EMA horizon
+        max_batches=cfg.finetune_batches,
+    )
+    result = train(tcfg)
+    return load_model(result.best, fuse=False), result.final
+
+
+def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
+    """Run the demo (see the module docstring); progress is logged, the table is returned.
+
+    Args:
+        cfg: settings.
+        verbose: keep the library's own logs (val reports, training progress).
+
+    Returns:
+        A :class:`DemoResult` with one :class:`DemoRow` per variant.
+
+    Raises:
+        FileNotFoundError, ValueError, CheckpointError: unusable weights or data (named in the message).
+    """
+    from sparseyolo.checkpoint import load_model, save_checkpoint
+    from sparseyolo.data.dataset import load_data_config
+    from sparseyolo.prune import prune, sparsity_report
+    from sparseyolo.sparse import sparsify
+
+    t_start = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
+    out = Path(cfg.out)
+    (out / "weights").mkdir(parents=True, exist_ok=True)
+    if (cfg.weights is None) != (cfg.data is None) and cfg.data is None:
+        raise ValueError("--weights needs --data (a dataset whose classes it detects)")
+
+    weights = Path(cfg.weights) if cfg.weights else packaged_weights()
+    dense = load_model(weights, fuse=False)
+    if cfg.data is None:
+        data, imgsz = _synthetic_data(out, dense.meta or {}, cfg)
+        LOGGER.info("demo: %s (%d classes) on a generated synthetic val split (%d images, %d px) in %s", weights.name,
+                    dense.nc, cfg.n_val, imgsz, out / "data")
+    else:
+        data, imgsz = cfg.data, 640
+        LOGGER.info("demo: %s on %s", weights, data)
+    imgsz = cfg.imgsz or imgsz
+    has_train = bool(load_data_config(data).get("train")) and (cfg.data is not None or cfg.n_train > 0)
+    x = torch.rand(1, 3, imgsz, imgsz)
+
+    rows: list[DemoRow] = []
+    dense_folded = sparsify(dense, backend="dense")  # the latency baseline of every row
+
+    def measure(name: str, method: str, model: nn.Module, recovered: bool = False, metrics=None) -> DemoRow:
+        t0 = time.time()
+        sparsity, n_pruned = _masked_sparsity(model)
+        slug = name.replace(" ", "_").replace("%", "pct").replace(":", "of")
+        with _quiet(verbose):
+            if metrics is None:
+                metrics = _evaluate(model, data, imgsz, cfg, out)
+            path = save_checkpoint(copy.deepcopy(model).half(), out / "weights" / f"{slug}.pt")
+            # Right after val.run its dataloader worker winds down for a few seconds and slows every forward
+            # (measured here: 3.4 ms before val, 36-268 ms just after, 6 ms three seconds later): let it go.
+            gc.collect()
+            time.sleep(3.0)
+            if n_pruned:  # the same dense baseline every time, timed alternately with this variant
+                fast = sparsify(model, backend="auto", example_input=x)
+                dense_ms, sparse_ms = _interleaved_ms(dense_folded, fast, x, cfg.reps)
+            else:  # the dense model has nothing to sparsify: speedup 1 by definition
+                fast = dense_folded
+                dense_ms = sparse_ms = _interleaved_ms(dense_folded, dense_folded, x, (cfg.reps + 1) // 2)[0]
+        n_sparse = len(fast.sparsify_report.sparse_layers) if n_pruned else 0
+        row = DemoRow(name, method, sparsity, metrics[0], metrics[1], path.stat().st_size / 1e6, dense_ms, sparse_ms,
+                      n_sparse, n_pruned, recovered, model, fast)
+        rows.append(row)
+        LOGGER.info("  %-14s mAP50-95 %.3f  %.1f%% sparse  %.2f MB  %.2f -> %.2f ms  (%.0f s)", name, row.map5095,
+                    100 * sparsity, row.size_mb, dense_ms, sparse_ms, time.time() - t0)
+        return row
+
+    measure("dense", "dense", dense)
+    def pruned(method: str, *args: Any, **kwargs: Any) -> nn.Module:
+        model = copy.deepcopy(dense)
+        with _quiet(verbose):
+            prune(model, method, *args, **kwargs)
+        return model
+
+    measure("l1 30%", "l1", pruned("l1", 0.3))
+    nm = pruned("nm", n=2, m=4)
+    nm_row = measure("2:4 one-shot", "nm", nm)
+    if cfg.finetune_epochs > 0 and has_train:
+        t0 = time.time()
+        LOGGER.info("  fine-tuning the 2:4 model with its masks for %d epoch(s)...", cfg.finetune_epochs)
+        with _quiet(verbose):
+            oneshot_ckpt = save_checkpoint(copy.deepcopy(nm_row.model), out / "weights" / "2of4_oneshot_fp32.pt")
+            recovered, final = _finetune(oneshot_ckpt, data, imgsz, cfg, out)
+        LOGGER.info("  fine-tune done (%.0f s)", time.time() - t0)
+        metrics = (float(final.coco_stats[0]), float(final.coco_stats[1])) if final and final.coco_stats else None
+        measure("2:4 recovered", "nm", recovered, recovered=True, metrics=metrics)
+    elif cfg.finetune_epochs > 0:
+        LOGGER.info("  %s has no train split: no recovery fine-tune", data)
+    if cfg.global_amount > 0:
+        measure(f"global {100 * cfg.global_amount:.0f}%", "global", pruned("global", cfg.global_amount))
+
+    result = DemoResult(rows, out, data, imgsz, threads, 0.0)
+    if cfg.plots and cfg.sweep:
+        t0 = time.time()
+        for method, amount in SWEEP:
+            m = pruned(method, amount)
+            with _quiet(verbose):
+                result.sweep.append((method, _masked_sparsity(m)[0], _evaluate(m, data, imgsz, cfg, out)[0]))
+        LOGGER.info("  mAP at %d more one-shot sparsities for the curves (%.0f s)", len(SWEEP), time.time() - t0)
+    if cfg.plots:
+        from sparseyolo import plots
+
+        t0 = time.time()
+        with _quiet(verbose):
+            result.plots = plots.demo_plots(result, out, sparsity_report)
+        LOGGER.info("  plots: %s (%.0f s)", ", ".join(p.name for p in result.plots), time.time() - t0)
+    result.seconds = time.time() - t_start
+    (out / "table.txt").write_text(result.table() + "\n", encoding="utf-8")
+    return result

@@ -1,0 +1,266 @@
+"""Figures written by the CLI (``sparseyolo demo --plots``): accuracy, sparsity, speed and detections.
+
+matplotlib is imported lazily with the non-interactive Agg backend, so plotting works on machines without a
+display. Every function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from sparseyolo.demo import DemoResult, DemoRow
+
+__all__ = [
+    "plot_map_vs_sparsity",
+    "plot_layer_sparsity",
+    "plot_layer_speedup",
+    "plot_latency",
+    "plot_detections",
+    "demo_plots",
+]
+
+#: One colour per pruning method, used by every figure.
+METHOD_COLOURS = {"dense": "#444444", "l1": "#1f77b4", "nm": "#d62728", "global": "#2ca02c"}
+METHOD_LABELS = {"dense": "dense", "l1": "l1 per layer", "nm": "N:M (2:4)", "global": "global magnitude"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def _short(name: str) -> str:
+    """'model.13.cv1.conv' -> '13.cv1': layer names short enough for an axis."""
+    return name.removeprefix("model.").removesuffix(".weight").removesuffix(".conv")
+
+
+def plot_map_vs_sparsity(
+    rows: Sequence[DemoRow], sweep: Sequence[tuple[str, float, float]], path: Path, title: str = ""
+) -> Path:
+    """mAP50-95 against the pruned convs' sparsity, one line per method (one-shot), recovered models starred.
+
+    Args:
+        rows: the demo's variants (dense is the 0% point of every line).
+        sweep: extra one-shot points ``(method, sparsity, mAP50-95)``.
+        path: output PNG.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    dense = next((r for r in rows if r.method == "dense"), None)
+    points: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r.method != "dense" and not r.recovered:
+            points.setdefault(r.method, []).append((r.sparsity, r.map5095))
+    for method, s, m in sweep:
+        points.setdefault(method, []).append((s, m))
+    for method, pts in points.items():
+        if dense is not None:
+            pts = [(0.0, dense.map5095), *pts]
+        pts = sorted(set(pts))
+        ax.plot([100 * s for s, _ in pts], [m for _, m in pts], "o-", color=METHOD_COLOURS.get(method),
+                label=f"{METHOD_LABELS.get(method, method)}, one-shot")
+    for r in rows:
+        if r.recovered:
+            ax.plot(100 * r.sparsity, r.map5095, "*", ms=14, color=METHOD_COLOURS.get(r.method),
+                    label=f"{r.name} (masked fine-tune)")
+    if dense is not None:
+        ax.axhline(dense.map5095, color="#888888", lw=0.8, ls="--", label=f"dense {dense.map5095:.3f}")
+    ax.set_xlabel("sparsity of the pruned conv weights (%)")
+    ax.set_ylabel("mAP50-95 (pycocotools)")
+    ax.set_xlim(-3, 100)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Accuracy vs sparsity")
+    return _save(fig, path)
+
+
+def plot_layer_sparsity(reports: dict[str, Any], path: Path) -> Path:
+    """Per-layer sparsity bars, one panel per pruned variant.
+
+    Args:
+        reports: ``{variant name: SparsityReport}`` (:func:`sparseyolo.prune.sparsity_report`).
+        path: output PNG.
+    """
+    plt = _plt()
+    n = max(len(reports), 1)
+    layers = [lay.name for lay in next(iter(reports.values())).layers] if reports else []
+    fig, axes = plt.subplots(n, 1, figsize=(max(8.0, 0.16 * len(layers) + 2), 1.9 * n + 0.8), sharex=True,
+                             squeeze=False)
+    for ax, (name, rep) in zip(axes[:, 0], reports.items()):
+        vals = [100 * lay.sparsity for lay in rep.layers]
+        colours = ["#bbbbbb" if lay.pattern == "dense" else "#1f77b4" for lay in rep.layers]
+        ax.bar(range(len(vals)), vals, color=colours, width=0.8)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("sparsity %")
+        ax.set_title(f"{name}: {100 * rep.masked_sparsity:.1f}% of the pruned weights are zero "
+                     f"(grey: layers left dense)", fontsize=9, loc="left")
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1, 0].set_xticks(range(len(layers)))
+    axes[-1, 0].set_xticklabels([_short(s) for s in layers], rotation=90, fontsize=6)
+    axes[-1, 0].set_xlabel("conv layer (in model order)")
+    return _save(fig, path)
+
+
+def plot_layer_speedup(reports: dict[str, Any], path: Path) -> Path:
+    """Per-layer speedup of the sparse kernel over dense ``conv2d`` as ``sparsify(auto)`` timed it.
+
+    Bars above 1 are layers where the sparse kernel was faster (``auto`` then uses it: solid); below 1 the
+    layer stays dense (hatched). Layers not timed (not eligible) are left out.
+
+    Args:
+        reports: ``{variant name: SparsifyReport}`` (``model.sparsify_report``).
+        path: output PNG.
+    """
+    plt = _plt()
+    n = max(len(reports), 1)
+    width = max((len(r.layers) for r in reports.values()), default=10)
+    fig, axes = plt.subplots(n, 1, figsize=(max(8.0, 0.16 * width + 2), 2.0 * n + 0.8), squeeze=False)
+    for ax, (name, rep) in zip(axes[:, 0], reports.items()):
+        timed = [d for d in rep.layers if not math.isnan(d.speedup)]
+        vals = [d.speedup for d in timed]
+        for i, d in enumerate(timed):  # bars start at 1 (no change) on a log axis: up = faster, down = slower
+            ax.bar(i, d.speedup - 1.0, bottom=1.0, color="#2ca02c" if d.backend == "sparse" else "#d62728",
+                   width=0.8, hatch=None if d.backend == "sparse" else "//", alpha=0.85)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_yscale("log")
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("dense / sparse (log)")
+        n_sparse = sum(d.backend == "sparse" for d in timed)
+        geo = math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else float("nan")
+        ax.set_title(f"{name}: {n_sparse}/{len(rep.layers)} convs run sparse (green); geometric mean "
+                     f"per-layer speedup {geo:.2f}x; {rep.threads} threads", fontsize=9, loc="left")
+        ax.set_xticks(range(len(timed)))
+        ax.set_xticklabels([_short(d.name) for d in timed], rotation=90, fontsize=6)
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_latency(rows: Sequence[DemoRow], path: Path, imgsz: int, threads: int) -> Path:
+    """Per-image CPU latency of each variant: BN-folded dense model vs ``sparsify(auto)``, side by side."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 1.5), 4.0))
+    idx = np.arange(len(rows))
+    ax.bar(idx - 0.2, [r.dense_ms for r in rows], 0.4, label="dense (BN folded)", color="#7f7f7f")
+    ax.bar(idx + 0.2, [r.sparse_ms for r in rows], 0.4, label="sparsify(auto)", color="#2ca02c")
+    for i, r in enumerate(rows):
+        ax.text(i + 0.2, r.sparse_ms, f"{r.speedup:.2f}x", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(idx)
+    ax.set_xticklabels([r.name for r in rows], fontsize=8)
+    ax.set_ylabel("ms per image (median)")
+    ax.set_title(f"CPU latency, batch 1, {imgsz}x{imgsz}, {threads} threads", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def detect(model: torch.nn.Module, image_bgr: np.ndarray, imgsz: int, conf: float = 0.25,
+           iou: float = 0.45) -> np.ndarray:
+    """Detections ``float[n, 6]`` (x1, y1, x2, y2 in image pixels, conf, cls) of one BGR image."""
+    from sparseyolo.data.augment import letterbox
+    from sparseyolo.ops import yolo_nms
+    from sparseyolo.utils.boxes import scale_boxes
+
+    stride = int(max(getattr(model, "stride", torch.tensor([32.0])).max(), 32))
+    im, _, _ = letterbox(image_bgr, imgsz, auto=False, stride=stride)
+    x = torch.from_numpy(np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1))).float()[None] / 255
+    model.eval()
+    det = yolo_nms(model(x)[0], conf, iou)[0]
+    det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], image_bgr.shape[:2])
+    return det.numpy()
+
+
+def plot_detections(image_bgr: np.ndarray, panels: Sequence[tuple[str, np.ndarray]], names: Sequence[str],
+                    path: Path) -> Path:
+    """The same image with each model's boxes, side by side.
+
+    Args:
+        image_bgr: uint8[H, W, 3] BGR image.
+        panels: ``(title, detections float[n, 6])`` per model (x1, y1, x2, y2, conf, cls).
+        names: class names.
+        path: output PNG.
+    """
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.5), squeeze=False)
+    rgb = image_bgr[:, :, ::-1]
+    for ax, (title, det) in zip(axes[0], panels):
+        ax.imshow(rgb)
+        for x1, y1, x2, y2, c, k in det:
+            colour = cmap(int(k) % 10)
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.6, ec=colour))
+            ax.text(x1, y1 - 1, f"{names[int(k)]} {c:.2f}", color="white", fontsize=6.5, va="bottom",
+                    bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})
+        ax.set_title(f"{title}: {len(det)} boxes (conf > 0.25)", fontsize=9)
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def _detections_image(result: DemoResult) -> tuple[np.ndarray, list[str]] | None:
+    """An image of the val split with several labelled objects (the first with the most, among the first 20)."""
+    import cv2
+
+    from sparseyolo.data.dataset import img2label_paths, list_image_files, load_data_config
+
+    cfg = load_data_config(result.data)
+    files = list_image_files(cfg["val"])[:20]
+    if not files:
+        return None
+    counts = []
+    for lb in img2label_paths(files):
+        p = Path(lb)
+        counts.append(len(p.read_text().splitlines()) if p.is_file() else 0)
+    best = files[int(np.argmax(counts))]
+    image = cv2.imread(best)
+    return (image, list(cfg["names"])) if image is not None else None
+
+
+def demo_plots(result: DemoResult, out: Path, sparsity_report: Any) -> list[Path]:
+    """Every figure of the demo, into ``out``; returns the paths written."""
+    rows = result.rows
+    pruned = [r for r in rows if r.method != "dense"]
+    # a recovered model has the masks of its one-shot parent: show each mask set once in the per-layer figures
+    recovered = {r.method for r in pruned if r.recovered}
+    distinct = [r for r in pruned if r.recovered or r.method not in recovered]
+    written = [
+        plot_map_vs_sparsity(rows, result.sweep, out / "map_vs_sparsity.png"),
+        plot_layer_sparsity({r.name: sparsity_report(r.model) for r in distinct}, out / "layer_sparsity.png"),
+    ]
+    timed = {r.name: r.sparse_model.sparsify_report for r in distinct if r.sparse_model is not None
+             and getattr(r.sparse_model, "sparsify_report", None) is not None}
+    if timed:
+        written.append(plot_layer_speedup(timed, out / "layer_speedup.png"))
+    written.append(plot_latency(rows, out / "latency.png", result.imgsz, result.threads))
+    found = _detections_image(result)
+    if found is not None and pruned:
+        image, names = found
+        dense = rows[0]
+        sparse = next((r for r in rows if r.recovered), pruned[0])
+        panels = [(f"{dense.name} (mAP50-95 {dense.map5095:.3f})", detect(dense.model, image, result.imgsz)),
+                  (f"{sparse.name}, sparsified (mAP50-95 {sparse.map5095:.3f})",
+                   detect(sparse.sparse_model, image, result.imgsz))]
+        written.append(plot_detections(image, panels, names, out / "detections.png"))
+    return written

@@ -1,0 +1,98 @@
+"""``sparseyolo demo`` end to end in a tiny configuration, and the compressed checkpoints it relies on."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+
+import pytest
+import torch
+
+from sparseyolo import cli
+from sparseyolo.checkpoint import CheckpointError, load_model, save_checkpoint
+from sparseyolo.demo import PACKAGED_WEIGHTS, packaged_weights
+from sparseyolo.models import CONFIG_DIR, DetectionModel
+from sparseyolo.prune import prune
+
+PNGS = ("map_vs_sparsity.png", "layer_sparsity.png", "layer_speedup.png", "latency.png", "detections.png")
+
+
+def _tiny_model() -> DetectionModel:
+    import yaml
+
+    cfg = yaml.safe_load((CONFIG_DIR / "yolov5n.yaml").read_text())
+    cfg.update(width_multiple=0.125, nc=3)
+    torch.manual_seed(0)
+    model = DetectionModel(cfg).eval()
+    model.names = ["circle", "square", "triangle"]
+    return model
+
+
+class TestCompressedCheckpoint:
+    @pytest.mark.parametrize("compress", [lzma.compress, gzip.compress], ids=["xz", "gzip"])
+    def test_load_model_reads_compressed_files(self, tmp_path, compress):
+        model = _tiny_model()
+        prune(model, "nm", n=2, m=4)
+        plain = save_checkpoint(model, tmp_path / "m.pt")
+        packed = tmp_path / "m.pt.xz"
+        packed.write_bytes(compress(plain.read_bytes()))
+        a, b = load_model(plain, fuse=False), load_model(packed, fuse=False)
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    def test_truncated_compressed_file_is_refused(self, tmp_path):
+        plain = save_checkpoint(_tiny_model(), tmp_path / "m.pt")
+        bad = tmp_path / "bad.pt.xz"
+        bad.write_bytes(lzma.compress(plain.read_bytes())[:200])
+        with pytest.raises(CheckpointError, match="compressed"):
+            load_model(bad)
+
+
+@pytest.fixture(scope="module")
+def demo_weights():
+    try:
+        return packaged_weights()
+    except FileNotFoundError:
+        pytest.skip(f"sparseyolo/assets/{PACKAGED_WEIGHTS} not built (python benchmarks/train_demo_model.py)")
+
+
+def test_packaged_checkpoint_is_small_and_loads(demo_weights):
+    assert demo_weights.stat().st_size < 3_000_000
+    model = load_model(demo_weights, fuse=False)
+    assert model.nc == 3 and model.meta["dataset"]["seed"] == 0
+
+
+def test_demo_tiny_end_to_end(demo_weights, tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = cli.main(["demo", "--out", str(out), "--n-val", "6", "--n-train", "8", "--finetune-epochs", "1",
+                   "--finetune-batches", "1", "--batch", "4", "--reps", "1", "--no-sweep", "--workers", "0"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    table = (out / "table.txt").read_text()
+    for name in ("dense", "l1 30%", "2:4 one-shot", "2:4 recovered", "global 75%"):
+        assert name in table
+    assert table.strip() in printed
+    for png in PNGS:
+        data = (out / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5_000, png
+    # the 2:4 rows keep exactly half of every pruned conv, and their checkpoints are smaller than dense
+    rows = {line[:15].strip(): line.split() for line in table.splitlines()[2:7]}
+    assert rows["2:4 recovered"][2] == "50.0%"
+    assert float(rows["2:4 one-shot"][5]) < float(rows["dense"][4])
+
+
+def test_demo_without_plots_and_finetune(demo_weights, tmp_path):
+    out = tmp_path / "demo"
+    rc = cli.main(["demo", "--out", str(out), "--n-val", "4", "--finetune-epochs", "0", "--global-amount", "0",
+                   "--reps", "1", "--no-plots", "--workers", "0"])
+    assert rc == 0
+    table = (out / "table.txt").read_text()
+    assert "2:4 one-shot" in table and "recovered" not in table and "global" not in table
+    assert not list(out.glob("*.png"))
+
+
+def test_demo_argument_errors(capsys):
+    assert cli.main(["demo", "--weights", "x.pt"]) == 2
+    assert "--weights needs --data" in capsys.readouterr().err
+    assert cli.main(["demo", "--global-amount", "1.5"]) == 2
