@@ -9,24 +9,12 @@
 
 #include "kernels/box_iou.h"
 #include "kernels/cuda/box_iou.h"
+#include "cuda_test_utils.h"
 
 namespace k = sparseyolo::kernels;
 
-#define CHECK_CUDA(x)                                                            \
-  do {                                                                           \
-    cudaError_t e = (x);                                                         \
-    if (e != cudaSuccess) {                                                      \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__); \
-      return 1;                                                                  \
-    }                                                                            \
-  } while (0)
-
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("cuda_test_box_iou: no CUDA device, skipped\n");
-    return 77;
-  }
+  if (!have_cuda_device("cuda_test_box_iou")) return kSkipped;
   const int n = 70, m = 33;  // not multiples of the 32-wide tile
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> pos(0.f, 600.f), size(0.f, 120.f);

@@ -10,24 +10,12 @@
 
 #include "kernels/cuda/nm_sparsity.h"
 #include "kernels/nm_sparsity.h"
+#include "cuda_test_utils.h"
 
 namespace k = sparseyolo::kernels;
 
-#define CHECK_CUDA(x)                                                                        \
-  do {                                                                                       \
-    cudaError_t e = (x);                                                                     \
-    if (e != cudaSuccess) {                                                                  \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__);    \
-      return 1;                                                                              \
-    }                                                                                        \
-  } while (0)
-
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("cuda_test_nm_sparsity: no CUDA device, skipped\n");
-    return 77;
-  }
+  if (!have_cuda_device("cuda_test_nm_sparsity")) return kSkipped;
   int failures = 0;
   std::mt19937 rng(0);
   std::normal_distribution<float> normal;

@@ -11,17 +11,9 @@
 
 #include "kernels/cpu/nms.h"
 #include "kernels/cuda/nms.h"
+#include "cuda_test_utils.h"
 
 namespace k = sparseyolo::kernels;
-
-#define CHECK_CUDA(x)                                                                     \
-  do {                                                                                    \
-    cudaError_t e = (x);                                                                  \
-    if (e != cudaSuccess) {                                                               \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__); \
-      return 1;                                                                           \
-    }                                                                                     \
-  } while (0)
 
 static int failures = 0;
 
@@ -125,11 +117,7 @@ static int nms_case(int64_t n, int seed) {
 }
 
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("cuda_test_nms: no CUDA device, skipped\n");
-    return 77;
-  }
+  if (!have_cuda_device("cuda_test_nms")) return kSkipped;
   int rc = 0;
   for (bool ml : {false, true})
     for (bool ag : {false, true})

@@ -16,17 +16,9 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/sparse_conv2d_24.h"
+#include "cuda_test_utils.h"
 
 namespace k = sparseyolo::kernels;
-
-#define CHECK_CUDA(x)                                                                     \
-  do {                                                                                    \
-    cudaError_t e = (x);                                                                  \
-    if (e != cudaSuccess) {                                                               \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__); \
-      return 1;                                                                           \
-    }                                                                                     \
-  } while (0)
 
 namespace {
 
@@ -158,14 +150,10 @@ int run_case(const Case& c, std::mt19937& rng) {
 }  // namespace
 
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("cuda_test_sparse_conv: no CUDA device, skipped\n");
-    return 77;
-  }
+  if (!have_cuda_device("cuda_test_sparse_conv")) return kSkipped;
   if (!k::sparse_conv24_supported(0)) {
     std::printf("cuda_test_sparse_conv: GPU older than sm_80, skipped\n");
-    return 77;
+    return kSkipped;
   }
   std::mt19937 rng(0);
   int failures = 0;
