@@ -5,7 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include <string>
+#include "conv_checks.h"
 
 namespace sparseyolo {
 namespace ops {
@@ -28,14 +28,7 @@ inline bool check_sparse_conv2d_inputs(const at::Tensor& input, const at::Tensor
   TORCH_CHECK(row_ptr.dim() == 1 && row_ptr.scalar_type() == at::kLong && row_ptr.numel() >= 2, op,
               ": row_ptr should be a 1D int64 tensor of Cout + 1 >= 2 entries, got ", row_ptr.dim(), "D ",
               row_ptr.scalar_type(), " with ", row_ptr.numel(), " entries");
-  TORCH_CHECK(kernel_size.size() == 2 && kernel_size[0] >= 1 && kernel_size[1] >= 1, op,
-              ": kernel_size should be two positive ints, got ", kernel_size);
-  TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1, op, ": stride should be two positive ints, got ",
-              stride);
-  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, op,
-              ": padding should be two non-negative ints, got ", padding);
-  TORCH_CHECK(activation == "identity" || activation == "silu", op,
-              ": activation should be 'identity' or 'silu', got '", std::string(activation), "'");
+  const bool silu = check_conv_geometry(op, kernel_size, stride, padding, activation);
   const int64_t cout = row_ptr.numel() - 1;
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->numel() == cout && bias->scalar_type() == at::kFloat, op,
@@ -53,7 +46,7 @@ inline bool check_sparse_conv2d_inputs(const at::Tensor& input, const at::Tensor
               " is smaller than the kernel ", kernel_size[0], "x", kernel_size[1]);
   TORCH_CHECK(input.size(1) * kernel_size[0] * kernel_size[1] < (int64_t(1) << 31), op,
               ": Cin * KH * KW should fit int32");
-  return activation == "silu";
+  return silu;
 }
 
 }  // namespace ops

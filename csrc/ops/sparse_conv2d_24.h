@@ -5,7 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include <string>
+#include "conv_checks.h"
 
 namespace sparseyolo {
 namespace ops {
@@ -24,14 +24,7 @@ inline bool check_sparse_conv2d_24_inputs(const at::Tensor& input, const at::Ten
               ": input should be float16 or bfloat16, got ", input.scalar_type());
   TORCH_CHECK(input.size(1) % 8 == 0, op, ": input channels should be a multiple of 8, got ", input.size(1),
               " (run such a layer dense)");
-  TORCH_CHECK(kernel_size.size() == 2 && kernel_size[0] >= 1 && kernel_size[1] >= 1, op,
-              ": kernel_size should be two positive ints, got ", kernel_size);
-  TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1, op, ": stride should be two positive ints, got ",
-              stride);
-  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, op,
-              ": padding should be two non-negative ints, got ", padding);
-  TORCH_CHECK(activation == "identity" || activation == "silu", op,
-              ": activation should be 'identity' or 'silu', got '", std::string(activation), "'");
+  const bool silu = check_conv_geometry(op, kernel_size, stride, padding, activation);
   TORCH_CHECK(out_channels >= 1, op, ": out_channels should be positive, got ", out_channels);
   const int64_t mt = sparse_conv2d_24_row_tiles(out_channels);
   const int64_t kb = sparse_conv2d_24_k_blocks(input.size(1), kernel_size[0], kernel_size[1]);
@@ -60,7 +53,7 @@ inline bool check_sparse_conv2d_24_inputs(const at::Tensor& input, const at::Ten
   const int64_t hp = input.size(2) + 2 * padding[0], wp = input.size(3) + 2 * padding[1];
   TORCH_CHECK(hp >= kernel_size[0] && wp >= kernel_size[1], op, ": padded input ", hp, "x", wp,
               " is smaller than the kernel ", kernel_size[0], "x", kernel_size[1]);
-  return activation == "silu";
+  return silu;
 }
 
 }  // namespace ops
