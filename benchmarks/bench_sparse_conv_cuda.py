@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from sparseyolo import ops  # noqa: E402
 from sparseyolo.sparse import SparseConv2d, pack_mma_sp_weight, sparsify  # noqa: E402
-from sparseyolo.sparse.cuda_backend import CusparseLtConv1x1  # noqa: E402
+from sparseyolo.sparse.cuda_backend import CusparseLtConv1x1, cusparselt_status  # noqa: E402
 
 LOGGER = logging.getLogger("bench_sparse_conv_cuda")
 NAN = float("nan")
@@ -130,7 +130,7 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int) -> 
 
     row["dense_ms"] = time_ms(dense, xs, reps)
     row["cusparselt_ms"] = NAN
-    if k == 1 and st == 1 and pd == 0 and cin % 4 == 0:
+    if k == 1 and st == 1 and pd == 0 and cin % 4 == 0 and not cusparselt_status():
         try:
             cs = CusparseLtConv1x1(wd, bias)
             cs.search(xs[0][0])
@@ -208,7 +208,8 @@ def markdown(res: dict) -> str:
     env, c = res["environment"], res["ceilings"]
     lines = [f"## 2:4 sparse convolution on {env['gpu']} ({res['dtype']}, batch {res['batch']})", "",
              f"torch {env['torch']}, CUDA {env['cuda']}, {env['date']}. Ceilings: copy "
-             f"{c.get('copy_GBps', NAN):.0f} GB/s, dense fp16 GEMM {c.get('gemm_fp16_TFLOPs', NAN):.0f} TFLOP/s.",
+             f"{c.get('copy_GBps', NAN):.0f} GB/s, dense fp16 GEMM {c.get('gemm_fp16_TFLOPs', NAN):.0f} TFLOP/s. "
+             f"cuSPARSELt: {res.get('cusparselt_status', '?')}.",
              "", "| Cin | Cout | k | s | in HxW | n | dense ms | cuSPARSELt ms | mma.sp ms | dense TF/s | cuSPARSELt TF/s "
              "| mma.sp TF/s | mma.sp speedup | rel err |", "|" + "---|" * 14]
     for r in res["layers"]:
@@ -256,6 +257,8 @@ def main() -> None:
         json_path.write_text(json.dumps(res, indent=1, default=str))
         md_path.write_text(markdown(res))
 
+    res["cusparselt_status"] = cusparselt_status() or "ok"
+    print("cuSPARSELt:", res["cusparselt_status"], flush=True)
     try:
         res["ceilings"] = ceilings(args.reps)
     except Exception as e:  # noqa: BLE001

@@ -9,7 +9,9 @@
 #   1. build   FORCE_CUDA=1 MAX_JOBS=16 python3 setup.py build_ext --inplace (the machine's own python3/torch)
 #   2. ctest   the torch-free kernels' CUDA tests (CMake), first the one-instruction mma.sp layout probe
 #   3. pytest  every CUDA-marked test (-m cuda): NMS, box_iou, N:M masks/compress, the 2:4 sparse conv, ...
-#   4. bench   benchmarks/bench_nms.py --device cuda; benchmarks/bench_sparse_conv_cuda.py (batch 32, fp16)
+#   4. bench   benchmarks/probe_cusparselt.py (which cuSPARSELt calls run here); benchmarks/bench_nms.py
+#              --device cuda; benchmarks/bench_sparse_conv_cuda.py (batch 32, fp16)
+# SKIP_STAGES="ctest_cuda bench_nms" skips stages by name (a rerun after a fix).
 # Files under $OUT (<= 8, flat): log.txt (everything), summary.md (stage table + the benchmark tables),
 # pytest_cuda.xml, sparse_conv_cuda.{json,md}, nms_cuda.json, nms_cuda.md.
 set -o pipefail
@@ -29,6 +31,11 @@ log() { echo "[device_check $(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
 run_stage() {
   local name="$1" cap="$2"
   shift 2
+  if [[ " ${SKIP_STAGES:-} " == *" $name "* ]]; then
+    STAGES+=("| $name | skipped | SKIP_STAGES |")
+    log "SKIP $name: in SKIP_STAGES"
+    return 0
+  fi
   local left=$((DEADLINE_S - ($(date +%s) - START)))
   local limit=$((cap < left ? cap : left))
   if ((limit < 10)); then
@@ -98,12 +105,16 @@ ctest_all() {
 run_stage ctest_cuda 120 bash -c "$(declare -f ctest_all); CUDA_HOME='$CUDA_HOME' MAX_JOBS='$MAX_JOBS' ctest_all"
 
 # --- 3. CUDA tests ----------------------------------------------------------------------------------------
-TIMEOUT_ARGS=()
-"$PY" -c "import pytest_timeout" 2>/dev/null && TIMEOUT_ARGS=(--timeout 60)
+# pytest-timeout and pytest-xdist when the machine has them: 4 workers, and a crashing test (a segfault) takes
+# down one worker, which is replaced, instead of the whole run.
+EXTRA_ARGS=()
+"$PY" -c "import pytest_timeout" 2>/dev/null && EXTRA_ARGS+=(--timeout 60)
+"$PY" -c "import xdist" 2>/dev/null && EXTRA_ARGS+=(-n 4)
 run_stage pytest_cuda 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider --continue-on-collection-errors \
-  -rfE "${TIMEOUT_ARGS[@]}" --junitxml="$OUT/pytest_cuda.xml" tests
+  -rfE "${EXTRA_ARGS[@]}" --junitxml="$OUT/pytest_cuda.xml" tests
 
 # --- 4. benchmarks ----------------------------------------------------------------------------------------
+run_stage probe_cusparselt 60 "$PY" benchmarks/probe_cusparselt.py
 run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 --min-run-time 0.3 \
   --json "$OUT/nms_cuda.json" --markdown "$OUT/nms_cuda.md"
 run_stage bench_sparse_conv 400 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \

@@ -61,9 +61,9 @@ inline void check_nm_decompress_inputs(const at::Tensor& values, const at::Tenso
   TORCH_CHECK(es == 1 || es == 2 || es == 4 || es == 8, op, ": values of dtype ", values.scalar_type(),
               " are not supported");
   if (values.numel() == 0) return;
-  // Positions must lie in [0, m) and increase within a group (a valid nm_compress output); checked with
-  // tensor ops so both backends agree (one device sync on CUDA; decompression runs at load time).
-  const auto idx = indices.reshape({-1, n});
+  // Positions must lie in [0, m) and increase within a group (a valid nm_compress output); checked on a host
+  // copy so both backends agree (decompression runs at load time; the copy is a fraction of the weight).
+  const auto idx = indices.reshape({-1, n}).cpu();
   TORCH_CHECK(idx.max().item<int64_t>() < m, op, ": indices should be positions in [0, m) = [0, ", m,
               "), got ", idx.max().item<int64_t>());
   if (n > 1) {

@@ -85,6 +85,47 @@ class CusparseLtConv1x1:
         return y.reshape(n, h, w, self.cout).permute(0, 3, 1, 2)  # channels_last view
 
 
+_CSLT_PROBE = r"""
+import torch
+a = torch.randn(256, 128, device="cuda", dtype=torch.float16)
+a = a * (torch.arange(128, device="cuda") % 4 < 2)  # 2:4 along K
+b = torch.randn(128, 512, device="cuda", dtype=torch.float16)
+bias = torch.randn(256, device="cuda", dtype=torch.float16)
+c = torch._cslt_compress(a)
+y = torch._cslt_sparse_mm(c, b.t().contiguous().t(), bias=bias, transpose_result=True)
+torch.cuda.synchronize()
+ref = (a.float() @ b.float() + bias.float()[:, None]).t()
+err = float((y.float() - ref).norm() / ref.norm())
+assert err < 1e-2, f"wrong result: relative error {err:.2e}"
+print("ok")
+"""
+_CSLT_STATUS: dict[str, str] = {}
+
+
+def cusparselt_status() -> str:
+    """"" when PyTorch's cuSPARSELt binding runs correctly on this GPU, else why not (checked once per process).
+
+    The check runs in a subprocess: on an H200 with torch 2.11 the binding failed with an internal error and then an
+    illegal instruction, which leaves the calling process's CUDA context unusable. A layer never uses cuSPARSELt
+    unless this check passed.
+    """
+    if "status" not in _CSLT_STATUS:
+        import subprocess
+        import sys
+
+        if not hasattr(torch, "_cslt_compress"):
+            _CSLT_STATUS["status"] = "this PyTorch build has no cuSPARSELt binding"
+        else:
+            try:
+                r = subprocess.run([sys.executable, "-c", _CSLT_PROBE], capture_output=True, text=True, timeout=120)
+                ok = r.returncode == 0 and r.stdout.strip().endswith("ok")
+                tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+                _CSLT_STATUS["status"] = "" if ok else f"cuSPARSELt check failed (rc {r.returncode}): {tail}"
+            except Exception as e:  # noqa: BLE001 - a timeout or a missing interpreter: no cuSPARSELt
+                _CSLT_STATUS["status"] = f"cuSPARSELt check did not run: {e}"
+    return _CSLT_STATUS["status"]
+
+
 def _median_ms_cuda(fn, reps: int = 10, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
@@ -159,6 +200,10 @@ def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
             st.packed = pack_mma_sp_weight(st.dense_w, dtype=x.dtype).to(x.device)
         candidates.append("mma_sp")
         is_1x1 = module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding == (0, 0)
+        if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
+            if cusparselt_status():
+                st.cslt = False
+                LOGGER.info("SparseConv2d(%s): cuSPARSELt unavailable (%s)", module.extra_repr(), cusparselt_status())
         if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
             try:
                 st.cslt = CusparseLtConv1x1(st.dense_w, st.bias)
