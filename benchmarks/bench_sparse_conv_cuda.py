@@ -109,7 +109,8 @@ def conv_shapes(model_name: str, size: int) -> list[dict]:
             for k, v in seen.items()]
 
 
-def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int) -> dict:
+def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
+                methods: tuple[str, ...] = ("dense", "cusparselt", "mma_sp")) -> dict:
     cin, cout, k, st, pd, h, w = s["cin"], s["cout"], s["k"], s["stride"], s["pad"], s["h"], s["w"]
     ho, wo = (h + 2 * pd - k) // st + 1, (w + 2 * pd - k) // st + 1
     flops = 2.0 * batch * ho * wo * cout * cin * k * k
@@ -128,9 +129,9 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int) -> 
     def dense(x):
         return F.silu(F.conv2d(x, wd, bias_d, st, pd), inplace=True)
 
-    row["dense_ms"] = time_ms(dense, xs, reps)
+    row["dense_ms"] = time_ms(dense, xs, reps) if "dense" in methods else NAN
     row["cusparselt_ms"] = NAN
-    if k == 1 and st == 1 and pd == 0 and cin % 4 == 0 and not cusparselt_status():
+    if "cusparselt" in methods and k == 1 and st == 1 and pd == 0 and cin % 4 == 0 and not cusparselt_status():
         try:
             cs = CusparseLtConv1x1(wd, bias)
             cs.search(xs[0][0])
@@ -138,7 +139,7 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int) -> 
         except Exception as e:  # noqa: BLE001
             LOGGER.warning("cuSPARSELt %s: %s", s, e)
     row["mma_sp_ms"] = NAN
-    if cin % 8 == 0:
+    if "mma_sp" in methods and cin % 8 == 0:
         try:
             p = pack_mma_sp_weight(wt, dtype=dtype).to("cuda")
             row["mma_sp_ms"] = time_ms(
@@ -236,6 +237,10 @@ def main() -> None:
     ap.add_argument("--layers-model", default="yolov5x")
     ap.add_argument("--models", nargs="*", default=["yolov5s", "yolov5x"], help="end-to-end models")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--methods", nargs="+", default=["dense", "cusparselt", "mma_sp"],
+                    choices=["dense", "cusparselt", "mma_sp"], help="per-layer methods")
+    ap.add_argument("--layers", nargs="*", type=int, default=None,
+                    help="indices of the layer shapes to run (default all); --layers with no index: none")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for .json and .md")
     ap.add_argument("--name", default="sparse_conv_cuda")
     args = ap.parse_args()
@@ -264,8 +269,13 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001
         LOGGER.warning("ceilings: %s", e)
     print(res["ceilings"], flush=True)
-    for s in conv_shapes(args.layers_model, args.size):
-        r = bench_layer(s, args.batch, dtype, l2, args.reps)
+    shapes = conv_shapes(args.layers_model, args.size)
+    if args.layers is not None:
+        shapes = [shapes[i] for i in args.layers if i < len(shapes)]
+    if "cusparselt" in args.methods and "mma_sp" not in args.methods:  # a cuSPARSELt-only run: its 1x1 layers
+        shapes = [s for s in shapes if s["k"] == 1 and s["stride"] == 1 and s["pad"] == 0]
+    for s in shapes:
+        r = bench_layer(s, args.batch, dtype, l2, args.reps, tuple(args.methods))
         res["layers"].append(r)
         print(f"{s['cin']:>5} {s['cout']:>5} k{s['k']} s{s['stride']} {s['h']}x{s['w']}: dense {r['dense_ms']:.3f} "
               f"cslt {r['cusparselt_ms']:.3f} mma.sp {r['mma_sp_ms']:.3f} ms ({r['speedup_mma_sp']:.2f}x) "

@@ -13,7 +13,7 @@
 #              --device cuda; benchmarks/bench_sparse_conv_cuda.py (batch 32, fp16)
 # SKIP_STAGES="ctest_cuda bench_nms" skips stages by name (a rerun after a fix).
 # Files under $OUT (<= 8, flat): log.txt (everything), summary.md (stage table + the benchmark tables),
-# pytest_cuda.xml, sparse_conv_cuda.{json,md}, nms_cuda.json, nms_cuda.md.
+# sparse_conv_cuda{,_cslt}.{json,md}, nms_cuda.json, nms_cuda.md (pytest failures are in log.txt, -rfE).
 set -o pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/device_out}"
@@ -111,14 +111,41 @@ EXTRA_ARGS=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && EXTRA_ARGS+=(--timeout 60)
 "$PY" -c "import xdist" 2>/dev/null && EXTRA_ARGS+=(-n 4)
 run_stage pytest_cuda 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider --continue-on-collection-errors \
-  -rfE "${EXTRA_ARGS[@]}" --junitxml="$OUT/pytest_cuda.xml" tests
+  -rfE "${EXTRA_ARGS[@]}" tests
+
+# --- 3b. errors from the CUDA glue: each case in its own process (a crash there has been seen) ---------
+crash_diag() {
+  local code
+  for code in \
+    "o.nm_mask(torch.ones(3, 6, device='cuda'), 2, 4)" \
+    "o.nm_decompress(torch.ones(1, 2, device='cuda'), torch.tensor([[0, 1]], device='cuda'), 2, 4)" \
+    "o.nm_decompress(torch.ones(1, 2, device='cuda'), torch.tensor([[0, 4]], dtype=torch.uint8, device='cuda'), 2, 4)"; do
+    "$PY" -X faulthandler -c "import torch; from sparseyolo import ops as o
+try:
+    $code
+    print('no error raised')
+except RuntimeError as e:
+    print('RuntimeError:', str(e).splitlines()[0])" 2>&1 | tail -4
+    echo "rc=${PIPESTATUS[0]} for: $code"
+  done
+  if command -v cuda-gdb >/dev/null; then
+    cuda-gdb -batch -ex "set pagination off" -ex run -ex bt --args "$PY" -c "import torch; from sparseyolo import ops as o
+o.nm_decompress(torch.ones(1, 2, device='cuda'), torch.tensor([[0, 4]], dtype=torch.uint8, device='cuda'), 2, 4)" \
+      2>&1 | grep -E "^#|signal|Error" | head -30
+  fi
+}
+run_stage crash_diag 90 bash -c "$(declare -f crash_diag); PY='$PY' crash_diag"
 
 # --- 4. benchmarks ----------------------------------------------------------------------------------------
 run_stage probe_cusparselt 60 "$PY" benchmarks/probe_cusparselt.py
 run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 --min-run-time 0.3 \
   --json "$OUT/nms_cuda.json" --markdown "$OUT/nms_cuda.md"
-run_stage bench_sparse_conv 400 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
-  --out "$OUT" --name sparse_conv_cuda
+# cuSPARSELt runs in its own process: on the H200 (torch 2.11) a failing cuSPARSELt call has left the CUDA
+# context unusable, which would end the main benchmark.
+run_stage bench_sparse_conv 300 env SPARSEYOLO_CUSPARSELT=0 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 \
+  --dtype fp16 --reps 10 --methods dense mma_sp --out "$OUT" --name sparse_conv_cuda
+run_stage bench_cusparselt 90 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
+  --methods dense cusparselt --models --out "$OUT" --name sparse_conv_cuda_cslt
 
 # --- summary ----------------------------------------------------------------------------------------------
 {
@@ -130,6 +157,7 @@ run_stage bench_sparse_conv 400 "$PY" benchmarks/bench_sparse_conv_cuda.py --bat
   echo
   grep -E "passed|failed|error" "$LOG" | grep -E "^[=]* ?[0-9]+ (passed|failed)" | tail -2
   [[ -f "$OUT/sparse_conv_cuda.md" ]] && cat "$OUT/sparse_conv_cuda.md"
+  [[ -f "$OUT/sparse_conv_cuda_cslt.md" ]] && { echo; cat "$OUT/sparse_conv_cuda_cslt.md"; }
   [[ -f "$OUT/nms_cuda.md" ]] && { echo; cat "$OUT/nms_cuda.md"; }
 } >"$OUT/summary.md"
 log "done in $(($(date +%s) - START))s"

@@ -18,6 +18,7 @@ once per layer; nothing crashes or returns other values than the dense masked co
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 from dataclasses import dataclass, field
 
@@ -49,9 +50,8 @@ class _GpuState:
 class CusparseLtConv1x1:
     """A 1x1, stride-1, unpadded 2:4 conv as ``Y[P, Cout] = X[P, Cin] @ W^T`` through cuSPARSELt.
 
-    The weight is compressed once (``torch._cslt_compress``); the algorithm is searched once for the first input
-    shape (``torch._cslt_sparse_mm_search`` where PyTorch has it). Raises at construction when this PyTorch build
-    or GPU has no cuSPARSELt.
+    The weight is compressed once (``torch._cslt_compress``); cuSPARSELt's default algorithm is used (see
+    :meth:`search`). Raises at construction when this PyTorch build has no cuSPARSELt binding.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -63,13 +63,10 @@ class CusparseLtConv1x1:
         self.alg_id = 0
 
     def search(self, x: torch.Tensor) -> None:
-        search = getattr(torch, "_cslt_sparse_mm_search", None)
-        if search is not None:
-            try:
-                self.alg_id = int(search(self.compressed, self._dense_operand(x), bias=self.bias,
-                                         transpose_result=True))
-            except Exception as e:  # noqa: BLE001 - the default algorithm still works
-                LOGGER.debug("cuSPARSELt algorithm search failed (%s); using algorithm 0", e)
+        """Kept for the interface; does not search. On an H200 with torch 2.11, ``torch._cslt_sparse_mm_search``
+        with ``bias`` and ``transpose_result`` was followed by an internal error and an illegal instruction that
+        broke the process's CUDA context, while the default algorithm (0) ran correctly, so algorithm 0 is used."""
+        del x
 
     def _dense_operand(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last [N, Cin, H, W] is [N*H*W, Cin] row-major; its transpose is the column-major B.
@@ -109,6 +106,8 @@ def cusparselt_status() -> str:
     illegal instruction, which leaves the calling process's CUDA context unusable. A layer never uses cuSPARSELt
     unless this check passed.
     """
+    if os.environ.get("SPARSEYOLO_CUSPARSELT", "1") == "0":
+        return "disabled (SPARSEYOLO_CUSPARSELT=0)"
     if "status" not in _CSLT_STATUS:
         import subprocess
         import sys
