@@ -87,6 +87,12 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     2>&1 | tee -a "$LOG" && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
+# The device image sets CC/CXX to /opt/gcc, whose objects carried their own copy of libstdc++'s ostream code
+# into the extension: every TORCH_CHECK message with an integer in it then segfaulted (std::codecvt through the
+# system libstdc++'s locale). Build with the system compiler, which matches the libstdc++ torch runs with.
+if [[ -z "${KEEP_CC:-}" && -x /usr/bin/g++ && -x /usr/bin/gcc ]]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
+log "CC=${CC:-unset} CXX=${CXX:-unset}: $(${CXX:-c++} --version 2>&1 | head -1)"
+
 # --- 1. build ---------------------------------------------------------------------------------------------
 # build_ext --inplace: the tests and benchmarks import sparseyolo from the checkout; no pip metadata needed.
 run_stage build 300 env FORCE_CUDA=1 MAX_JOBS="$MAX_JOBS" CUDA_HOME="$CUDA_HOME" \
