@@ -195,3 +195,23 @@ class TestSparseConv2d24CUDA:
             y1, y2 = mod(x), mod(x)
         assert torch.equal(y1, y2)
         assert sum("multiple of 8" in r.message for r in caplog.records) == 1  # logged once
+
+
+class TestCusparseLtGate:
+    def test_disabled_by_env(self, monkeypatch):
+        from sparseyolo.sparse import cuda_backend
+
+        monkeypatch.setenv("SPARSEYOLO_CUSPARSELT", "0")
+        assert "disabled" in cuda_backend.cusparselt_status()
+
+    def test_subprocess_check_reports_why(self, monkeypatch):
+        from sparseyolo.sparse import cuda_backend
+
+        monkeypatch.delenv("SPARSEYOLO_CUSPARSELT", raising=False)
+        monkeypatch.setattr(cuda_backend, "_CSLT_STATUS", {})
+        status = cuda_backend.cusparselt_status()
+        if torch.cuda.is_available():
+            assert status == "" or "cuSPARSELt" in status  # passes, or says why not
+        else:
+            assert status.startswith("cuSPARSELt check failed") or "no cuSPARSELt" in status
+        assert cuda_backend.cusparselt_status() is status  # checked once per process
