@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mosaic", action="store_true", help="4-image mosaic (off by default: it costs a third more "
                    "per step here, and the short run learns faster on the plain images the demo evaluates on)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="EMA decay (YOLOv5: 0.9999, a 10k-step horizon, longer than this whole run)")
     args = p.parse_args(argv)
 
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         nbs=args.batch,  # no accumulation: a short run needs every optimizer step
         lr0=args.lr0, cos_lr=True, warmup_epochs=1.0, mosaic=args.mosaic, device="cpu", workers=args.workers,
         project=str(work), name="train", exist_ok=True, seed=args.seed,
-        ema_tau=100.0,  # YOLOv5's 2000 assumes many thousand steps; this run has a few hundred
+        ema_decay=args.ema_decay,
     )
     result = train(cfg)
     log.info("\nper-epoch history:")

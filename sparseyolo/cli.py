@@ -328,12 +328,84 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sparsify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sparsify",
+        help="show what sparsify() does with a pruned checkpoint on this machine: per-layer kernel choice and timings",
+        description="Fold BatchNorms and put the checkpoint's pruned convs on the sparse kernel (sparseyolo.sparsify), "
+        "then print the per-layer report: sparsity, pattern, dense vs sparse ms per layer, the kernel chosen and why. "
+        "With --backend auto the choice is timed on this machine (and the whole model is checked against dense).",
+    )
+    p.add_argument("--weights", required=True, help="a pruned checkpoint (sparseyolo prune --out ...)")
+    p.add_argument("--backend", choices=["auto", "sparse", "dense"], default="auto")
+    p.add_argument("--img", "--imgsz", dest="imgsz", type=int, default=640, help="input size the layers are timed at")
+    p.add_argument("--batch", type=int, default=1, help="input batch the layers are timed at")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per layer and side (auto)")
+    p.set_defaults(func=_cmd_sparsify)
+
+
+def _cmd_sparsify(args: argparse.Namespace) -> int:
+    import torch
+
+    from sparseyolo.checkpoint import load_model
+    from sparseyolo.sparse import sparsify
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.weights, fuse=False).float()
+    x = torch.rand(args.batch, 3, args.imgsz, args.imgsz, generator=torch.Generator().manual_seed(0))
+    fast = sparsify(model, backend=args.backend, example_input=x, reps=args.reps)
+    report = fast.sparsify_report
+    if not report.layers:
+        raise _UserError(f"{args.weights} has no pruned convs (no weight_mask buffers): prune it first with "
+                         "'sparseyolo prune'")
+    print(report.table())
+    return 0
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="latency of a checkpoint: dense (NCHW, channels_last, onnxruntime) vs sparsify (sparse, auto)",
+        description="Time a checkpoint's forward pass dense and sparsified on this machine (medians, interleaved "
+        "rounds) and print one table with speedups over the fastest dense PyTorch variant; --plots (default on) "
+        "writes bench_latency.png and, for a pruned checkpoint, bench_layer_speedup.png.",
+    )
+    p.add_argument("--weights", required=True, help="checkpoint (dense or pruned)")
+    p.add_argument("--img", "--imgsz", dest="imgsz", type=int, default=640, help="input size (pixels)")
+    p.add_argument("--batch", type=int, default=1, help="batch size")
+    p.add_argument("--device", default="cpu", help="cpu, or a CUDA device (cuda, 0): fp16, GPU sparse backends")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--reps", type=int, default=20, help="timed forwards per variant (median)")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                   help="include onnxruntime (CPU, when installed: pip install .[bench])")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
+    p.add_argument("--out", default="runs/bench", help="folder for the plots")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from sparseyolo.bench import run_bench
+
+    if args.batch < 1 or args.imgsz < 32 or args.reps < 1:
+        raise _UserError("--batch and --reps must be >= 1 and --img >= 32")
+    result = run_bench(args.weights, imgsz=args.imgsz, batch=args.batch, device=args.device, threads=args.threads,
+                       reps=args.reps, onnx=args.onnx, plots=args.plots, out=args.out)
+    print(result.table())
+    if result.plots:
+        print("plots: " + ", ".join(str(p) for p in result.plots))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseyolo", description="Prune YOLOv5 detectors; make sparsity fast.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_val_parser(sub)
     _add_prune_parser(sub)
     _add_finetune_parser(sub)
+    _add_sparsify_parser(sub)
+    _add_bench_parser(sub)
     _add_demo_parser(sub)
     return parser
 

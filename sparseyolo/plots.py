@@ -176,6 +176,27 @@ def plot_latency(rows: Sequence[DemoRow], path: Path, imgsz: int, threads: int) 
     return _save(fig, path)
 
 
+def plot_bench_latency(result: Any, path: Path) -> Path:
+    """``sparseyolo bench``: ms per image of each variant (horizontal bars), speedup over the fastest dense."""
+    plt = _plt()
+    rows = result.rows
+    fig, ax = plt.subplots(figsize=(8.0, 0.55 * len(rows) + 1.4))
+    idx = np.arange(len(rows))[::-1]
+    colors = ["#7f7f7f" if r.name.startswith(("dense", "onnx")) else "#2ca02c" for r in rows]
+    per_img = [r.ms / result.batch for r in rows]
+    ax.barh(idx, per_img, color=colors, height=0.6)
+    for i, r, v in zip(idx, rows, per_img, strict=True):
+        ax.text(v, i, f" {v:.2f} ms ({result.dense_ms / r.ms:.2f}x)", va="center", fontsize=8)
+    ax.set_yticks(idx)
+    ax.set_yticklabels([r.name for r in rows], fontsize=8)
+    ax.set_xlabel("ms per image (median)")
+    ax.set_xlim(0, max(per_img) * 1.35)
+    ax.set_title(f"{Path(result.weights).name}: {result.device} {result.dtype}, batch {result.batch}, "
+                 f"{result.imgsz}x{result.imgsz}, {result.threads} threads", fontsize=9, loc="left")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 @torch.no_grad()
 def detect(model: torch.nn.Module, image_bgr: np.ndarray, imgsz: int, conf: float = 0.25,
            iou: float = 0.45) -> np.ndarray:

@@ -67,12 +67,19 @@ class TestYolov5n:
         report = sparsify_report(fast)
         timed = [d for d in report.layers if d.dense_ms == d.dense_ms]
         assert len(timed) >= 50
-        for d in timed:
-            assert (d.backend == "sparse") == (d.sparse_ms < d.dense_ms), d
+        # the whole model was timed as chosen per layer, all dense, and all dense channels-last; fastest returned
+        assert {"sparse", "dense"} <= set(report.model_ms) and report.chosen in report.model_ms
+        assert report.model_ms[report.chosen] == min(report.model_ms.values())
+        if report.chosen == "sparse":
+            for d in timed:
+                assert (d.backend == "sparse") == (d.sparse_ms < d.dense_ms), d
+        else:
+            assert not report.sparse_layers and all("whole model" in d.reason for d in timed if d.sparse_ms < d.dense_ms)
+            assert not any(isinstance(m, SparseConv2d) for m in fast.modules())
         chosen = {d.name for d in report.sparse_layers}
         modules = dict(fast.named_modules())
         assert all(isinstance(modules[n], SparseConv2d) for n in chosen)
-        assert "backend=auto" in str(report)
+        assert "backend=auto" in str(report) and "whole model on example_input" in str(report)
         with torch.no_grad():
             assert _rel_err(fast(x)[0], yolov5n_24(x)[0]) <= RTOL
 

@@ -70,6 +70,11 @@ class SparsifyReport:
     threads: int
     layers: list[LayerDecision] = field(default_factory=list)
     folded_bn: int = 0
+    #: "auto" only: whole-model forward times (ms) of the candidates it compared on ``example_input``:
+    #: "sparse" (the per-layer choices), "dense" (all dense, NCHW) and "dense_channels_last".
+    model_ms: dict[str, float] = field(default_factory=dict)
+    #: "auto" only: which candidate was returned ("sparse", "dense" or "dense_channels_last").
+    chosen: str = ""
 
     @property
     def sparse_layers(self) -> list[LayerDecision]:
@@ -88,6 +93,9 @@ class SparsifyReport:
             )
         rows.append(f"{len(self.sparse_layers)}/{len(self.layers)} pruned convs sparse (backend={self.backend}, "
                     f"{self.threads} threads), {self.folded_bn} BatchNorms folded")
+        if self.model_ms:
+            times = ", ".join(f"{k} {v:.2f} ms" for k, v in self.model_ms.items())
+            rows.append(f"whole model on example_input: {times} -> {self.chosen}")
         return "\n".join(rows)
 
     def __str__(self) -> str:
@@ -242,10 +250,13 @@ def sparsify(
         model: any module; pruned convs carry ``weight_mask`` (:func:`sparseyolo.prune.prune`).
         backend: ``"sparse"`` (every eligible pruned conv), ``"dense"`` (fold only) or ``"auto"`` (per conv,
             the faster of dense ``F.conv2d`` and the sparse kernel for its input shape at the current thread
-            count; measured once per shape and sparsity in this process).
+            count, measured once per shape and sparsity in this process; then the whole model with those choices
+            is timed against the all-dense model in NCHW and in channels-last, and the fastest of the three is
+            returned, so "auto" never returns a model slower than dense on ``example_input``).
         example_input (Tensor[N, 3, H, W], optional): the input shapes ``"auto"`` times; default a
             ``1x3x640x640`` tensor (YOLOv5's inference size).
-        inplace: modify ``model`` itself instead of a deep copy.
+        inplace: modify ``model`` itself instead of a deep copy (with ``"auto"``, use the returned model: it
+            may be the all-dense candidate).
         reps: timed runs per side and shape for ``"auto"`` (median of ``reps``, best of two rounds).
 
     Returns:
@@ -263,6 +274,7 @@ def sparsify(
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
+    original = copy.deepcopy(model) if backend == "auto" else None  # for the whole-model check below
     report = SparsifyReport(backend=backend, threads=torch.get_num_threads())
     names = {id(m): n for n, m in model.named_modules()}
 
@@ -335,6 +347,55 @@ def sparsify(
         if bn_name:
             _set(model, bn_name, nn.Identity())
     model.sparsify_report = report
+    if backend == "auto" and report.sparse_layers:
+        model = _whole_model_check(model, original, example_input, reps, report)
     LOGGER.info("sparsify: %d/%d pruned convs sparse, %d BatchNorms folded", len(report.sparse_layers),
                 len(report.layers), report.folded_bn)
     return model
+
+
+def _model_ms(model: nn.Module, x: torch.Tensor, reps: int) -> float:
+    with torch.no_grad():
+        return _median_ms(lambda: model(x), reps)
+
+
+def _same_output(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-4)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same_output, a, b))
+    return True
+
+
+def _whole_model_check(sparse_model: nn.Module, original: nn.Module, x: torch.Tensor, reps: int,
+                       report: SparsifyReport) -> nn.Module:
+    """Per-layer wins do not add up to a faster model when dense oneDNN runs faster in channels-last (our sparse
+    kernel takes NCHW) or when layout changes between layers cost more than a layer saves. So "auto" times the
+    whole model three ways on ``example_input`` (its per-layer choices; all dense; all dense with channels-last
+    weights) and returns the fastest: ``sparsify`` never returns a model slower than the dense one it measured.
+    """
+    dense = sparsify(original, backend="dense", inplace=True)
+    candidates: dict[str, nn.Module] = {"sparse": sparse_model, "dense": dense}
+    with torch.no_grad():
+        ref = dense(x)
+        try:
+            dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
+            if _same_output(ref, dense_cl(x)):
+                candidates["dense_channels_last"] = dense_cl
+        except Exception as e:  # noqa: BLE001 - a model that does not run channels-last (a .view, say)
+            LOGGER.debug("sparsify: channels-last dense model not usable (%s)", e)
+    # two interleaved rounds, best of each, as per layer
+    times = {k: _model_ms(m, x, reps) for k, m in candidates.items()}
+    times = {k: min(t, _model_ms(candidates[k], x, reps)) for k, t in times.items()}
+    report.model_ms = times
+    report.chosen = min(times, key=times.get)
+    if report.chosen == "sparse":
+        return sparse_model
+    why = f"whole model: {report.chosen} {times[report.chosen]:.1f} ms < sparse {times['sparse']:.1f} ms"
+    for d in report.layers:
+        if d.backend == "sparse":
+            d.backend, d.reason = "dense", why
+    LOGGER.info("sparsify: %s; returning the %s model", why, report.chosen.replace("_", " "))
+    chosen = candidates[report.chosen]
+    chosen.sparsify_report = report
+    return chosen
