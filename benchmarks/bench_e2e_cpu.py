@@ -3,11 +3,13 @@
 Dense PyTorch is the BN-fused model (``DetectionModel.fuse()``) in channels-first and channels-last; the
 faster is the baseline. Sparsified models are pruned (``prune(model, "nm", 2, 4)`` or
 ``prune(model, "global", 0.75)``) then converted by ``sparsify`` with ``backend="auto"`` (per layer, the
-faster of dense and sparse, timed for the benchmarked input shape) and ``backend="sparse"`` (every pruned conv
-sparse). onnxruntime (dense, CPUExecutionProvider, same thread count) is the deployment baseline when
+faster of dense and sparse, timed for the benchmarked input shape, then the fastest of that model, dense NCHW and
+dense channels-last) and ``backend="sparse"`` (every pruned conv sparse). onnxruntime (dense, CPUExecutionProvider, same thread count) is the deployment baseline when
 installed (``pip install sparseyolo[bench]``), NaN otherwise. Weights: ../shared/weights/<model>.pt when
 present, else the config's random initialisation (speed does not depend on the values, but "75% global"
-then distributes sparsity by the initial magnitudes). Medians of ``--reps`` forwards after a warm-up.
+then distributes sparsity by the initial magnitudes). All variants of a (model, batch) are built first and then timed
+round-robin, one forward each per round, ``--reps`` rounds after two warm-up forwards: medians. Interleaving
+makes a change of machine load hit every variant alike.
 
   python benchmarks/bench_e2e_cpu.py --json benchmarks/results_e2e_cpu.json --markdown benchmarks/RESULTS.md
 """
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_sparse_conv import machine  # noqa: E402
+from sparseyolo.bench import _timed  # noqa: E402
 from sparseyolo.models import DetectionModel  # noqa: E402
 from sparseyolo.prune import prune  # noqa: E402
 from sparseyolo.sparse import sparsify, sparsify_report  # noqa: E402
@@ -51,40 +54,11 @@ def load(name: str) -> tuple[torch.nn.Module, str]:
     return DetectionModel(f"{name}.yaml").eval(), "random init"
 
 
-@torch.no_grad()
-def median_ms(model: torch.nn.Module, x: torch.Tensor, reps: int) -> float:
-    model(x)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+def onnxruntime_fn(model: torch.nn.Module, x: torch.Tensor):
+    """``x -> outputs`` through onnxruntime (CPU, same threads, no spin-waiting), or None when unavailable."""
+    from sparseyolo.bench import _onnxruntime_session
 
-
-def onnxruntime_ms(model: torch.nn.Module, x: torch.Tensor, reps: int) -> float:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return math.nan
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "m.onnx"
-            torch.onnx.export(model, x, str(path), opset_version=17, dynamo=False)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = torch.get_num_threads()
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            feed = {sess.get_inputs()[0].name: x.numpy()}
-            sess.run(None, feed)
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times) * 1e3
-    except Exception as e:  # noqa: BLE001 - a failing baseline records NaN
-        LOGGER.warning("onnxruntime failed: %s", e)
-        return math.nan
+    return _onnxruntime_session(model, x, torch.get_num_threads())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,26 +84,37 @@ def main(argv: list[str] | None = None) -> int:
             p = copy.deepcopy(base)
             prune(p, **kw)
             pruned[label] = p
+        dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
         for batch in args.batch:
             x = torch.rand(batch, 3, args.img, args.img)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
             row = {"model": name, "weights": source, "batch": batch}
-            row["dense_cf_ms"] = median_ms(dense, x, args.reps)
-            row["dense_cl_ms"] = median_ms(dense.to(memory_format=torch.channels_last), x.contiguous(
-                memory_format=torch.channels_last), args.reps)
-            dense.to(memory_format=torch.contiguous_format)
-            row["dense_ms"] = min(row["dense_cf_ms"], row["dense_cl_ms"])
-            row["onnxruntime_ms"] = onnxruntime_ms(dense, x, args.reps)
+            # every variant is built first, then all are timed round-robin (see _timed): load changes hit all alike
+            variants = {"dense_cf": (dense, x), "dense_cl": (dense_cl, x_cl)}
+            ort = onnxruntime_fn(dense, x)
+            if ort is not None:
+                variants["onnxruntime"] = (ort, x)
+            reports = {}
             for label, p in pruned.items():
                 for backend in ("auto", "sparse"):
                     m = sparsify(p, backend=backend, example_input=x)
                     rep = sparsify_report(m)
-                    ms = median_ms(m, x, args.reps)
-                    row[f"{label} {backend}"] = {"ms": ms, "speedup": row["dense_ms"] / ms,
-                                                 "sparse_layers": len(rep.sparse_layers), "pruned_layers": len(rep.layers)}
-                    if backend == "auto":
-                        row[f"{label} auto"]["decisions"] = [
-                            {"name": d.name, "weight": d.weight_shape, "input": d.input_shape, "sparsity": d.sparsity,
-                             "dense_ms": d.dense_ms, "sparse_ms": d.sparse_ms, "backend": d.backend} for d in rep.layers]
+                    xin = x_cl if rep.chosen == "dense_channels_last" else x
+                    variants[f"{label} {backend}"] = (m, xin)
+                    reports[f"{label} {backend}"] = rep
+            times = _timed(variants, args.reps, lambda: None)
+            row["dense_cf_ms"], row["dense_cl_ms"] = times["dense_cf"], times["dense_cl"]
+            row["dense_ms"] = min(row["dense_cf_ms"], row["dense_cl_ms"])
+            row["onnxruntime_ms"] = times.get("onnxruntime", math.nan)
+            for key, rep in reports.items():
+                ms = times[key]
+                row[key] = {"ms": ms, "speedup": row["dense_ms"] / ms, "sparse_layers": len(rep.sparse_layers),
+                            "pruned_layers": len(rep.layers), "chosen": rep.chosen, "model_ms": rep.model_ms}
+                if key.endswith("auto"):
+                    row[key]["decisions"] = [
+                        {"name": d.name, "weight": d.weight_shape, "input": d.input_shape, "sparsity": d.sparsity,
+                         "dense_ms": d.dense_ms, "sparse_ms": d.sparse_ms, "backend": d.backend} for d in rep.layers]
+            del variants
             LOGGER.info("%s b%d: dense %.1f ms (cf %.1f, cl %.1f), ort %.1f | %s", name, batch, row["dense_ms"],
                         row["dense_cf_ms"], row["dense_cl_ms"], row["onnxruntime_ms"],
                         "  ".join(f"{k}: {v['ms']:.1f} ({v['speedup']:.2f}x, {v['sparse_layers']}/{v['pruned_layers']})"
@@ -149,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(f"| {r['model']} ({r['weights']}) | {r['batch']} | {r['dense_cf_ms']:.1f} / {r['dense_cl_ms']:.1f} | "
                      f"{r['onnxruntime_ms']:.1f} | " + " | ".join(
-                         f"{r[k]['ms']:.1f} ({r[k]['speedup']:.2f}x, {r[k]['sparse_layers']}/{r[k]['pruned_layers']})"
+                         f"{r[k]['ms']:.1f} ({r[k]['speedup']:.2f}x, {r[k]['sparse_layers']}/{r[k]['pruned_layers']}"
+                         + (f"; returned {r[k]['chosen'].replace('_', ' ')}" if r[k].get("chosen") else "") + ")"
                          for k in keys) + " |")
     md = "\n".join(lines) + "\n"
     print(md)

@@ -1,16 +1,25 @@
 """Train the small detector that ``sparseyolo demo`` ships with, on the synthetic shapes dataset.
 
-The model is YOLOv5n's layout at half its width (``width_multiple`` 0.125, depth 0.33, 3 classes: circle,
-square, triangle), trained from scratch with sparseyolo's own engine (``sparseyolo.train``: YOLOv5's
-hyp.scratch-low recipe, EMA; mosaic off) on ``make_synthetic_dataset(seed=0)`` at 128 px. The best EMA weights are
-stored in float16, BatchNorms kept (so the demo can fine-tune them), xz-compressed, in
-``sparseyolo/assets/shapes_yolov5n_w0125.pt.xz``; ``load_model`` reads the compressed file directly.
+The model is YOLOv5n's layout (``width_multiple`` 0.25, depth 0.33) with 3 classes (circle, square, triangle),
+trained from scratch with sparseyolo's own engine (``sparseyolo.train``: YOLOv5's hyp.scratch-low recipe, mosaic
+off) on ``make_synthetic_dataset(seed=0)`` at 128 px. The best EMA weights are stored in float16, with the
+BatchNorms kept so that the demo can fine-tune them, xz-compressed, in ``sparseyolo/assets/shapes_yolov5n.pt.xz``.
+``load_model`` reads the compressed file directly.
 
-The command used for the committed checkpoint (2 shared CPU cores, niced; its log is
-benchmarks/results/demo_model_train.log):
+The EMA follows YOLOv5's ramp, ``d = decay * (1 - exp(-updates / tau))``, with tau 2000 and decay 0.999. An earlier
+version set tau to 100. That drives d to 0.9999 within a few hundred updates, which means averaging over about
+10,000 updates, far longer than this run. The evaluated and saved EMA weights therefore stayed close to the
+early ones (mAP50-95 0.003).
 
-  nice -n 10 python benchmarks/train_demo_model.py --epochs 10 --n-train 800 --n-val 200 \\
-      --log benchmarks/results/demo_model_train.log
+The committed checkpoint came from the command below (defaults: 40 epochs, batch 16, lr0 0.01, EMA 0.999), run
+on the 2-core dev machine. It took 6.2 min and wrote to /tmp; the file was then copied here. Its log is
+benchmarks/results/demo_model_train.log:
+
+  python benchmarks/train_demo_model.py --work /tmp/demo_exp3 --out /tmp/demo_exp3/out.pt.xz --epochs 40 \\
+      --n-train 800 --n-val 200 --width 0.25 --batch 16 --lr0 0.01 --log /tmp/demo_exp3.log
+
+Result: mAP50-95 0.286 on the 200-image val split (pycocotools 0.285); 3.1 MB. The per-epoch validation swings
+(0.14-0.29 over the last epochs, see the log) and ``best.pt`` is kept by fitness, as YOLOv5 does.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from sparseyolo.models import CONFIG_DIR, DetectionModel  # noqa: E402
 from sparseyolo.train import TrainConfig, train  # noqa: E402
 from sparseyolo.utils.torch_utils import environment_line  # noqa: E402
 
-DEFAULT_OUT = ROOT / "sparseyolo" / "assets" / "shapes_yolov5n_w0125.pt.xz"
+DEFAULT_OUT = ROOT / "sparseyolo" / "assets" / "shapes_yolov5n.pt.xz"
 CLASSES = ("circle", "square", "triangle")
 #: The demo dataset's shapes span 10% to 45% of the image side (at 128 px: 13 to 58 px), every one visible at
 #: the stride-8 level; sparseyolo.demo generates its images with the same settings.
@@ -61,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-val", type=int, default=200)
     p.add_argument("--img", type=int, default=128)
     p.add_argument("--seed", type=int, default=0, help="dataset seed (the demo's val split uses the same)")
-    p.add_argument("--width", type=float, default=0.125)
+    p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--depth", type=float, default=0.33)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch", type=int, default=8, help="no accumulation: a short run needs every optimizer step")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch", type=int, default=16, help="no accumulation: a short run needs every optimizer step")
     p.add_argument("--lr0", type=float, default=0.01)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--mosaic", action="store_true", help="4-image mosaic (off by default: it costs a third more "

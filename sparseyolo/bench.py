@@ -71,6 +71,7 @@ class BenchResult:
         return "\n".join(lines)
 
 
+@torch.no_grad()
 def _timed(variants: dict[str, tuple[object, torch.Tensor]], reps: int, sync) -> dict[str, float]:
     """Median ms per variant: warm-up, then ``reps`` rounds calling every variant once, round-robin."""
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -101,6 +102,8 @@ def _onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+            # no spin-waiting after a run: its threads would steal the cores from the next variant timed
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - an export or runtime failure only loses this row
         LOGGER.warning("bench: onnxruntime session failed (%s: %s); its row is skipped", type(e).__name__, e)
