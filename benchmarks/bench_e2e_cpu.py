@@ -2,7 +2,7 @@
 
 Dense PyTorch is the BN-fused model (``DetectionModel.fuse()``) in channels-first and channels-last; the
 faster is the baseline. Sparsified models are pruned (``prune(model, "nm", 2, 4)`` or
-``prune(model, "global", 0.75)``) then converted by ``sparsify`` with ``backend="auto"`` (per layer, the
+``prune(model, "global", 0.75)``, and 2:4 with masks shared by 4 output channels: ``block=4``) then converted by ``sparsify`` with ``backend="auto"`` (per layer, the
 faster of dense and sparse, timed for the benchmarked input shape, then the fastest of that model, dense NCHW and
 dense channels-last) and ``backend="sparse"`` (every pruned conv sparse). onnxruntime (dense, CPUExecutionProvider, same thread count) is the deployment baseline when
 installed (``pip install sparseyolo[bench]``), NaN otherwise. Weights: ../shared/weights/<model>.pt when
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         base, source = load(name)
         dense = copy.deepcopy(base).fuse().eval()
         pruned = {}
-        for label, kw in (("2:4", dict(method="nm", n=2, m=4)), ("75% global", dict(method="global", amount=0.75))):
+        for label, kw in (("2:4", dict(method="nm", n=2, m=4)), ("2:4 block4", dict(method="nm", n=2, m=4, block=4)),
+                          ("75% global", dict(method="global", amount=0.75))):
             p = copy.deepcopy(base)
             prune(p, **kw)
             pruned[label] = p
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_before": load_before,
             "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}
-    keys = ["2:4 auto", "2:4 sparse", "75% global auto", "75% global sparse"]
+    keys = ["2:4 auto", "2:4 sparse", "2:4 block4 auto", "2:4 block4 sparse", "75% global auto", "75% global sparse"]
     lines = [f"### End to end, cpu ({meta['machine']}, {meta['threads']} threads), {args.img}x{args.img}, {meta['date']}",
              "", f"torch {meta['torch']}; load average before/after: {meta['load_before']} / {meta['load_after']}; "
              f"medians of {args.reps} forwards.", f"Command: `{meta['command']}`", "",

@@ -1,7 +1,8 @@
 """Per-layer: sparseyolo's direct sparse conv vs dense ``F.conv2d`` on every distinct conv of YOLOv5s.
 
 The conv shapes are collected from a yolov5s forward at ``--img`` (640) batch ``--batch`` (1). Each layer's
-weight is masked at 2:4 (N:M along Cin, :func:`sparseyolo.ops.nm_mask`) and at 50/75/90% unstructured
+weight is masked at 2:4 (N:M along Cin, :func:`sparseyolo.ops.nm_mask`), at 2:4 with masks shared by 4 consecutive
+output channels ("2:4 block4", ``prune(..., block=4)``: the kernel's output-channel blocking) and at 50/75/90% unstructured
 (random positions); the sparse kernel runs the packed weight (identity activation, no bias), dense is
 ``F.conv2d`` of the same masked weight in channels-first and channels-last, and the faster of the two counts.
 All with the same thread count. Times are medians of ``--reps`` runs after a warm-up, dense and sparse
@@ -37,7 +38,7 @@ from sparseyolo.models import DetectionModel  # noqa: E402
 from sparseyolo.sparse import pack_conv_weight  # noqa: E402
 
 LOGGER = logging.getLogger("bench_sparse_conv")
-SPARSITIES = ["2:4", "0.5", "0.75", "0.9"]
+SPARSITIES = ["2:4", "2:4 block4", "0.5", "0.75", "0.9"]
 
 
 def conv_shapes(cfg: str, img: int, batch: int) -> list[dict]:
@@ -66,10 +67,19 @@ def masked_weight(cout: int, cin: int, k: int, sparsity: str, gen: torch.Generat
     w = torch.randn(cout, cin, k, k, generator=gen)
     if sparsity == "dense":
         return w
-    if ":" in sparsity:
-        n, m = (int(v) for v in sparsity.split(":"))
+    if ":" in sparsity:  # "2:4", or "2:4 block4": masks shared by 4 consecutive output channels
+        pattern, _, blk = sparsity.partition(" block")
+        n, m = (int(v) for v in pattern.split(":"))
         if cin % m:
             return None
+        if blk:
+            from sparseyolo.prune import prune
+
+            conv = torch.nn.Conv2d(cin, cout, k, bias=False)
+            with torch.no_grad():
+                conv.weight.copy_(w)
+            prune(conv, "nm", n=n, m=m, block=int(blk))
+            return conv.weight.detach().clone()
         return w * ops.nm_mask(w, n, m)
     return w * (torch.rand(w.shape, generator=gen) >= float(sparsity))
 

@@ -76,6 +76,9 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
                    help="l1 per layer, global magnitude, or nm (N:M along input channels); default: nm with --nm, else l1")
     p.add_argument("--amount", type=float, default=None, help="fraction of weights to prune, in [0, 1) (l1, global)")
     p.add_argument("--nm", default=None, metavar="N:M", help="N:M pattern for --method nm, e.g. 2:4 (default 2:4)")
+    p.add_argument("--nm-block", type=int, default=1, metavar="B",
+                   help="share each N:M choice across B consecutive output channels (4 lets the CPU sparse kernel "
+                   "feed 4 output channels per input load; costs accuracy); default 1")
     p.add_argument("--include", nargs="+", default=None, metavar="PATTERN",
                    help="only prune layers whose name matches one of these fnmatch patterns (e.g. 'model.2*')")
     p.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN", help="never prune layers matching these")
@@ -114,11 +117,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         if args.amount is not None:
             raise _UserError("--method nm takes --nm N:M, not --amount")
         n, m = parse_nm(args.nm or "2:4")
-        kwargs.update(n=n, m=m)
-        recipe = {"method": "nm", "n": n, "m": m}
+        if args.nm_block < 1:
+            raise _UserError(f"--nm-block must be >= 1, got {args.nm_block}")
+        kwargs.update(n=n, m=m, block=args.nm_block)
+        recipe = {"method": "nm", "n": n, "m": m, "block": args.nm_block}
     else:
-        if args.nm:
-            raise _UserError(f"--nm is for --method nm, not --method {method}")
+        if args.nm or args.nm_block != 1:
+            raise _UserError(f"--nm and --nm-block are for --method nm, not --method {method}")
         if args.amount is None:
             raise _UserError(f"--method {method} needs --amount, a fraction in [0, 1)")
         if not 0.0 <= args.amount < 1.0:
@@ -146,6 +151,8 @@ def _calibrated_prune(model, method: str, kwargs: dict, args: argparse.Namespace
 
     if method == "global":
         raise _UserError("--calibrate works with --method l1 (per-layer --amount) or nm, not global")
+    if kwargs.pop("block", 1) != 1:
+        raise _UserError("--nm-block is not supported with --calibrate (the solver picks each row's N:M positions)")
     if args.calib_images < 1 or args.calib_batch < 1:
         raise _UserError("--calib-images and --calib-batch must be at least 1")
     stride = int(max(model.stride)) if hasattr(model, "stride") else 32

@@ -344,3 +344,34 @@ def test_prune_from_spec_methods():
     assert prune_from_spec(_model(), "2:4").method == "nm"
     assert prune_from_spec(_model(), 0.3).method == "l1"
     assert prune_from_spec(_model(), "0.3", "global").method == "global"
+
+
+class TestBlockNM:
+    def test_rows_of_a_block_share_the_pattern_and_stay_nm(self):
+        conv = torch.nn.Conv2d(16, 10, 3)  # 10 output channels: blocks 0-3, 4-7 and a short tail 8-9
+        prune(conv, "nm", n=2, m=4, block=4)
+        mask = conv.weight_mask
+        assert is_nm_mask(mask, 2, 4)
+        for start, stop in ((0, 4), (4, 8), (8, 10)):
+            assert bool((mask[start:stop] == mask[start]).all())
+        assert not bool((mask[0] == mask[4]).all())  # different blocks choose independently
+
+    def test_block_keeps_the_largest_summed_magnitudes(self):
+        conv = torch.nn.Conv2d(4, 4, 1, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(torch.tensor([[1.0, 0.1, 0.2, 0.3], [0.1, 0.2, 0.3, 1.0], [0.4, 0.1, 0.1, 0.1],
+                                            [0.1, 0.1, 0.1, 0.1]]).view(4, 4, 1, 1))
+        prune(conv, "nm", n=2, m=4, block=4)
+        # column sums 1.6, 0.5, 0.7, 1.5: channels 0 and 3 kept in every row
+        assert conv.weight_mask.view(4, 4).tolist() == [[True, False, False, True]] * 4
+
+    def test_block_1_is_plain_nm_and_errors(self):
+        a, b = torch.nn.Conv2d(8, 8, 3), torch.nn.Conv2d(8, 8, 3)
+        b.load_state_dict(a.state_dict())
+        prune(a, "nm", n=2, m=4)
+        prune(b, "nm", n=2, m=4, block=1)
+        assert torch.equal(a.weight_mask, b.weight_mask)
+        with pytest.raises(ValueError, match="block .* is for method 'nm'"):
+            prune(torch.nn.Conv2d(8, 8, 3), "l1", amount=0.5, block=4)
+        with pytest.raises(ValueError, match="needs a layer without masks"):
+            prune(a, "nm", n=2, m=4, block=4)

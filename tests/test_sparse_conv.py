@@ -101,6 +101,22 @@ class TestSparseConv2d:
         x = torch.randn(1, 520, 9, 10, generator=gen)
         assert _rel_err(_run(x, wt, None, 1, 1, "identity"), _reference(x, wt, None, 1, 1, "identity")) <= RTOL
 
+    @pytest.mark.parametrize("cout,k,stride,padding,cin", [(64, 3, 1, 1, 520), (30, 1, 1, 0, 96), (22, 3, 2, 1, 40)])
+    def test_output_channel_blocks(self, isa, cout, k, stride, padding, cin):
+        # 2:4 masks shared by 4 output channels run 4 rows per input load on the AVX2 path; Cout not a multiple
+        # of 4 leaves a tail of single rows, and Cin 520 gives several reduction blocks per row.
+        from sparseyolo.prune import prune
+
+        gen = torch.Generator().manual_seed(cout + cin)
+        conv = torch.nn.Conv2d(cin, cout, k, stride, padding, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+        prune(conv, "nm", n=2, m=4, block=4)
+        wt, b = conv.weight.detach().clone(), conv.bias.detach().clone()
+        x = torch.randn(2, cin, 11, 13, generator=gen)
+        ref = _reference(x, wt, b, stride, padding, "silu")
+        assert _rel_err(_run(x, wt, b, stride, padding, "silu"), ref) <= RTOL
+
     def test_rectangular_kernel_stride_padding(self, isa):
         gen = torch.Generator().manual_seed(11)
         wt = torch.randn(16, 12, 3, 5, generator=gen) * (torch.rand(16, 12, 3, 5, generator=gen) > 0.5)

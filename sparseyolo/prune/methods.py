@@ -143,6 +143,7 @@ def prune(
     filter_fn: Callable[[str, nn.Module], bool] | None = None,
     min_layer_sparsity: float = 0.0,
     max_layer_sparsity: float | None = None,
+    block: int = 1,
 ) -> PruneReport:
     """Prune ``model`` in place and keep the masks.
 
@@ -165,6 +166,10 @@ def prune(
         include, exclude: ``fnmatch`` patterns on module names.
         filter_fn: ``(name, module) -> bool``; False skips the layer.
         min_layer_sparsity, max_layer_sparsity: per-layer floor and cap of ``global`` (fractions).
+        block: ``nm`` only: share each N:M choice across ``block`` consecutive output channels, keeping the
+            positions with the largest ``|w|`` summed over the block (the last block may be shorter). Every
+            row is still N:M. Equal patterns let the CPU sparse kernel run 4 output channels per input load
+            (``block=4``); it costs accuracy against per-row N:M.
 
     Returns:
         A :class:`PruneReport` (pruned layers with their sparsity, skipped layers with reasons).
@@ -187,6 +192,10 @@ def prune(
     """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method '{method}'; choose one of {', '.join(METHODS)}")
+    if not (isinstance(block, int) and block >= 1):
+        raise ValueError(f"block must be a positive int, got {block!r}")
+    if block > 1 and method != "nm":
+        raise ValueError(f"block (output channels sharing a pattern) is for method 'nm', not '{method}'")
     if method == "nm":
         if amount is not None:
             raise ValueError("method 'nm' takes n and m, not amount")
@@ -203,7 +212,7 @@ def prune(
                          skipped=skipped)
     if method == "nm":
         for _, mod in selected:
-            _prune_nm(mod, n, m)
+            _prune_nm(mod, n, m, block)
     elif method == "l1":
         for _, mod in selected:
             k = max(round(amount * mod.weight.numel()), _prune_count(mod))
@@ -245,9 +254,26 @@ def _move_axis1_last(t: torch.Tensor) -> torch.Tensor:
     return t.movedim(1, -1) if t.dim() > 2 else t
 
 
-def _prune_nm(mod: nn.Module, n: int, m: int) -> None:
+def _block_scores(w: torch.Tensor, block: int) -> torch.Tensor:
+    """``|w|`` summed over groups of ``block`` consecutive output channels, repeated back to ``w``'s shape."""
+    a = w.abs().float()
+    full = a.shape[0] // block * block
+    parts = []
+    if full:
+        parts.append(a[:full].reshape(full // block, block, *a.shape[1:]).sum(1).repeat_interleave(block, 0))
+    if full < a.shape[0]:
+        tail = a[full:]
+        parts.append(tail.sum(0, keepdim=True).expand_as(tail))
+    return torch.cat(parts).contiguous()
+
+
+def _prune_nm(mod: nn.Module, n: int, m: int, block: int = 1) -> None:
     w = mod.weight.detach()
-    if not has_mask(mod):
+    if block > 1:
+        if has_mask(mod):
+            raise ValueError("block > 1 needs a layer without masks (prune the unpruned model)")
+        new = ops.nm_mask(_block_scores(w, block), n, m)
+    elif not has_mask(mod):
         new = ops.nm_mask(w, n, m)
     else:
         # Rank the kept weights first (a kept exact zero beats a pruned one), then by magnitude.

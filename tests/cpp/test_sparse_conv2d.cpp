@@ -26,6 +26,7 @@ struct Case {
   int cin, cout, h, w, kh, kw, s, p;
   double sparsity;
   bool silu;
+  bool shared = false;  // zeros shared by groups of 4 output channels (the blocked 4-row path)
 };
 
 static void naive(const Case& c, const std::vector<float>& x, const std::vector<float>& wt,
@@ -52,7 +53,13 @@ static void run_case(const Case& c, bool avx2, std::mt19937& rng) {
   std::vector<float> x(static_cast<size_t>(c.cin) * c.h * c.w), wt(static_cast<size_t>(c.cout) * c.cin * c.kh * c.kw),
       bias(c.cout);
   for (auto& v : x) v = nd(rng);
-  for (auto& v : wt) v = ud(rng) < c.sparsity ? 0.f : nd(rng);
+  const int per_row = c.cin * c.kh * c.kw;
+  for (size_t i = 0; i < wt.size(); ++i) {
+    const int o = static_cast<int>(i / per_row);
+    // shared: the first row of each group of 4 decides which columns are zero for the whole group
+    const bool zero = c.shared && o % 4 != 0 ? wt[(o - o % 4) * per_row + i % per_row] == 0.f : ud(rng) < c.sparsity;
+    wt[i] = zero ? 0.f : nd(rng);
+  }
   for (auto& v : bias) v = nd(rng);
   // CSR
   const int cols = c.cin * c.kh * c.kw;
@@ -91,6 +98,13 @@ static void run_case(const Case& c, bool avx2, std::mt19937& rng) {
   a.nkb = nkb;
   a.bias = bias.data();
   a.act = c.silu ? k::SpconvAct::kSilu : k::SpconvAct::kIdentity;
+  std::vector<uint8_t> block4(static_cast<size_t>((c.cout + 3) / 4));
+  k::spconv_find_blocks(row_ptr.data(), columns.data(), c.cout, block4.data());
+  a.block4 = block4.data();
+  if (c.shared) {  // every full group of 4 rows with a nonzero is found as a block
+    for (int o = 0; o + 4 <= c.cout; o += 4)
+      EXPECT(block4[o / 4] == (row_ptr[o + 1] > row_ptr[o] ? 1 : 0), "block of rows %d..%d not found", o, o + 3);
+  }
   // split the work like the op does: two channel blocks, tiles in two halves
   const int64_t tiles = g.tiles(), half = tiles / 2, cmid = c.cout / 2;
   k::spconv_block(a, 0, cmid, 0, half, avx2);
@@ -130,6 +144,9 @@ int main() {
       {8, 8, 10, 10, 3, 3, 1, 0, 1.0, true},    {40, 24, 32, 32, 1, 1, 1, 0, 0.5, false},  // 4 KiB channels
       {96, 8, 5, 6, 3, 3, 1, 1, 0.3, true},     {7, 5, 1, 1, 3, 3, 1, 1, 0.2, false},
       {12, 6, 14, 17, 3, 5, 2, 2, 0.6, true},   {3, 16, 33, 31, 6, 6, 2, 2, 0.0, true},
+      // output-channel blocks (Cout not a multiple of 4 and a split at Cout/2 mid-block: both fall back)
+      {24, 22, 13, 11, 3, 3, 1, 1, 0.5, true, true}, {64, 16, 9, 7, 1, 1, 1, 0, 0.5, false, true},
+      {40, 12, 17, 15, 3, 3, 2, 1, 0.75, true, true}, {96, 8, 20, 20, 1, 1, 1, 0, 0.5, true, true},
   };
   const bool has_avx2 = k::spconv_cpu_has_avx2();
   std::printf("AVX2/FMA path: %s\n", has_avx2 ? "tested" : "not available on this CPU");

@@ -168,7 +168,24 @@ struct SpconvArgs {
   int64_t nkb = 1;
   const float* bias = nullptr;     // [Cout] or null
   SpconvAct act = SpconvAct::kIdentity;
+  // Optional, [ceil(Cout / 4)]: block4[c / 4] != 0 when rows c .. c+3 have the same nonzero columns
+  // (spconv_find_blocks); the AVX2 path then runs the 4 rows together, one input load feeding 4 FMAs.
+  const uint8_t* block4 = nullptr;
 };
+
+// Output-channel blocks: rows c, c+1, c+2, c+3 (c % 4 == 0) whose nonzeros sit at the same columns, as N:M
+// masks shared by 4 output channels give (``prune(..., block=4)``). block4 gets ceil(cout / 4) flags.
+inline void spconv_find_blocks(const int64_t* row_ptr, const int32_t* columns, int64_t cout, uint8_t* block4) {
+  for (int64_t c = 0; c < cout; c += 4) {
+    bool same = c + 4 <= cout;
+    const int64_t len = row_ptr[c + 1] - row_ptr[c];
+    for (int64_t i = 1; same && i < 4; ++i) {
+      same = row_ptr[c + i + 1] - row_ptr[c + i] == len &&
+             std::memcmp(columns + row_ptr[c], columns + row_ptr[c + i], sizeof(int32_t) * len) == 0;
+    }
+    block4[c / 4] = same && len > 0 ? 1 : 0;
+  }
+}
 
 inline float spconv_silu(float x) { return x / (1.f + std::exp(-x)); }
 
@@ -301,12 +318,66 @@ SPARSEYOLO_AVX2_INLINE void spconv_tile_avx2(const float* in, const float* value
   acc[3] = _mm256_add_ps(a3, b3);
 }
 
+// Four output channels sharing their nonzero columns, one tile: each input vector is loaded once for the 4
+// rows. Row i's values start `d[i]` entries after row 0's. The 32-pixel tile runs as two halves of 16, so the
+// 8 accumulators (4 rows x 2 vectors), 2 input vectors and 4 broadcast weights fit the 16 registers.
+template <bool kMasked>
+SPARSEYOLO_AVX2_INLINE void spconv_tile4_avx2(const float* in, const float* values, const int64_t* d,
+                                              const int32_t* offsets, int64_t k0, int64_t k1, const __m256i* mask,
+                                              __m256 (*acc)[4]) {
+  const float* v1 = values + d[1];
+  const float* v2 = values + d[2];
+  const float* v3 = values + d[3];
+#define SPCONV_LOAD(p, v) (kMasked ? _mm256_maskload_ps((p) + 8 * (v), mask[v]) : _mm256_loadu_ps((p) + 8 * (v)))
+  for (int h = 0; h < 2; ++h) {
+    const int va = 2 * h, vb = 2 * h + 1;
+    __m256 r0a = acc[0][va], r0b = acc[0][vb], r1a = acc[1][va], r1b = acc[1][vb];
+    __m256 r2a = acc[2][va], r2b = acc[2][vb], r3a = acc[3][va], r3b = acc[3][vb];
+    for (int64_t k = k0; k < k1; ++k) {
+      const float* p = in + offsets[k];
+      const __m256 xa = SPCONV_LOAD(p, va), xb = SPCONV_LOAD(p, vb);
+      const __m256 w0 = _mm256_broadcast_ss(values + k), w1 = _mm256_broadcast_ss(v1 + k);
+      const __m256 w2 = _mm256_broadcast_ss(v2 + k), w3 = _mm256_broadcast_ss(v3 + k);
+      r0a = _mm256_fmadd_ps(w0, xa, r0a);
+      r0b = _mm256_fmadd_ps(w0, xb, r0b);
+      r1a = _mm256_fmadd_ps(w1, xa, r1a);
+      r1b = _mm256_fmadd_ps(w1, xb, r1b);
+      r2a = _mm256_fmadd_ps(w2, xa, r2a);
+      r2b = _mm256_fmadd_ps(w2, xb, r2b);
+      r3a = _mm256_fmadd_ps(w3, xa, r3a);
+      r3b = _mm256_fmadd_ps(w3, xb, r3b);
+    }
+    acc[0][va] = r0a, acc[0][vb] = r0b, acc[1][va] = r1a, acc[1][vb] = r1b;
+    acc[2][va] = r2a, acc[2][vb] = r2b, acc[3][va] = r3a, acc[3][vb] = r3b;
+  }
+#undef SPCONV_LOAD
+}
+
+// After the last reduction block: bias, activation and the store of one channel's tile.
+SPARSEYOLO_AVX2_INLINE void spconv_finish_avx2(const SpconvArgs& a, int64_t c, int64_t q0, int64_t valid,
+                                               const __m256i* mask, __m256* acc) {
+  const SpconvGeometry& g = a.g;
+  const __m256 bias = _mm256_set1_ps(a.bias != nullptr ? a.bias[c] : 0.f);
+  const bool silu = a.act == SpconvAct::kSilu;
+  for (int v = 0; v < 4; ++v) acc[v] = spconv_epilogue_avx2(acc[v], bias, silu);
+  if (g.wq == g.wo) {
+    float* out = a.output + c * g.ho * g.wo + q0;
+    if (valid == kSpconvTile) {
+      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(out + 8 * v, acc[v]);
+    } else {
+      for (int v = 0; v < 4; ++v) _mm256_maskstore_ps(out + 8 * v, mask[v], acc[v]);
+    }
+  } else {
+    alignas(32) float tmp[kSpconvTile];
+    for (int v = 0; v < 4; ++v) _mm256_store_ps(tmp + 8 * v, acc[v]);
+    spconv_store_tile(a, c, q0, tmp);
+  }
+}
+
 SPARSEYOLO_AVX2 inline void spconv_block_avx2(const SpconvArgs& a, int64_t c0, int64_t c1, int64_t t0,
                                               int64_t t1) {
   const SpconvGeometry& g = a.g;
   const int64_t P = g.wide_pixels();
-  const bool silu = a.act == SpconvAct::kSilu;
-  const bool contiguous_out = g.wq == g.wo;
   std::vector<float> scratch(a.nkb > 1 ? static_cast<size_t>((c1 - c0) * kSpconvTile) : 0);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t q0 = t * kSpconvTile;
@@ -317,11 +388,35 @@ SPARSEYOLO_AVX2 inline void spconv_block_avx2(const SpconvArgs& a, int64_t c0, i
     const float* in = a.input + q0;
     for (int64_t kb = 0; kb < a.nkb; ++kb) {
       const bool last = kb + 1 == a.nkb;
-      for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t c = c0; c < c1;) {
+        const int64_t* sr = a.seg + c * (a.nkb + 1);
+        if (a.block4 != nullptr && c % 4 == 0 && c + 4 <= c1 && a.block4[c / 4]) {
+          __m256 acc[4][4];
+          int64_t d[4];
+          for (int i = 0; i < 4; ++i) {
+            d[i] = a.seg[(c + i) * (a.nkb + 1)] - sr[0];  // row i's nonzeros, relative to row 0's
+            float* keep = a.nkb > 1 ? scratch.data() + (c + i - c0) * kSpconvTile : nullptr;
+            for (int v = 0; v < 4; ++v) acc[i][v] = kb == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(keep + 8 * v);
+          }
+          if (masked_loads) {
+            spconv_tile4_avx2<true>(in, a.values, d, a.offsets, sr[kb], sr[kb + 1], mask, acc);
+          } else {
+            spconv_tile4_avx2<false>(in, a.values, d, a.offsets, sr[kb], sr[kb + 1], mask, acc);
+          }
+          for (int i = 0; i < 4; ++i) {
+            if (!last) {
+              float* keep = scratch.data() + (c + i - c0) * kSpconvTile;
+              for (int v = 0; v < 4; ++v) _mm256_storeu_ps(keep + 8 * v, acc[i][v]);
+            } else {
+              spconv_finish_avx2(a, c + i, q0, valid, mask, acc[i]);
+            }
+          }
+          c += 4;
+          continue;
+        }
         __m256 acc[4];
         float* keep = a.nkb > 1 ? scratch.data() + (c - c0) * kSpconvTile : nullptr;
         for (int v = 0; v < 4; ++v) acc[v] = kb == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(keep + 8 * v);
-        const int64_t* sr = a.seg + c * (a.nkb + 1);
         if (masked_loads) {
           spconv_tile_avx2<true>(in, a.values, a.offsets, sr[kb], sr[kb + 1], mask, acc);
         } else {
@@ -329,22 +424,10 @@ SPARSEYOLO_AVX2 inline void spconv_block_avx2(const SpconvArgs& a, int64_t c0, i
         }
         if (!last) {
           for (int v = 0; v < 4; ++v) _mm256_storeu_ps(keep + 8 * v, acc[v]);
-          continue;
-        }
-        const __m256 bias = _mm256_set1_ps(a.bias != nullptr ? a.bias[c] : 0.f);
-        for (int v = 0; v < 4; ++v) acc[v] = spconv_epilogue_avx2(acc[v], bias, silu);
-        if (contiguous_out) {
-          float* out = a.output + c * g.ho * g.wo + q0;
-          if (valid == kSpconvTile) {
-            for (int v = 0; v < 4; ++v) _mm256_storeu_ps(out + 8 * v, acc[v]);
-          } else {
-            for (int v = 0; v < 4; ++v) _mm256_maskstore_ps(out + 8 * v, mask[v], acc[v]);
-          }
         } else {
-          alignas(32) float tmp[kSpconvTile];
-          for (int v = 0; v < 4; ++v) _mm256_store_ps(tmp + 8 * v, acc[v]);
-          spconv_store_tile(a, c, q0, tmp);
+          spconv_finish_avx2(a, c, q0, valid, mask, acc);
         }
+        ++c;
       }
     }
   }

@@ -78,6 +78,9 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values, 
   });
   TORCH_CHECK(columns_ok.load(), op, ": columns should increase within each row and lie in [0, Cin*KH*KW) = [0, ",
               table_size, ") for this input (Cin = ", cin, "); was the weight packed for another layer?");
+  // Groups of 4 output channels with identical columns run together (one input load, 4 FMAs).
+  std::vector<uint8_t> block4(static_cast<size_t>((cout + 3) / 4));
+  k::spconv_find_blocks(prp, cols.const_data_ptr<int32_t>(), cout, block4.data());
 
   // Input laid out on the wide grid (skipped for 1x1 stride-1 unpadded convs).
   at::Tensor buffer;
@@ -101,7 +104,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values, 
   const int64_t avg_row = std::max<int64_t>(1, nnz / cout);
   int64_t n_chunks = std::max<int64_t>(1, (cout * avg_row + kBlockNonzeros - 1) / kBlockNonzeros);
   n_chunks = std::min(n_chunks, cout);
-  const int64_t chunk = (cout + n_chunks - 1) / n_chunks;
+  const int64_t chunk = ((cout + n_chunks - 1) / n_chunks + 3) / 4 * 4;  // whole output-channel blocks
   n_chunks = (cout + chunk - 1) / chunk;
   const int64_t tiles = g.tiles();
   const int64_t want = kItemsPerThread * at::get_num_threads();
@@ -115,6 +118,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values, 
   args.offsets = offsets.data();
   args.seg = seg.data();
   args.nkb = nkb;
+  args.block4 = block4.data();
   args.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
   args.act = silu ? k::SpconvAct::kSilu : k::SpconvAct::kIdentity;
   float* po = out.mutable_data_ptr<float>();
