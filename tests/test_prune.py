@@ -375,3 +375,26 @@ class TestBlockNM:
             prune(torch.nn.Conv2d(8, 8, 3), "l1", amount=0.5, block=4)
         with pytest.raises(ValueError, match="needs a layer without masks"):
             prune(a, "nm", n=2, m=4, block=4)
+
+
+def test_prune_cli_nm_block(tmp_path, capsys):
+    from sparseyolo.demo import packaged_weights
+
+    out = tmp_path / "b4.pt"
+    assert cli.main(["prune", "--weights", str(packaged_weights()), "--nm", "2:4", "--nm-block", "4",
+                     "--out", str(out)]) == 0
+    model = load_model(out, fuse=False)
+    masked = [m for m in model.modules() if hasattr(m, "weight_mask")]
+    assert len(masked) > 50
+    for mod in masked:
+        mask = mod.weight_mask
+        full = mask.shape[0] // 4 * 4
+        assert is_nm_mask(mask, 2, 4)
+        assert bool((mask[:full].view(-1, 4, *mask.shape[1:]) == mask[:full:4].unsqueeze(1)).all())
+    capsys.readouterr()
+    assert cli.main(["prune", "--weights", str(packaged_weights()), "--method", "l1", "--amount", "0.3",
+                     "--nm-block", "4", "--out", str(out)]) == 2
+    assert "--nm-block are for --method nm" in capsys.readouterr().err
+    assert cli.main(["prune", "--weights", str(packaged_weights()), "--nm", "2:4", "--nm-block", "4",
+                     "--calibrate", "x.yaml", "--out", str(out)]) == 2
+    assert "--nm-block is not supported with --calibrate" in capsys.readouterr().err
