@@ -160,6 +160,22 @@ def _apply_masks_fake(tensors: list[torch.Tensor], masks: list[torch.Tensor]) ->
     return None
 
 
+def _check_conv_args(op: str, kernel_size, stride, padding, activation: str) -> None:
+    """The conv geometry checks both sparse convs share (csrc/ops/conv_checks.h on the C++ side)."""
+    torch._check(len(kernel_size) == 2 and min(kernel_size) >= 1, lambda: f"{op}: kernel_size should be two positive ints, got {kernel_size}")
+    torch._check(len(stride) == 2 and min(stride) >= 1, lambda: f"{op}: stride should be two positive ints, got {stride}")
+    torch._check(len(padding) == 2 and min(padding) >= 0, lambda: f"{op}: padding should be two non-negative ints, got {padding}")
+    torch._check(activation in ("identity", "silu"), lambda: f"{op}: activation should be 'identity' or 'silu', got '{activation}'")
+
+
+def _conv_out_hw(op: str, input: torch.Tensor, kernel_size, stride, padding) -> tuple[int, int]:
+    """Output height and width of a conv of ``input`` [N, C, H, W]; the padded input must cover the kernel."""
+    hp, wp = input.shape[2] + 2 * padding[0], input.shape[3] + 2 * padding[1]
+    torch._check(hp >= kernel_size[0] and wp >= kernel_size[1],
+                 lambda: f"{op}: padded input {hp}x{wp} is smaller than the kernel {kernel_size[0]}x{kernel_size[1]}")
+    return (hp - kernel_size[0]) // stride[0] + 1, (wp - kernel_size[1]) // stride[1] + 1
+
+
 @torch.library.register_fake("sparseyolo::sparse_conv2d")
 def _sparse_conv2d_fake(
     input: torch.Tensor,
@@ -183,19 +199,12 @@ def _sparse_conv2d_fake(
                  lambda: f"{op}: columns and values should have one entry per nonzero, got {columns.numel()} and {values.numel()}")
     torch._check(row_ptr.dim() == 1 and row_ptr.dtype == torch.int64 and row_ptr.numel() >= 2,
                  lambda: f"{op}: row_ptr should be a 1D int64 tensor of Cout + 1 >= 2 entries")
-    torch._check(len(kernel_size) == 2 and min(kernel_size) >= 1, lambda: f"{op}: kernel_size should be two positive ints, got {kernel_size}")
-    torch._check(len(stride) == 2 and min(stride) >= 1, lambda: f"{op}: stride should be two positive ints, got {stride}")
-    torch._check(len(padding) == 2 and min(padding) >= 0, lambda: f"{op}: padding should be two non-negative ints, got {padding}")
-    torch._check(activation in ("identity", "silu"), lambda: f"{op}: activation should be 'identity' or 'silu', got '{activation}'")
+    _check_conv_args(op, kernel_size, stride, padding, activation)
     cout = row_ptr.shape[0] - 1
     if bias is not None:
         torch._check(bias.dim() == 1 and bias.shape[0] == cout and bias.dtype == torch.float32,
                      lambda: f"{op}: bias should be a float32 tensor of Cout = {cout} entries")
-    hp, wp = input.shape[2] + 2 * padding[0], input.shape[3] + 2 * padding[1]
-    torch._check(hp >= kernel_size[0] and wp >= kernel_size[1],
-                 lambda: f"{op}: padded input {hp}x{wp} is smaller than the kernel {kernel_size[0]}x{kernel_size[1]}")
-    ho = (hp - kernel_size[0]) // stride[0] + 1
-    wo = (wp - kernel_size[1]) // stride[1] + 1
+    ho, wo = _conv_out_hw(op, input, kernel_size, stride, padding)
     return input.new_empty((input.shape[0], cout, ho, wo))
 
 
@@ -217,10 +226,7 @@ def _sparse_conv2d_24_fake(
                  lambda: f"{op}: input should be float16 or bfloat16, got {input.dtype}")
     torch._check(input.shape[1] % 8 == 0,
                  lambda: f"{op}: input channels should be a multiple of 8, got {input.shape[1]} (run such a layer dense)")
-    torch._check(len(kernel_size) == 2 and min(kernel_size) >= 1, lambda: f"{op}: kernel_size should be two positive ints, got {kernel_size}")
-    torch._check(len(stride) == 2 and min(stride) >= 1, lambda: f"{op}: stride should be two positive ints, got {stride}")
-    torch._check(len(padding) == 2 and min(padding) >= 0, lambda: f"{op}: padding should be two non-negative ints, got {padding}")
-    torch._check(activation in ("identity", "silu"), lambda: f"{op}: activation should be 'identity' or 'silu', got '{activation}'")
+    _check_conv_args(op, kernel_size, stride, padding, activation)
     torch._check(out_channels >= 1, lambda: f"{op}: out_channels should be positive, got {out_channels}")
     mt = (out_channels + 63) // 64 * 4
     kb = kernel_size[0] * kernel_size[1] * ((input.shape[1] + 31) // 32)
@@ -232,10 +238,6 @@ def _sparse_conv2d_24_fake(
     if bias is not None:
         torch._check(bias.dim() == 1 and bias.shape[0] == out_channels and bias.dtype == torch.float32,
                      lambda: f"{op}: bias should be a float32 tensor of Cout = {out_channels} entries")
-    hp, wp = input.shape[2] + 2 * padding[0], input.shape[3] + 2 * padding[1]
-    torch._check(hp >= kernel_size[0] and wp >= kernel_size[1],
-                 lambda: f"{op}: padded input {hp}x{wp} is smaller than the kernel {kernel_size[0]}x{kernel_size[1]}")
-    ho = (hp - kernel_size[0]) // stride[0] + 1
-    wo = (wp - kernel_size[1]) // stride[1] + 1
+    ho, wo = _conv_out_hw(op, input, kernel_size, stride, padding)
     return torch.empty((input.shape[0], out_channels, ho, wo), dtype=input.dtype, device=input.device,
                        memory_format=torch.channels_last)

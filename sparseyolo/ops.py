@@ -233,6 +233,11 @@ def apply_masks_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None
 # ------------------------------------------------------------------------------------ sparse convolution
 
 
+def _pair(v: int | tuple[int, int] | list[int]) -> list[int]:
+    """``k`` -> ``[k, k]``; a pair stays a pair (as a list, the schema's ``int[]``)."""
+    return [v, v] if isinstance(v, int) else list(v)
+
+
 def sparse_conv2d(
     input: torch.Tensor,
     values: torch.Tensor,
@@ -264,11 +269,8 @@ def sparse_conv2d(
         No autograd. AVX2/FMA is used when the CPU has it (``SPARSEYOLO_SPARSE_CONV_ISA=portable`` forces the
         portable path). Sums run in a different order than ``F.conv2d``: results agree to ~1e-6 relative.
     """
-    ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    st = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    pd = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    return torch.ops.sparseyolo.sparse_conv2d.default(input, values, columns, row_ptr, list(ks), bias, list(st),
-                                                      list(pd), activation)
+    return torch.ops.sparseyolo.sparse_conv2d.default(input, values, columns, row_ptr, _pair(kernel_size), bias,
+                                                      _pair(stride), _pair(padding), activation)
 
 
 def sparse_conv2d_24(
@@ -302,8 +304,5 @@ def sparse_conv2d_24(
         No autograd. CUDA (compute capability 8.0+) runs ``mma.sp`` with fp32 accumulation; the CPU backend is
         the slow reference (decode + float32 conv), for tests and tracing.
     """
-    ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    st = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    pd = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    return torch.ops.sparseyolo.sparse_conv2d_24.default(input, values, meta, out_channels, list(ks), bias, list(st),
-                                                         list(pd), activation)
+    return torch.ops.sparseyolo.sparse_conv2d_24.default(input, values, meta, out_channels, _pair(kernel_size), bias,
+                                                         _pair(stride), _pair(padding), activation)
