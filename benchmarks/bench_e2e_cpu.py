@@ -23,9 +23,7 @@ import logging
 import math
 import os
 import shlex
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_sparse_conv import machine  # noqa: E402
-from sparseyolo.bench import _timed  # noqa: E402
+from sparseyolo.bench import onnxruntime_session, time_round_robin  # noqa: E402
 from sparseyolo.models import DetectionModel  # noqa: E402
 from sparseyolo.prune import prune  # noqa: E402
 from sparseyolo.sparse import sparsify, sparsify_report  # noqa: E402
@@ -52,13 +50,6 @@ def load(name: str) -> tuple[torch.nn.Module, str]:
         return load_model(weights, fuse=False).eval(), str(weights.name)
     torch.manual_seed(0)
     return DetectionModel(f"{name}.yaml").eval(), "random init"
-
-
-def onnxruntime_fn(model: torch.nn.Module, x: torch.Tensor):
-    """``x -> outputs`` through onnxruntime (CPU, same threads, no spin-waiting), or None when unavailable."""
-    from sparseyolo.bench import _onnxruntime_session
-
-    return _onnxruntime_session(model, x, torch.get_num_threads())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.rand(batch, 3, args.img, args.img)
             x_cl = x.contiguous(memory_format=torch.channels_last)
             row = {"model": name, "weights": source, "batch": batch}
-            # every variant is built first, then all are timed round-robin (see _timed): load changes hit all alike
+            # every variant is built first, then all are timed round-robin: load changes hit all alike
             variants = {"dense_cf": (dense, x), "dense_cl": (dense_cl, x_cl)}
-            ort = onnxruntime_fn(dense, x)
+            ort = onnxruntime_session(dense, x, torch.get_num_threads())
             if ort is not None:
                 variants["onnxruntime"] = (ort, x)
             reports = {}
@@ -103,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     xin = x_cl if rep.chosen == "dense_channels_last" else x
                     variants[f"{label} {backend}"] = (m, xin)
                     reports[f"{label} {backend}"] = rep
-            times = _timed(variants, args.reps, lambda: None)
+            times = time_round_robin(variants, args.reps)
             row["dense_cf_ms"], row["dense_cl_ms"] = times["dense_cf"], times["dense_cl"]
             row["dense_ms"] = min(row["dense_cf_ms"], row["dense_cl_ms"])
             row["onnxruntime_ms"] = times.get("onnxruntime", math.nan)

@@ -72,11 +72,13 @@ class BenchResult:
 
 
 @torch.no_grad()
-def _timed(variants: dict[str, tuple[object, torch.Tensor]], reps: int, sync) -> dict[str, float]:
-    """Median ms per variant: warm-up, then ``reps`` rounds calling every variant once, round-robin."""
+def time_round_robin(variants: dict[str, tuple[object, torch.Tensor]], reps: int, sync=lambda: None,
+                     warmup: int = 2) -> dict[str, float]:
+    """Median ms per variant ``{name: (fn, x)}``: ``warmup`` calls each, then ``reps`` rounds calling every variant
+    once, round-robin, so that a change of machine load hits every variant alike."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn, x in variants.values():
-        for _ in range(2):
+        for _ in range(warmup):
             fn(x)
     sync()
     for _ in range(max(reps, 1)):
@@ -88,8 +90,9 @@ def _timed(variants: dict[str, tuple[object, torch.Tensor]], reps: int, sync) ->
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
-    """An onnxruntime CPU session of ``model`` (None, with the reason logged, when unavailable)."""
+def onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
+    """``x -> outputs`` through onnxruntime (CPU, ``threads`` intra-op threads, no spin-waiting) for ``model``
+    exported at ``x``'s shape; None, with the reason logged, when onnxruntime is missing or the export fails."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -154,7 +157,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
     }
     notes: dict[str, str] = {"dense (NCHW)": "BN folded", "dense (channels_last)": "BN folded"}
     if onnx and not gpu:
-        sess = _onnxruntime_session(dense, x_cpu, torch.get_num_threads())
+        sess = onnxruntime_session(dense, x_cpu, torch.get_num_threads())
         if sess is not None:
             variants["onnxruntime (dense)"] = (sess, x_cpu)
             notes["onnxruntime (dense)"] = "CPUExecutionProvider, opset 17"
@@ -178,7 +181,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             notes["sparsify (auto)"] = (f"{len(ra.sparse_layers)}/{len(ra.layers)} convs sparse; returned "
                                         f"{(ra.chosen or 'sparse').replace('_', ' ')}")
     sync = torch.cuda.synchronize if gpu else (lambda: None)
-    times = _timed(variants, reps, sync)
+    times = time_round_robin(variants, reps, sync)
     result = BenchResult(weights=str(weights), device=str(dev), dtype=str(dtype).replace("torch.", ""), imgsz=imgsz,
                          batch=batch, threads=torch.get_num_threads(),
                          rows=[BenchRow(k, times[k], notes.get(k, "")) for k in variants], reports=reports,

@@ -27,7 +27,6 @@ import copy
 import gc
 import io
 import logging
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,18 +170,12 @@ def _quiet(verbose: bool):
         root.setLevel(level)
 
 
-@torch.no_grad()
 def _interleaved_ms(a: nn.Module, b: nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float]:
     """Median forward ms of ``a`` and of ``b``, timed alternately so load changes hit both alike."""
-    for _ in range(3):  # warm-up: thread pools, allocator, first-call dispatch
-        a(x), b(x)
-    ta, tb = [], []
-    for _ in range(max(reps, 1)):
-        for model, acc in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
-            model(x)
-            acc.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ta), statistics.median(tb)
+    from sparseyolo.bench import time_round_robin
+
+    t = time_round_robin({"a": (a, x), "b": (b, x)}, max(reps, 1), warmup=3)
+    return t["a"], t["b"]
 
 
 def _evaluate(model: nn.Module, data: str, imgsz: int, cfg: DemoConfig, out: Path) -> tuple[float, float]:

@@ -174,7 +174,7 @@ def test_optimizer_groups_and_ema_keep_masks():
 
 def test_train_dataset_labels_follow_pixels(tmp_path):
     """With colour jitter off, every augmented label box must cover a drawn rectangle (not the grey border)."""
-    data_yaml = make_dataset(tmp_path / "d", n=6, seed=3)
+    make_dataset(tmp_path / "d", n=6, seed=3)
     (tmp_path / "d" / "images" / "train" / "broken.jpg").write_bytes(b"not an image")
     aug = AugmentConfig(hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5, mosaic=1.0)
     ds = TrainDataset(str(tmp_path / "d" / "images" / "train"), img_size=128, aug=aug)
