@@ -4,7 +4,7 @@
    dense fp16 8192^3 GEMM (TFLOP/s on random data).
 2. Per unique conv shape of yolov5x at ``--batch`` x 640 x 640 (default 32, fp16, channels_last), 2:4 weights
    along Cin, fused bias + SiLU in every method: cuDNN ``F.conv2d`` + SiLU (dense), cuSPARSELt (1x1, stride 1
-   only: one GEMM over NHWC, weight compressed and algorithm searched once), ``sparseyolo::sparse_conv2d_24``.
+   only: one GEMM over NHWC, weight compressed once, default algorithm), ``sparseyolo::sparse_conv2d_24``.
    TFLOP/s count the dense-equivalent 2*N*Ho*Wo*Cout*Cin*KH*KW, so sparse and dense rates compare directly.
 3. End to end yolov5s and yolov5x (random weights, 2:4 pruned, BatchNorms folded) at ``--batch`` fp16:
    inference and NMS (``sparseyolo.ops.yolo_nms``, val setting conf 0.001 IoU 0.6 multi-label) timed
@@ -134,7 +134,6 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
     if "cusparselt" in methods and k == 1 and st == 1 and pd == 0 and cin % 4 == 0 and not cusparselt_status():
         try:
             cs = CusparseLtConv1x1(wd, bias)
-            cs.search(xs[0][0])
             row["cusparselt_ms"] = time_ms(lambda x: cs(x, "silu"), xs, reps)
         except Exception as e:  # noqa: BLE001
             LOGGER.warning("cuSPARSELt %s: %s", s, e)

@@ -5,8 +5,8 @@ For a CUDA input, :func:`cuda_forward` runs the layer on one of:
 * ``"mma_sp"``: :func:`sparseyolo.ops.sparse_conv2d_24` (our implicit-GEMM ``mma.sp`` kernel, 1x1 and 3x3,
   any stride/padding, fused bias + SiLU), for fp16/bf16 inputs of a 2:4 layer with ``Cin % 8 == 0``;
 * ``"cusparselt"``: 1x1, stride 1, unpadded convs as one GEMM over NHWC through PyTorch's cuSPARSELt binding
-  (``torch._cslt_compress`` / ``torch._cslt_sparse_mm``), the weight compressed and the algorithm searched
-  once, at the first call;
+  (``torch._cslt_compress`` / ``torch._cslt_sparse_mm``), the weight compressed once, at the first call, and
+  only where :func:`cusparselt_status` found the binding working (a check in a subprocess);
 * ``"dense"``: cuDNN ``F.conv2d`` on the cached dense weight (channels_last).
 
 The module's ``gpu_backend`` picks one; ``"auto"`` (the default) times the applicable ones once per layer shape
@@ -50,8 +50,11 @@ class _GpuState:
 class CusparseLtConv1x1:
     """A 1x1, stride-1, unpadded 2:4 conv as ``Y[P, Cout] = X[P, Cin] @ W^T`` through cuSPARSELt.
 
-    The weight is compressed once (``torch._cslt_compress``); cuSPARSELt's default algorithm is used (see
-    :meth:`search`). Raises at construction when this PyTorch build has no cuSPARSELt binding.
+    The weight is compressed once (``torch._cslt_compress``) and cuSPARSELt's default algorithm (0) is used, with
+    no search: on an H200 with torch 2.11, ``torch._cslt_sparse_mm_search`` with ``bias`` and
+    ``transpose_result`` was followed by an internal error and an illegal instruction that broke the process's
+    CUDA context, while algorithm 0 ran correctly. Raises at construction when this PyTorch build has no
+    cuSPARSELt binding.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -61,12 +64,6 @@ class CusparseLtConv1x1:
         self.compressed = torch._cslt_compress(weight.reshape(self.cout, self.cin).contiguous())
         self.bias = None if bias is None else bias.to(weight.dtype).contiguous()
         self.alg_id = 0
-
-    def search(self, x: torch.Tensor) -> None:
-        """Kept for the interface; does not search. On an H200 with torch 2.11, ``torch._cslt_sparse_mm_search``
-        with ``bias`` and ``transpose_result`` was followed by an internal error and an illegal instruction that
-        broke the process's CUDA context, while the default algorithm (0) ran correctly, so algorithm 0 is used."""
-        del x
 
     def _dense_operand(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last [N, Cin, H, W] is [N*H*W, Cin] row-major; its transpose is the column-major B.
@@ -200,16 +197,15 @@ def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
         candidates.append("mma_sp")
         is_1x1 = module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding == (0, 0)
         if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
-            if cusparselt_status():
+            why = cusparselt_status()
+            if not why:
+                try:
+                    st.cslt = CusparseLtConv1x1(st.dense_w, st.bias)
+                except Exception as e:  # noqa: BLE001 - a shape cuSPARSELt rejects
+                    why = str(e)
+            if why:
                 st.cslt = False
-                LOGGER.info("SparseConv2d(%s): cuSPARSELt unavailable (%s)", module.extra_repr(), cusparselt_status())
-        if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
-            try:
-                st.cslt = CusparseLtConv1x1(st.dense_w, st.bias)
-                st.cslt.search(x.contiguous(memory_format=torch.channels_last))
-            except Exception as e:  # noqa: BLE001 - no cuSPARSELt here, or a shape it rejects
-                st.cslt = False
-                LOGGER.info("SparseConv2d(%s): cuSPARSELt unavailable (%s)", module.extra_repr(), e)
+                LOGGER.info("SparseConv2d(%s): cuSPARSELt unavailable (%s)", module.extra_repr(), why)
         if st.cslt:
             candidates.append("cusparselt")
     if want != "auto":
