@@ -111,7 +111,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from sparseyolo.checkpoint import load_model, save_checkpoint
     from sparseyolo.prune import parse_nm, prune, sparsity_report
 
-    method = args.method or ("nm" if args.nm else "l1")
+    method = args.method or ("nm" if args.nm or args.nm_block != 1 else "l1")
     kwargs: dict = {"include": args.include, "exclude": args.exclude}
     if method == "nm":
         if args.amount is not None:

@@ -375,6 +375,8 @@ class TestBlockNM:
             prune(torch.nn.Conv2d(8, 8, 3), "l1", amount=0.5, block=4)
         with pytest.raises(ValueError, match="needs a layer without masks"):
             prune(a, "nm", n=2, m=4, block=4)
+        with pytest.raises(ValueError, match="block must be a positive int"):
+            prune(torch.nn.Conv2d(8, 8, 3), "nm", n=2, m=4, block=0)
 
 
 def test_prune_cli_nm_block(tmp_path, capsys):
@@ -398,3 +400,5 @@ def test_prune_cli_nm_block(tmp_path, capsys):
     assert cli.main(["prune", "--weights", str(packaged_weights()), "--nm", "2:4", "--nm-block", "4",
                      "--calibrate", "x.yaml", "--out", str(out)]) == 2
     assert "--nm-block is not supported with --calibrate" in capsys.readouterr().err
+    assert cli.main(["prune", "--weights", str(packaged_weights()), "--nm-block", "0", "--out", str(out)]) == 2
+    assert "--nm-block must be >= 1" in capsys.readouterr().err
