@@ -73,7 +73,7 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--weights", required=True, help="checkpoint: Ultralytics *.pt, sparseyolo *.pt or a state_dict")
     p.add_argument("--method", choices=["l1", "global", "nm"], default=None,
-                   help="l1 per layer, global magnitude, or nm (N:M along input channels); default: nm with --nm, else l1")
+                   help="l1 per layer, global magnitude, or nm (N:M along input channels); default: nm with --nm or --nm-block, else l1")
     p.add_argument("--amount", type=float, default=None, help="fraction of weights to prune, in [0, 1) (l1, global)")
     p.add_argument("--nm", default=None, metavar="N:M", help="N:M pattern for --method nm, e.g. 2:4 (default 2:4)")
     p.add_argument("--nm-block", type=int, default=1, metavar="B",
