@@ -102,6 +102,12 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--calib-target", choices=["dense", "layer"], default="dense",
                    help="fit each layer to the unpruned model's output (dense, default) or to its own unpruned output "
                    "on the pruned inputs (layer, plain SparseGPT)")
+    c.add_argument("--calib-steps", type=int, default=None, metavar="K",
+                   help="prune each layer in K increments, each followed by the refit (default: 1 for N:M, 3 for "
+                   "unstructured; see README)")
+    c.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="keep SparseGPT's weights as they are; by default the kept weights (and a per-channel bias, "
+                   "folded into the BatchNorm) are re-solved exactly once each layer's mask is chosen")
     p.set_defaults(func=_cmd_prune)
 
 
@@ -135,7 +141,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         report = _calibrated_prune(model, method, kwargs, args)
         recipe.update(calibrate=str(args.calibrate), calib_images=report.calib_images, calib_img=args.calib_img,
                       blocksize=args.blocksize, damp=args.damp, bn_recalib=args.bn_recalib,
-                      calib_target=args.calib_target)
+                      calib_target=args.calib_target, refit=args.refit,
+                      calib_steps=args.calib_steps)
     else:
         report = prune(model, method, **kwargs)
     dtype = torch.float32 if args.fp32 else torch.float16
@@ -155,10 +162,15 @@ def _calibrated_prune(model, method: str, kwargs: dict, args: argparse.Namespace
         raise _UserError("--nm-block is not supported with --calibrate (the solver picks each row's N:M positions)")
     if args.calib_images < 1 or args.calib_batch < 1:
         raise _UserError("--calib-images and --calib-batch must be at least 1")
+    if args.calib_steps is None:
+        args.calib_steps = 1 if method == "nm" else 3
+    if args.calib_steps < 1:
+        raise _UserError(f"--calib-steps must be at least 1, got {args.calib_steps}")
     stride = int(max(model.stride)) if hasattr(model, "stride") else 32
     batches = calibration_batches(args.calibrate, args.calib_images, args.calib_img, args.calib_batch, stride)
     report = calibrated_prune(model, batches, blocksize=args.blocksize, damp=args.damp,
-                              bn_recalibration=args.bn_recalib, target=args.calib_target, **kwargs)
+                              bn_recalibration=args.bn_recalib, target=args.calib_target, refit=args.refit,
+                              steps=args.calib_steps, **kwargs)
     return report  # its summary is logged by calibrated_prune
 
 
@@ -284,8 +296,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="offline end-to-end demo: dense vs l1 30%% vs 2:4 (one-shot, recovered) vs global 75%%; one table + plots",
-        description="Prune a detector several ways, fine-tune the 2:4 one with its masks, and print one table: "
+        help="offline end-to-end demo: dense vs l1 30%% vs 2:4 (one-shot, calibrated, recovered) vs global 75%%; "
+        "one table + plots",
+        description="Prune a detector several ways, calibrate and fine-tune the 2:4 one with its masks, and print one "
+        "table: "
         "mAP50-95 (pycocotools), checkpoint size, CPU latency dense vs sparsify(auto), speedup. By default it uses "
         "the small checkpoint shipped with the package and a generated synthetic shapes dataset, so it runs "
         "offline in a few minutes on 2 CPU cores; --weights/--data run the same steps on a real model.",
@@ -297,11 +311,13 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img", "--imgsz", dest="imgsz", type=int, default=None,
                    help="inference size (default: 128 for the synthetic data, else 640)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
+    p.add_argument("--calib-images", type=int, default=64,
+                   help="train images for the one-shot calibrated 2:4 row (0 skips it)")
     p.add_argument("--finetune-epochs", type=int, default=3, help="masked fine-tune epochs of '2:4 recovered' (0 skips)")
     p.add_argument("--finetune-batches", type=int, default=None, help="batches per fine-tune epoch (default: all)")
     p.add_argument("--global-amount", type=float, default=0.75, help="sparsity of the global-magnitude row (0 skips)")
     p.add_argument("--n-val", type=int, default=100, help="synthetic val images to generate")
-    p.add_argument("--n-train", type=int, default=128, help="synthetic train images for the fine-tune")
+    p.add_argument("--n-train", type=int, default=128, help="synthetic train images for calibration and the fine-tune")
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True,
                    help="with --plots, also evaluate more one-shot sparsities for the mAP-vs-sparsity curves")
     p.add_argument("--reps", type=int, default=15, help="timed forwards per latency (median)")
@@ -315,15 +331,15 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sparseyolo.demo import DemoConfig, run_demo
 
-    if args.finetune_epochs < 0 or args.n_val < 1 or args.n_train < 0:
-        raise _UserError("--finetune-epochs and --n-train must be >= 0 and --n-val >= 1")
+    if args.finetune_epochs < 0 or args.n_val < 1 or args.n_train < 0 or args.calib_images < 0:
+        raise _UserError("--finetune-epochs, --calib-images and --n-train must be >= 0 and --n-val >= 1")
     if not 0.0 <= args.global_amount < 1.0:
         raise _UserError(f"--global-amount must be in [0, 1), got {args.global_amount}")
     if args.weights and not args.data:
         raise _UserError("--weights needs --data (a dataset with the checkpoint's classes)")
     cfg = DemoConfig(
         weights=args.weights, data=args.data, out=args.out, imgsz=args.imgsz, n_val=args.n_val, n_train=args.n_train,
-        finetune_epochs=args.finetune_epochs, finetune_batches=args.finetune_batches,
+        calib_images=args.calib_images, finetune_epochs=args.finetune_epochs, finetune_batches=args.finetune_batches,
         global_amount=args.global_amount, plots=args.plots, sweep=args.sweep, reps=args.reps, threads=args.threads,
         batch_size=args.batch_size, workers=args.workers,
     )

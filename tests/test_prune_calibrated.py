@@ -12,13 +12,14 @@ from torch import nn
 from sparseyolo.prune import is_nm_mask, prune
 from sparseyolo.prune.calibrated import (
     HessianAccumulator,
+    _schedule,
     calibrated_prune,
     dense_target_weight,
     layer_input_columns,
     prune_layer,
     recalibrate_batchnorm,
 )
-from sparseyolo.prune.obs import output_error, sparsegpt_prune
+from sparseyolo.prune.obs import masked_least_squares, output_error, sparsegpt_prune
 
 
 def _correlated_input(seed: int, b: int = 6, c: int = 16, hw: int = 11) -> torch.Tensor:
@@ -176,6 +177,163 @@ class TestSolver:
             sparsegpt_prune(w, torch.eye(7), sparsity=0.5)
 
 
+class TestMaskedLeastSquares:
+    """The refit of the kept weights for a fixed mask, against per-row ``torch.linalg.lstsq`` on the raw data."""
+
+    @pytest.mark.parametrize("bias", [False, True])
+    @pytest.mark.parametrize("mask_kind", ["2:4", "unstructured", "empty_row"])
+    def test_matches_lstsq(self, bias, mask_kind):
+        g = torch.Generator().manual_seed(3)
+        rows, d, npos = 6, 16, 300
+        x = torch.randn(d, npos, generator=g, dtype=torch.float64) + 0.5  # nonzero mean: the bias matters
+        t = torch.randn(rows, d, generator=g, dtype=torch.float64) @ x + 2.0
+        if mask_kind == "2:4":
+            mask = torch.zeros(rows, d, dtype=torch.bool)
+            for r in range(rows):
+                for q in range(0, d, 4):
+                    mask[r, q + torch.randperm(4, generator=g)[:2]] = True
+        else:
+            mask = torch.rand(rows, d, generator=g) < 0.4
+            if mask_kind == "empty_row":
+                mask[2] = False
+                mask[4] = True
+        extra = dict(sums=x.sum(1), count=npos, rhs_bias=t.sum(1)) if bias else {}
+        w, b = masked_least_squares(x @ x.t(), t @ x.t(), mask, torch.randn(rows, d, dtype=torch.float64),
+                                    damp=0.0, **extra)
+        assert (b is None) == (not bias)
+        assert bool((w[~mask] == 0).all())
+        for r in range(rows):
+            cols = [x[mask[r]].t()] + ([torch.ones(npos, 1, dtype=torch.float64)] if bias else [])
+            a = torch.cat(cols, 1)
+            if a.shape[1] == 0:
+                continue
+            sol = torch.linalg.lstsq(a, t[r].unsqueeze(1)).solution.flatten()
+            torch.testing.assert_close(w[r, mask[r]], sol[:int(mask[r].sum())], rtol=1e-7, atol=1e-8)
+            if bias:
+                assert float(b[r]) == pytest.approx(float(sol[-1]), rel=1e-7, abs=1e-8)
+
+    def test_ridge_pulls_towards_reference(self):
+        x = torch.zeros(4, 10, dtype=torch.float64)  # no information at all: the ridge decides
+        ref = torch.arange(8, dtype=torch.float64).view(2, 4)
+        mask = torch.tensor([[True, False, True, True], [False, True, True, False]])
+        w, _ = masked_least_squares(x @ x.t() + 1e-3 * torch.eye(4, dtype=torch.float64), torch.zeros(2, 4), mask,
+                                    ref, damp=1e3)
+        torch.testing.assert_close(w, ref * mask, rtol=1e-3, atol=1e-3)
+
+    def test_chunked_equals_whole(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(12, 80, generator=g, dtype=torch.float64)
+        w0 = torch.randn(9, 12, generator=g, dtype=torch.float64)
+        mask = torch.rand(9, 12, generator=g) < 0.5
+        args = (x @ x.t(), w0 @ x @ x.t(), mask, w0, 0.01)
+        kw = dict(sums=x.sum(1), count=80, rhs_bias=(w0 @ x).sum(1))
+        a = masked_least_squares(*args, **kw)
+        b = masked_least_squares(*args, **kw, max_bytes=1)  # one row per chunk
+        torch.testing.assert_close(a[0], b[0])
+        torch.testing.assert_close(a[1], b[1])
+
+    def test_bad_args(self):
+        h, r, mk = torch.eye(4), torch.zeros(2, 4), torch.ones(2, 4, dtype=torch.bool)
+        with pytest.raises(ValueError, match="shapes do not agree"):
+            masked_least_squares(h, r, mk[:, :3], r)
+        with pytest.raises(ValueError, match="together"):
+            masked_least_squares(h, r, mk, r, sums=torch.zeros(4))
+        with pytest.raises(ValueError, match="count >= 1"):
+            masked_least_squares(h, r, mk, r, sums=torch.zeros(4), count=0, rhs_bias=torch.zeros(2))
+
+
+class TestRefit:
+    """``prune_layer`` with the statistics: the exact refit (and bias into the BatchNorm) after SparseGPT."""
+
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    @pytest.mark.parametrize("pattern", ["2:4", 0.5])
+    def test_refit_lowers_output_error(self, seed, pattern):
+        torch.manual_seed(seed)
+        conv = nn.Conv2d(16, 12, 3, padding=1, bias=False)
+        bn = nn.BatchNorm2d(12).eval()
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        x = _correlated_input(seed) + 0.5  # shifted inputs: pruning moves the output mean
+        acc = HessianAccumulator(conv)
+        acc.add(x)
+        with torch.no_grad():
+            ref = bn(conv(x))
+        kw = dict(n=2, m=4) if pattern == "2:4" else dict(amount=pattern)
+        errors = {}
+        for refit in (False, True):
+            c, b = copy.deepcopy(conv), copy.deepcopy(bn)
+            rel = prune_layer(c, acc, blocksize=32, refit=refit, bn=b, **kw)
+            with torch.no_grad():
+                errors[refit] = float((b(c(x)) - ref).pow(2).sum())
+                # the reported relative error is the pre-BN output error of conv + fitted bias
+                pre = c(x) + (bn.running_mean - b.running_mean).view(1, -1, 1, 1)
+                measured = float((pre - conv(x)).pow(2).sum() / conv(x).pow(2).sum())
+            assert rel == pytest.approx(measured, rel=1e-3, abs=1e-7)
+            assert bool((c.weight[~c.weight_mask] == 0).all())
+            if not refit:
+                assert torch.equal(b.running_mean, bn.running_mean)
+        assert errors[True] < errors[False], errors
+
+    def test_bias_goes_into_layer_bias_without_batchnorm(self):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(8, 4, 1, bias=True)
+        x = F.relu(torch.randn(3, 8, 7, 7)) + 1.0
+        acc = HessianAccumulator(conv)
+        acc.add(x)
+        before = conv.bias.detach().clone()
+        c = copy.deepcopy(conv)
+        prune_layer(c, acc, n=1, m=4)
+        assert not torch.equal(c.bias, before)
+        with torch.no_grad():  # the refit (with its bias) beats SparseGPT's weights with the old bias
+            plain = copy.deepcopy(conv)
+            prune_layer(plain, acc, n=1, m=4, refit=False)
+            ref = conv(x)
+            assert float((c(x) - ref).pow(2).sum()) < float((plain(x) - ref).pow(2).sum())
+
+    def test_no_bias_anywhere(self):
+        conv = nn.Conv2d(8, 4, 1, bias=False)
+        x = torch.randn(2, 8, 5, 5) + 1.0
+        acc = HessianAccumulator(conv)
+        acc.add(x)
+        prune_layer(conv, acc, n=2, m=4)  # nowhere to put a bias: weights only, no error
+        assert conv.bias is None and is_nm_mask(conv.weight_mask, 2, 4)
+
+
+class TestSteps:
+    def test_schedule(self):
+        assert _schedule(None, 2, 4, 1) == [(None, 2)]
+        assert _schedule(None, 2, 4, 2) == [(None, 3), (None, 2)]
+        assert _schedule(None, 2, 4, 5) == [(None, 3), (None, 2)]  # only distinct stages
+        assert _schedule(None, 1, 8, 3) == [(None, 6), (None, 3), (None, 1)]
+        assert _schedule(0.75, None, None, 3) == [(0.25, None), (0.5, None), (0.75, None)]
+        with pytest.raises(ValueError, match="at least 1"):
+            _schedule(0.5, None, None, 0)
+
+    @pytest.mark.parametrize("pattern", ["2:4", 0.75])
+    def test_stepwise_pattern_is_exact(self, pattern):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(16, 12, 3, padding=1, bias=False)
+        x = _correlated_input(1)
+        acc = HessianAccumulator(conv)
+        acc.add(x)
+        kw = dict(n=2, m=4) if pattern == "2:4" else dict(amount=pattern)
+        prune_layer(conv, acc, blocksize=16, steps=3, **kw)
+        if pattern == "2:4":
+            assert is_nm_mask(conv.weight_mask, 2, 4)
+        else:
+            assert int((~conv.weight_mask).sum()) == round(pattern * conv.weight.numel())
+        assert bool((conv.weight[~conv.weight_mask] == 0).all())
+
+    def test_forced_entries_concentrated_in_one_block_keep_the_total(self):
+        torch.manual_seed(0)
+        w = torch.randn(8, 32)
+        x = torch.randn(32, 100)
+        pruned = torch.zeros(8, 32, dtype=torch.bool)
+        pruned[:, :8] = True  # the whole first block of 8 columns, a quarter of the layer
+        res = sparsegpt_prune(w, x @ x.t(), sparsity=0.5, pruned=pruned, blocksize=8)
+        assert int((~res.mask).sum()) == 128 and not res.mask[:, :8].any()
+
+
 class _Tiny(nn.Module):
     """conv-bn-act, a branch reusing the same input twice (sibling group), and a 1x1 head."""
 
@@ -230,6 +388,8 @@ class TestDriver:
             calibrated_prune(model, self._batches(), amount=1.5)
         with pytest.raises(ValueError, match="no prunable layer"):
             calibrated_prune(model, self._batches(), n=2, m=4, include="nothing*")
+        with pytest.raises(ValueError, match="steps must be"):
+            calibrated_prune(model, self._batches(), n=2, m=4, steps=0)
         with pytest.raises(ValueError, match="bn_recalibration"):
             calibrated_prune(model, self._batches(), n=2, m=4, bn_recalibration="sometimes")
 
@@ -282,6 +442,21 @@ class TestYolov5n:
         back = load_model(path, fuse=False)
         assert is_nm_mask(back.model[1].conv.weight_mask, 2, 4)
 
+    def test_cli_records_the_recipe(self, shared, tmp_path):
+        from sparseyolo import cli
+        from sparseyolo.checkpoint import load_checkpoint
+
+        data = tmp_path / "coco8.yaml"
+        data.write_text(f"path: {shared / 'data' / 'coco8'}\ntrain: images/train\nval: images/val\n"
+                        f"names: {[str(i) for i in range(80)]}\n")
+        out = tmp_path / "cal.pt"
+        assert cli.main(["prune", "--weights", str(shared / "weights" / "yolov5n.pt"), "--nm", "2:4",
+                         "--calibrate", str(data), "--calib-images", "2", "--calib-img", "160", "--no-refit",
+                         "--out", str(out)]) == 0
+        meta = load_checkpoint(out).meta["pruning"]
+        assert meta["refit"] is False and meta["calib_images"] == 2 and meta["calib_target"] == "dense"
+        assert meta["calib_steps"] == 1  # the default for N:M
+
     def test_cli_errors(self, shared, tmp_path, capsys):
         from sparseyolo import cli
 
@@ -293,3 +468,5 @@ class TestYolov5n:
         assert "data yaml not found" in capsys.readouterr().err
         assert cli.main([*argv, "--nm", "2:4", "--calib-images", "0"]) == 2
         assert "at least 1" in capsys.readouterr().err
+        assert cli.main([*argv, "--nm", "2:4", "--calib-steps", "0"]) == 2
+        assert "--calib-steps must be at least 1" in capsys.readouterr().err

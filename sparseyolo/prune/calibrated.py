@@ -12,8 +12,11 @@ rows of its input on the calibration images give ``H = sum x x^T``; :func:`spars
 then chooses the mask and updates the kept weights to minimise the layer's output error, and the next layers
 see the outputs of the already-pruned ones (as SparseGPT does), so errors are compensated downstream instead of
 compounding. By default each layer is fitted to the UNPRUNED model's output of that layer (``target="dense"``),
-so it also absorbs the error that earlier pruned layers left in its input. Optionally BatchNorm running
-statistics are then re-estimated on the calibration images (``bn_recalibration="reset"``).
+so it also absorbs the error that earlier pruned layers left in its input. Once a layer's mask is chosen, its
+kept weights are re-solved exactly for that mask, with a per-channel bias that absorbs the mean output shift and
+is folded into the following BatchNorm (``refit=True``, :func:`sparseyolo.prune.obs.masked_least_squares`).
+Optionally BatchNorm running statistics are then re-estimated on the calibration images
+(``bn_recalibration="reset"``).
 
 Why the unfused model (BatchNorm kept): the masks must survive fine-tuning with BN (``sparseyolo finetune``),
 and BN re-calibration needs the BN layers. Nothing is lost by not fusing: in eval mode a BN is a per-channel
@@ -39,7 +42,7 @@ from torch import nn
 
 from sparseyolo.prune.masks import has_mask
 from sparseyolo.prune.methods import PruneReport, _set, select_layers
-from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP, sparsegpt_prune
+from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP, masked_least_squares, sparsegpt_prune
 
 LOGGER = logging.getLogger(__name__)
 
@@ -134,6 +137,9 @@ class HessianAccumulator:
         self.hessian = torch.zeros(d, d, dtype=torch.float64, device=w.device)
         #: ``sum x_dense x^T`` when dense inputs are given (see :func:`dense_target_weight`).
         self.cross = torch.zeros_like(self.hessian) if cross else None
+        #: ``sum x`` and (with dense inputs) ``sum x_dense``: for fitting a bias (:func:`prune_layer`).
+        self.sums = torch.zeros(d, dtype=torch.float64, device=w.device)
+        self.dense_sums = torch.zeros_like(self.sums) if cross else None
         self.rows = 0
 
     @torch.no_grad()
@@ -142,18 +148,20 @@ class HessianAccumulator:
         same positions' input in the unpruned model) the cross term."""
         cols = layer_input_columns(self.module, x.detach())
         dcols = None if x_dense is None else layer_input_columns(self.module, x_dense.detach())
+        if dcols is not None and self.cross is None:
+            self.cross, self.dense_sums = torch.zeros_like(self.hessian), torch.zeros_like(self.sums)
         h32 = torch.zeros(self.hessian.shape, dtype=torch.float32, device=self.hessian.device)
         c32 = torch.zeros_like(h32) if dcols is not None else None
         for k, c in enumerate(cols):  # one image at a time: bounded memory, no copy for the transpose
             c = c.float()
             h32.addmm_(c, c.t())
+            self.sums += c.sum(1, dtype=torch.float64)
             if c32 is not None:
                 c32.addmm_(dcols[k].float(), c.t())
+                self.dense_sums += dcols[k].sum(1, dtype=torch.float64)
             self.rows += c.shape[1]
         self.hessian += h32.to(torch.float64)
         if c32 is not None:
-            if self.cross is None:
-                self.cross = torch.zeros_like(self.hessian)
             self.cross += c32.to(torch.float64)
 
 
@@ -217,50 +225,134 @@ def _following_batchnorms(model: nn.Module) -> dict[nn.Module, nn.BatchNorm2d]:
 @torch.no_grad()
 def prune_layer(
     module: nn.Module,
-    hessian: torch.Tensor,
+    stats: HessianAccumulator | torch.Tensor,
     amount: float | None = None,
     n: int | None = None,
     m: int | None = None,
     blocksize: int = DEFAULT_BLOCKSIZE,
     damp: float = DEFAULT_DAMP,
     row_weight: torch.Tensor | None = None,
-    cross: torch.Tensor | None = None,
+    refit: bool = True,
+    bn: nn.BatchNorm2d | None = None,
+    steps: int = 1,
 ) -> float:
-    """Prune one ``Conv2d``/``Linear`` in place with SparseGPT given its input Hessian, and register the mask.
+    """Prune one ``Conv2d``/``Linear`` in place given its input statistics, and register the mask.
+
+    Three steps: (1) with dense inputs in ``stats`` (``stats.cross``), the weight is first re-fitted to the
+    UNPRUNED model's output (:func:`dense_target_weight`); (2) SparseGPT chooses the mask and updates the kept
+    weights (:func:`sparseyolo.prune.obs.sparsegpt_prune`); (3) with ``refit``, the kept weights are re-solved
+    exactly for that mask, together with a per-channel bias that absorbs the mean output shift
+    (:func:`sparseyolo.prune.obs.masked_least_squares`). The bias goes into the following BatchNorm ``bn``
+    (``running_mean -= bias``, so its eval-mode output is that of ``conv + bias``), else into the layer's own
+    bias; a layer with neither gets no bias term.
 
     Args:
         module: the layer; an existing ``weight_mask`` is honoured (its pruned entries stay pruned).
-        hessian (Tensor[d, d]): from :class:`HessianAccumulator` (im2col column order).
+        stats: a :class:`HessianAccumulator` filled on this layer, or just its Hessian Tensor[d, d] (then no
+            dense target and no bias).
         amount: unstructured fraction; or ``n``, ``m``: N:M along input channels.
         blocksize, damp, row_weight: see :func:`sparseyolo.prune.obs.sparsegpt_prune`.
-        cross (Tensor[d, d], optional): ``sum x_dense x^T``; the weight is first re-fitted to the dense model's
-            output (:func:`dense_target_weight`).
+        refit: re-solve the kept weights (and the bias) once the mask is chosen.
+        bn: the BatchNorm that follows the layer (receives the fitted bias).
+        steps: prune in this many increments (N:M: keep ``m-1`` of ``m``, ... down to ``n``; unstructured:
+            ``amount / steps`` more each time), each followed by the refit: closer to OBC's one-weight-at-a-time
+            greedy order than choosing the whole mask at once.
 
     Returns:
-        The relative output error ``||W X - W' X||^2 / ||W X||^2`` on the calibration inputs (against the
-        re-fitted ``W*`` when ``cross`` is given).
+        The relative output error ``||W* X - W' X - b||^2 / ||W* X||^2`` on the calibration inputs, where ``W*`` is
+        the unpruned weight, or its dense-target re-fit with dense inputs in ``stats``.
     """
+    acc = stats if isinstance(stats, HessianAccumulator) else None
+    hessian = stats if acc is None else acc.hessian
+    cross = None if acc is None else acc.cross
+    sink = None
+    if refit and acc is not None and acc.rows > 0:
+        sink = bn if bn is not None and bn.running_mean is not None else getattr(module, "bias", None)
+    if sink is not None:
+        # A bias will absorb the mean: choose the mask on the centred statistics (the covariance), where the
+        # large mean of post-SiLU activations does not drown the channels' variation.
+        hessian = hessian - torch.outer(acc.sums, acc.sums) / acc.rows
+        if cross is not None:
+            cross = cross - torch.outer(acc.dense_sums, acc.sums) / acc.rows
     w = module.weight
-    w2 = w.detach().flatten(1)
+    w0 = w.detach().flatten(1).to(torch.float64)
+    w2 = w0
     if cross is not None:
-        w2 = dense_target_weight(w2, hessian, cross, damp).to(w.dtype)
+        w2 = dense_target_weight(w0, hessian, cross, damp)
         if has_mask(module):
             w2 = w2 * module.weight_mask.flatten(1)
-    old = module.weight_mask.flatten(1) if has_mask(module) else None
+    keep = module.weight_mask.flatten(1).clone() if has_mask(module) else torch.ones_like(w0, dtype=torch.bool)
     perm = _channel_last_order(module)
-    h = hessian
-    if perm is not None:
-        w2, h = w2[:, perm], hessian[perm][:, perm]
-        old = None if old is None else old[:, perm]
-    res = sparsegpt_prune(w2, h, sparsity=amount, n=n, m=m, blocksize=blocksize, damp=damp, row_weight=row_weight,
-                          pruned=None if old is None else ~old)
-    new_w, keep = res.weight, res.mask
-    if perm is not None:
-        inv = torch.argsort(perm)
-        new_w, keep = new_w[:, inv], keep[:, inv]
-    w.data.copy_(new_w.view_as(w))
+    inv = None if perm is None else torch.argsort(perm)
+    h = hessian if perm is None else hessian[perm][:, perm]
+    do_refit = refit and acc is not None and acc.rows > 0
+    cur, bias, rel = w2, None, 0.0
+    for amount_k, n_k in _schedule(amount, n, m, steps):
+        # From the second stage on, pruning the refitted weights W_k (the least-squares optimum for the current
+        # mask) with H is exact: the target's residual is orthogonal to what W_k can reach, so
+        # ||T - W'X||^2 = ||T - W_k X||^2 + ||(W_k - W')X||^2 for every W' inside the current mask.
+        wp, old = (cur, keep) if perm is None else (cur[:, perm], keep[:, perm])
+        res = sparsegpt_prune(wp, h, sparsity=amount_k, n=n_k, m=m if n_k is not None else None,
+                              blocksize=blocksize, damp=damp, row_weight=row_weight, pruned=~old)
+        cur, keep = (res.weight, res.mask) if perm is None else (res.weight[:, inv], res.mask[:, inv])
+        rel = res.relative_error
+        if do_refit:
+            cur, bias, rel = _refit(acc, w0, w2, keep, damp, with_bias=sink is not None)
+    if not do_refit:
+        base = _quad(w2, hessian)
+        rel = _quad(w2 - cur, hessian) / base if base > 0 else 0.0
+    if bias is not None:
+        if isinstance(sink, nn.BatchNorm2d):
+            sink.running_mean.sub_(bias.to(sink.running_mean.dtype))
+        else:
+            sink.data.add_(bias.to(sink.dtype))
+    w.data.copy_(cur.view_as(w).to(w.dtype))
     _set(module, keep.reshape(w.shape).contiguous(), f"{n}:{m}" if n is not None else "unstructured")
-    return res.relative_error
+    return rel
+
+
+def _schedule(amount: float | None, n: int | None, m: int | None, steps: int) -> list[tuple[float | None, int | None]]:
+    """The stages ``[(amount_k, n_k)]`` of a layer pruned in ``steps`` increments: unstructured amounts
+    ``amount * k / steps``; N:M keeps ``m - round((m - n) * k / steps)`` of every ``m`` (distinct stages only)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if n is None:
+        return [(amount * k / steps, None) for k in range(1, steps + 1)]
+    ns = [m - round((m - n) * k / steps) for k in range(1, steps + 1)]
+    return [(None, v) for i, v in enumerate(ns) if v < m and (i == 0 or v != ns[i - 1])]
+
+
+def _refit(acc: HessianAccumulator, w0: torch.Tensor, wt: torch.Tensor, keep: torch.Tensor, damp: float,
+           with_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Exact masked least squares for the kept weights, plus a per-channel bias with ``with_bias`` (see
+    :func:`prune_layer`).
+
+    ``w0`` is the unpruned weight (the ridge anchor), ``wt`` the weight whose output on the pruned inputs best
+    reproduces the target (``w0`` itself, or the dense-target re-fit). Returns the new weight, the bias (or None)
+    and the relative output error against the target's best dense fit ``T = wt x + bt`` (``bt`` its best bias,
+    0 without one).
+    """
+    h, s, npos = acc.hessian, acc.sums, acc.rows
+    if acc.cross is not None:  # target: the dense model's output W0 x_dense
+        rhs, rhs_bias = w0 @ acc.cross, w0 @ acc.dense_sums
+    else:  # target: this layer's own unpruned output W0 x
+        rhs, rhs_bias = w0 @ h, w0 @ s
+    new_w, bias = masked_least_squares(h, rhs, keep, w0, damp, sums=s if with_bias else None,
+                                       count=npos if with_bias else None, rhs_bias=rhs_bias if with_bias else None)
+    zeros = torch.zeros(new_w.shape[0], dtype=torch.float64, device=h.device)
+    bt = (rhs_bias - wt @ s) / npos if with_bias else zeros
+    b = zeros if bias is None else bias
+
+    # ||(W1 - W2) x + (b1 - b2)||^2 summed over the calibration positions, exactly from the statistics.
+    def energy(dw: torch.Tensor, db: torch.Tensor) -> float:
+        return _quad(dw, h) + 2.0 * float((db * (dw @ s)).sum()) + npos * float((db * db).sum())
+
+    base = energy(wt, bt)
+    return new_w, bias, (max(energy(wt - new_w, bt - b), 0.0) / base if base > 0 else 0.0)
+
+
+def _quad(w: torch.Tensor, h: torch.Tensor) -> float:
+    return float(((w @ h) * w).sum())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -410,6 +502,8 @@ def calibrated_prune(
     damp: float = DEFAULT_DAMP,
     bn_recalibration: str = "none",
     target: str = "dense",
+    refit: bool = True,
+    steps: int = 1,
 ) -> CalibratedPruneReport:
     """Prune ``model`` in place, one layer at a time, with SparseGPT masks and weight updates from calibration data.
 
@@ -440,6 +534,14 @@ def calibrated_prune(
             so later layers correct the error of earlier ones; this runs an unpruned copy of the model alongside
             (twice the cached activations and forward passes). ``"layer"``: the layer's own unpruned output on
             the pruned model's inputs (SparseGPT's objective).
+        refit: once SparseGPT has chosen a layer's mask, re-solve its kept weights exactly (per-row least squares)
+            together with a per-channel bias that goes into the following BatchNorm's running mean (or the
+            layer's bias); the mask is then chosen on the centred input statistics (see :func:`prune_layer`).
+            Measured on yolov5n 2:4 (README "Accuracy recovery"): 64 calibration images, held-out mAP50-95
+            0.212 without, 0.255 with.
+        steps: prune each layer in this many increments, each followed by the refit (see :func:`prune_layer`).
+            Measured on yolov5n (64 calibration images, held-out mAP50-95): 75% unstructured 0.066 with 1 step,
+            0.104 with 3; 2:4 0.255 with 1, 0.248 with 2 (its only other schedule, 3:4 then 2:4).
 
     Returns:
         A :class:`CalibratedPruneReport`.
@@ -456,6 +558,8 @@ def calibrated_prune(
         A layer that is not reached by the forward pass is left dense and reported as skipped.
     """
     amount, n, m = _check_pattern(amount, n, m)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
     if bn_recalibration not in BN_RECALIBRATION:
@@ -505,9 +609,9 @@ def calibrated_prune(
                                                                     twins))
                 for mod in group:
                     key = f"{names[mod]}.weight"
-                    rel = prune_layer(mod, accs[mod].hessian, amount, n, m, blocksize, damp,
+                    rel = prune_layer(mod, accs[mod], amount, n, m, blocksize, damp,
                                       row_weight=_row_weight(bns.get(mod)) if amount is not None else None,
-                                      cross=accs[mod].cross)
+                                      refit=refit, bn=bns.get(mod), steps=steps)
                     report.rel_error[key] = rel
                     report.calib_rows[key] = accs[mod].rows
                     LOGGER.debug("%s: relative output error %.4f over %d rows", key, rel, accs[mod].rows)

@@ -17,6 +17,10 @@ and all steps. Updates to later columns are applied lazily per block of columns 
 Mask selection follows SparseGPT: unstructured masks are chosen per block of columns by the OBS saliency
 ``w^2 / U_jj^2`` of the current (already updated) weights; N:M masks are chosen per group of ``m`` consecutive
 columns, keeping the ``n`` most salient of each row.
+
+SparseGPT's result is not the best weight for the mask it ends with: a pruned column is compensated only by the
+columns after it. :func:`masked_least_squares` then re-solves each row exactly for its final mask (optionally with
+a free bias), which can only lower the output error.
 """
 
 from __future__ import annotations
@@ -154,6 +158,7 @@ def sparsegpt_prune(
 
     keep = torch.ones_like(w, dtype=torch.bool)
     total_prune = 0 if nm else round(sparsity * rows * d)
+    pruned_so_far = 0
     for i1 in range(0, d, blocksize):
         i2 = min(i1 + blocksize, d)
         cols = i2 - i1
@@ -164,9 +169,10 @@ def sparsegpt_prune(
         keep1 = torch.ones_like(w1, dtype=torch.bool)
         forced1 = forced[:, i1:i2]
         if not nm:
-            # Quotas telescope so that the layer gets exactly round(sparsity * rows * d) pruned entries.
-            quota = round(sparsity * rows * i2) - round(sparsity * rows * i1)
-            quota = max(quota, int(forced1.sum()))
+            # Quotas telescope so that the layer gets exactly round(sparsity * rows * d) pruned entries; a block
+            # with more forced entries than its share takes them all, and later blocks prune that much less.
+            quota = min(max(round(sparsity * rows * i2) - pruned_so_far, int(forced1.sum())), rows * cols)
+            pruned_so_far += quota
             if quota:
                 sal = w1 ** 2 / diag1.reshape(1, -1) ** 2
                 if rw2 is not None:
@@ -211,3 +217,86 @@ def output_error(weight: torch.Tensor, new_weight: torch.Tensor, hessian: torch.
 def _quadratic(w: torch.Tensor, h: torch.Tensor) -> float:
     """``tr(w h w^T)``."""
     return float(((w @ h) * w).sum())
+
+
+def masked_least_squares(
+    hessian: torch.Tensor,
+    rhs: torch.Tensor,
+    mask: torch.Tensor,
+    reference: torch.Tensor,
+    damp: float = DEFAULT_DAMP,
+    sums: torch.Tensor | None = None,
+    count: int | None = None,
+    rhs_bias: torch.Tensor | None = None,
+    max_bytes: int = 1 << 28,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The best kept weights for a FIXED mask: each row's exact least-squares fit to a target output.
+
+    For row ``r`` with kept columns ``S`` this minimises ``sum_x (t_r(x) - w_S x_S - b_r)^2 + l ||w_S - ref_S||^2``
+    over the positions ``x`` the statistics were summed over, with ``l = damp * mean(diag H)``. SparseGPT's
+    column-by-column updates only compensate a pruned weight with the columns after it, so its result is not
+    this optimum; refitting once the mask is known can only lower the (undamped) output error. The optional free
+    bias ``b_r`` absorbs the mean output shift pruning leaves (it goes into a following BatchNorm's running
+    mean or the layer's bias).
+
+    Args:
+        hessian (Tensor[d, d]): ``H = sum x x^T``.
+        rhs (Tensor[rows, d]): ``sum t(x) x^T``, the targets against the inputs (``W H`` to reproduce ``W x``).
+        mask (Tensor[rows, d] bool): True = kept; the result is exactly zero elsewhere.
+        reference (Tensor[rows, d]): the weights the ridge term pulls towards (the unpruned ones).
+        damp: ridge strength as a fraction of the mean diagonal of ``H`` (as in :func:`sparsegpt_prune`).
+        sums (Tensor[d]), count, rhs_bias (Tensor[rows]): ``sum x``, the number of positions, and ``sum t(x)``;
+            give all three to fit a bias per row, none to fit none.
+        max_bytes: memory for the batched per-row systems; rows are solved in chunks that fit.
+
+    Returns:
+        ``(weight Tensor[rows, d], bias Tensor[rows] or None)`` in float64.
+    """
+    rows, d = rhs.shape
+    if hessian.shape != (d, d) or mask.shape != (rows, d) or reference.shape != (rows, d):
+        raise ValueError(f"masked_least_squares: shapes do not agree: hessian {tuple(hessian.shape)}, rhs "
+                         f"{tuple(rhs.shape)}, mask {tuple(mask.shape)}, reference {tuple(reference.shape)}")
+    with_bias = sums is not None
+    if with_bias != (count is not None) or with_bias != (rhs_bias is not None):
+        raise ValueError("masked_least_squares: give sums, count and rhs_bias together (to fit a bias) or none")
+    if with_bias and count < 1:
+        raise ValueError("masked_least_squares: a bias needs at least one position (count >= 1)")
+    f64 = torch.float64
+    h = hessian.to(f64)
+    lam = damp * float(torch.diag(h).mean().clamp_min(1e-12))
+    mask = mask.to(torch.bool)
+    kept = mask.sum(1)
+    kmax = int(kept.max()) if rows else 0
+    out_w = torch.zeros(rows, d, dtype=f64, device=h.device)
+    out_b = torch.zeros(rows, dtype=f64, device=h.device) if with_bias else None
+    if kmax == 0 and not with_bias:
+        return out_w, out_b
+    # Each row's kept columns first (in column order), padded to kmax; padded slots get an identity equation.
+    idx = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :kmax]
+    valid = torch.arange(kmax, device=h.device).unsqueeze(0) < kept.unsqueeze(1)
+    b = rhs.to(f64).gather(1, idx) + lam * reference.to(f64).gather(1, idx)
+    k1 = kmax + int(with_bias)
+    chunk = max(1, min(rows, max_bytes // (8 * k1 * k1 * 2)))
+    for r0 in range(0, rows, chunk):
+        r1 = min(rows, r0 + chunk)
+        ix, v = idx[r0:r1], valid[r0:r1]
+        vv = v.to(f64)
+        g = h[ix.unsqueeze(2), ix.unsqueeze(1)] * (vv.unsqueeze(2) * vv.unsqueeze(1))
+        g.diagonal(dim1=1, dim2=2).add_(torch.where(v, lam, 1.0))
+        rb = b[r0:r1] * vv
+        if with_bias:
+            s = sums.to(f64)[ix] * vv  # [c, kmax]
+            g = torch.cat([torch.cat([g, s.unsqueeze(2)], 2),
+                           torch.cat([s, torch.full_like(s[:, :1], float(count))], 1).unsqueeze(1)], 1)
+            rb = torch.cat([rb, rhs_bias.to(f64)[r0:r1].unsqueeze(1)], 1)
+        lower, info = torch.linalg.cholesky_ex(g)
+        if bool((info != 0).any()):  # pragma: no cover - g is positive definite for lam > 0 or count >= 1
+            sol = torch.linalg.lstsq(g, rb.unsqueeze(2)).solution.squeeze(2)
+        else:
+            sol = torch.cholesky_solve(rb.unsqueeze(2), lower).squeeze(2)
+        wk = sol[:, :kmax] * vv
+        out_w[r0:r1].scatter_(1, ix, wk)
+        if with_bias:
+            out_b[r0:r1] = sol[:, kmax]
+    out_w[~mask] = 0.0
+    return out_w, out_b
