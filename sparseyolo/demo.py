@@ -10,8 +10,10 @@ The variants, each evaluated with pycocotools on the val split:
 
 * ``dense``: the checkpoint as it is;
 * ``l1 30%``: every conv pruned by 30% of its smallest weights (YOLOv5's ``--prune``), no retraining;
-* ``2:4 one-shot``: two of every four input-channel weights kept, no retraining;
-* ``2:4 recovered``: the one-shot model fine-tuned a few epochs with its masks enforced;
+* ``2:4 one-shot``: two of every four input-channel weights kept by magnitude, no retraining;
+* ``2:4 calibrated``: 2:4 chosen and compensated layer by layer on calibration images from the train split
+  (:func:`sparseyolo.prune.calibrated.calibrated_prune`), no retraining;
+* ``2:4 recovered``: the calibrated model (else the one-shot one) fine-tuned a few epochs with its masks enforced;
 * ``global 75%``: 75% of all conv weights pruned by global magnitude (where CPU sparse kernels can pay).
 
 For each: mAP50-95, checkpoint size (fp16, pruned weights stored compressed), CPU latency per image of the
@@ -69,7 +71,8 @@ class DemoConfig:
         weights, data: checkpoint and data yaml; None: the packaged model and a generated synthetic dataset.
         out: output folder (data, checkpoints, plots, table).
         imgsz: inference and fine-tune size; None: the synthetic data's size (128), else 640.
-        n_val, n_train: synthetic images generated for evaluation and for the recovery fine-tune.
+        n_val, n_train: synthetic images generated for evaluation and for calibration and the recovery fine-tune.
+        calib_images: train images for "2:4 calibrated" (0 skips the row).
         finetune_epochs: epochs of masked fine-tuning for "2:4 recovered" (0 skips the row).
         finetune_batches: stop each fine-tune epoch after this many batches (None: full epochs).
         global_amount: sparsity of the global-magnitude row (0 skips it).
@@ -87,6 +90,7 @@ class DemoConfig:
     imgsz: int | None = None
     n_val: int = 100
     n_train: int = 128
+    calib_images: int = 64
     finetune_epochs: int = 3
     finetune_batches: int | None = None
     global_amount: float = 0.75
@@ -113,6 +117,7 @@ class DemoRow:
     sparse_layers: int = 0
     pruned_layers: int = 0
     recovered: bool = False
+    calibrated: bool = False
     model: nn.Module | None = field(default=None, repr=False)
     sparse_model: nn.Module | None = field(default=None, repr=False)
 
@@ -199,7 +204,7 @@ def _synthetic_data(out: Path, meta: dict, cfg: DemoConfig) -> tuple[str, int]:
 
     ds = {**DEFAULT_DATASET, **(meta.get("dataset") or {})}
     classes = meta.get("classes") or ds["classes"]
-    n_train = cfg.n_train if cfg.finetune_epochs > 0 else 0
+    n_train = cfg.n_train if cfg.finetune_epochs > 0 or cfg.calib_images > 0 else 0
     yaml_path = make_synthetic_dataset(out / "data", n_train=n_train, n_val=cfg.n_val, img_size=int(ds["img_size"]),
                                        classes=classes, seed=int(ds["seed"]), max_objects=int(ds["max_objects"]),
                                        size_range=tuple(ds["size_range"]))
@@ -219,6 +224,17 @@ def _finetune(pruned_ckpt: Path, data: str, imgsz: int, cfg: DemoConfig, out: Pa
     )
     result = train(tcfg)
     return load_model(result.best, fuse=False), result.final
+
+
+def _calibrated(dense: nn.Module, data: str, imgsz: int, cfg: DemoConfig) -> nn.Module:
+    from sparseyolo.prune.calibrated import calibrated_prune, calibration_batches
+
+    model = copy.deepcopy(dense)
+    stride = int(max(model.stride)) if hasattr(model, "stride") else 32
+    batches = calibration_batches(data, cfg.calib_images, imgsz, cfg.batch_size, stride, split="train",
+                                  workers=cfg.workers)
+    calibrated_prune(model, batches, n=2, m=4)
+    return model
 
 
 def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
@@ -270,7 +286,8 @@ def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
     LOGGER.info("demo: dense baseline %s (NCHW %.2f ms, channels-last %.2f ms per image)",
                 "channels-last" if t_cl < t_nchw else "NCHW", t_nchw, t_cl)
 
-    def measure(name: str, method: str, model: nn.Module, recovered: bool = False, metrics=None) -> DemoRow:
+    def measure(name: str, method: str, model: nn.Module, recovered: bool = False, metrics=None,
+                calibrated: bool = False) -> DemoRow:
         t0 = time.time()
         sparsity, n_pruned = _masked_sparsity(model)
         slug = name.replace(" ", "_").replace("%", "pct").replace(":", "of")
@@ -290,7 +307,7 @@ def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
                 dense_ms = sparse_ms = _interleaved_ms(dense_folded, dense_folded, x, (cfg.reps + 1) // 2)[0]
         n_sparse = len(fast.sparsify_report.sparse_layers) if n_pruned else 0
         row = DemoRow(name, method, sparsity, metrics[0], metrics[1], path.stat().st_size / 1e6, dense_ms, sparse_ms,
-                      n_sparse, n_pruned, recovered, model, fast)
+                      n_sparse, n_pruned, recovered=recovered, calibrated=calibrated, model=model, sparse_model=fast)
         rows.append(row)
         LOGGER.info("  %-14s mAP50-95 %.3f  %.1f%% sparse  %.2f MB  %.2f -> %.2f ms  (%.0f s)", name, row.map5095,
                     100 * sparsity, row.size_mb, dense_ms, sparse_ms, time.time() - t0)
@@ -305,12 +322,20 @@ def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
 
     measure("l1 30%", "l1", pruned("l1", 0.3))
     nm = pruned("nm", n=2, m=4)
-    nm_row = measure("2:4 one-shot", "nm", nm)
+    start = measure("2:4 one-shot", "nm", nm)
+    if cfg.calib_images > 0 and has_train:
+        t0 = time.time()
+        with _quiet(verbose):
+            cal = _calibrated(dense, data, imgsz, cfg)
+        LOGGER.info("  2:4 calibrated on %d train images (%.0f s)", cfg.calib_images, time.time() - t0)
+        start = measure("2:4 calibrated", "nm", cal, calibrated=True)
+    elif cfg.calib_images > 0:
+        LOGGER.info("  %s has no train split: no calibrated pruning", data)
     if cfg.finetune_epochs > 0 and has_train:
         t0 = time.time()
-        LOGGER.info("  fine-tuning the 2:4 model with its masks for %d epoch(s)...", cfg.finetune_epochs)
+        LOGGER.info("  fine-tuning the %s model with its masks for %d epoch(s)...", start.name, cfg.finetune_epochs)
         with _quiet(verbose):
-            oneshot_ckpt = save_checkpoint(copy.deepcopy(nm_row.model), out / "weights" / "2of4_oneshot_fp32.pt")
+            oneshot_ckpt = save_checkpoint(copy.deepcopy(start.model), out / "weights" / "2of4_start_fp32.pt")
             recovered, final = _finetune(oneshot_ckpt, data, imgsz, cfg, out)
         LOGGER.info("  fine-tune done (%.0f s)", time.time() - t0)
         metrics = (float(final.coco_stats[0]), float(final.coco_stats[1])) if final and final.coco_stats else None

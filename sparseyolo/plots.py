@@ -56,7 +56,8 @@ def _short(name: str) -> str:
 def plot_map_vs_sparsity(
     rows: Sequence[DemoRow], sweep: Sequence[tuple[str, float, float]], path: Path, title: str = ""
 ) -> Path:
-    """mAP50-95 against the pruned convs' sparsity, one line per method (one-shot), recovered models starred.
+    """mAP50-95 against the pruned convs' sparsity, one line per method (one-shot magnitude), calibrated one-shot
+    models as diamonds, recovered models starred.
 
     Args:
         rows: the demo's variants (dense is the 0% point of every line).
@@ -68,7 +69,7 @@ def plot_map_vs_sparsity(
     dense = next((r for r in rows if r.method == "dense"), None)
     points: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
-        if r.method != "dense" and not r.recovered:
+        if r.method != "dense" and not r.recovered and not r.calibrated:
             points.setdefault(r.method, []).append((r.sparsity, r.map5095))
     for method, s, m in sweep:
         points.setdefault(method, []).append((s, m))
@@ -82,6 +83,9 @@ def plot_map_vs_sparsity(
         if r.recovered:
             ax.plot(100 * r.sparsity, r.map5095, "*", ms=14, color=METHOD_COLOURS.get(r.method),
                     label=f"{r.name} (masked fine-tune)")
+        elif r.calibrated:
+            ax.plot(100 * r.sparsity, r.map5095, "D", ms=8, color=METHOD_COLOURS.get(r.method),
+                    label=f"{r.name} (one-shot)")
     if dense is not None:
         ax.axhline(dense.map5095, color="#888888", lw=0.8, ls="--", label=f"dense {dense.map5095:.3f}")
     ax.set_xlabel("sparsity of the pruned conv weights (%)")

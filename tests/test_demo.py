@@ -80,34 +80,38 @@ def test_packaged_checkpoint_detects_its_shapes(demo_weights, tmp_path):
 
 def test_demo_tiny_end_to_end(demo_weights, tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = cli.main(["demo", "--out", str(out), "--n-val", "6", "--n-train", "8", "--finetune-epochs", "1",
-                   "--finetune-batches", "1", "--batch", "4", "--reps", "1", "--no-sweep", "--workers", "0"])
+    rc = cli.main(["demo", "--out", str(out), "--n-val", "6", "--n-train", "8", "--calib-images", "4",
+                   "--finetune-epochs", "1", "--finetune-batches", "1", "--batch", "4", "--reps", "1", "--no-sweep",
+                   "--workers", "0"])
     assert rc == 0
     printed = capsys.readouterr().out
     table = (out / "table.txt").read_text()
-    for name in ("dense", "l1 30%", "2:4 one-shot", "2:4 recovered", "global 75%"):
+    for name in ("dense", "l1 30%", "2:4 one-shot", "2:4 calibrated", "2:4 recovered", "global 75%"):
         assert name in table
     assert table.strip() in printed
     for png in PNGS:
         data = (out / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5_000, png
     # the 2:4 rows keep exactly half of every pruned conv, and their checkpoints are smaller than dense
-    rows = {line[:15].strip(): line.split() for line in table.splitlines()[2:7]}
-    assert rows["2:4 recovered"][2] == "50.0%"
+    rows = {line[:15].strip(): line.split() for line in table.splitlines()[2:8]}
+    assert rows["2:4 calibrated"][2] == "50.0%" and rows["2:4 recovered"][2] == "50.0%"
     assert float(rows["2:4 one-shot"][5]) < float(rows["dense"][4])
 
 
 def test_demo_without_plots_and_finetune(demo_weights, tmp_path):
     out = tmp_path / "demo"
-    rc = cli.main(["demo", "--out", str(out), "--n-val", "4", "--finetune-epochs", "0", "--global-amount", "0",
-                   "--reps", "1", "--no-plots", "--workers", "0"])
+    rc = cli.main(["demo", "--out", str(out), "--n-val", "4", "--finetune-epochs", "0", "--calib-images", "0",
+                   "--global-amount", "0", "--reps", "1", "--no-plots", "--workers", "0"])
     assert rc == 0
     table = (out / "table.txt").read_text()
     assert "2:4 one-shot" in table and "recovered" not in table and "global" not in table
+    assert "calibrated" not in table
     assert not list(out.glob("*.png"))
 
 
 def test_demo_argument_errors(capsys):
     assert cli.main(["demo", "--weights", "x.pt"]) == 2
     assert "--weights needs --data" in capsys.readouterr().err
+    assert cli.main(["demo", "--calib-images", "-1"]) == 2
+    assert "--calib-images" in capsys.readouterr().err
     assert cli.main(["demo", "--global-amount", "1.5"]) == 2
