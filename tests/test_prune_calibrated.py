@@ -232,6 +232,58 @@ class TestMaskedLeastSquares:
         torch.testing.assert_close(a[0], b[0])
         torch.testing.assert_close(a[1], b[1])
 
+    @staticmethod
+    def _problem(seed: int = 0, rows: int = 7, d: int = 24, npos: int = 400):
+        g = torch.Generator().manual_seed(seed)
+        x = F.silu(torch.randn(d, npos, generator=g, dtype=torch.float64)) + 0.2
+        w0 = torch.randn(rows, d, generator=g, dtype=torch.float64)
+        t = w0 @ x + 0.1 * torch.randn(rows, npos, generator=g, dtype=torch.float64)
+        mask = torch.rand(rows, d, generator=g) < 0.5
+        return x, w0, t, mask
+
+    @staticmethod
+    def _objective(x, t, w, b, w0, lam):
+        fit = t - w @ x - (0.0 if b is None else b.unsqueeze(1))
+        return float(fit.pow(2).sum() + lam * (w - w0 * (w != 0)).pow(2).sum())
+
+    @pytest.mark.parametrize("bias", [False, True])
+    def test_cg_converges_to_direct(self, bias):
+        x, w0, t, mask = self._problem()
+        extra = dict(sums=x.sum(1), count=x.shape[1], rhs_bias=t.sum(1)) if bias else {}
+        args = (x @ x.t(), t @ x.t(), mask, w0, 0.01)
+        wd, bd = masked_least_squares(*args, **extra, method="direct")
+        wc, bc = masked_least_squares(*args, **extra, method="cg", cg_iters=200)
+        torch.testing.assert_close(wc, wd, rtol=1e-6, atol=1e-8)
+        if bias:
+            torch.testing.assert_close(bc, bd, rtol=1e-6, atol=1e-8)
+        assert bool((wc[~mask] == 0).all())
+
+    @pytest.mark.parametrize("iters", [1, 3, 10])
+    def test_cg_never_worse_than_its_start(self, iters):
+        x, w0, t, mask = self._problem(1)
+        h = x @ x.t()
+        lam = 0.01 * float(torch.diag(h).mean())
+        start = w0 * mask + 0.3  # a poor start, masked below
+        start = start * mask
+        extra = dict(sums=x.sum(1), count=x.shape[1], rhs_bias=t.sum(1))
+        w, b = masked_least_squares(h, t @ x.t(), mask, w0, 0.01, **extra, method="cg", init=start, cg_iters=iters)
+        b_start = (t.sum(1) - start @ x.sum(1)) / x.shape[1]
+        before = self._objective(x, t, start, b_start, w0 * mask, lam)
+        after = self._objective(x, t, w, b, w0 * mask, lam)
+        assert after <= before
+
+    def test_auto_switches_to_cg_above_the_budget(self, monkeypatch):
+        import sparseyolo.prune.obs as obs
+
+        x, w0, t, mask = self._problem(2)
+        args = (x @ x.t(), t @ x.t(), mask, w0, 0.01)
+        monkeypatch.setattr(obs, "DIRECT_SOLVE_FLOPS", 0.0)
+        w_auto, _ = obs.masked_least_squares(*args, init=w0 * mask, cg_iters=3)
+        w_cg, _ = obs.masked_least_squares(*args, init=w0 * mask, cg_iters=3, method="cg")
+        assert torch.equal(w_auto, w_cg)
+        with pytest.raises(ValueError, match="auto, direct or cg"):
+            obs.masked_least_squares(*args, method="qr")
+
     def test_bad_args(self):
         h, r, mk = torch.eye(4), torch.zeros(2, 4), torch.ones(2, 4, dtype=torch.bool)
         with pytest.raises(ValueError, match="shapes do not agree"):

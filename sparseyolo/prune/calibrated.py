@@ -241,8 +241,9 @@ def prune_layer(
     Three steps: (1) with dense inputs in ``stats`` (``stats.cross``), the weight is first re-fitted to the
     UNPRUNED model's output (:func:`dense_target_weight`); (2) SparseGPT chooses the mask and updates the kept
     weights (:func:`sparseyolo.prune.obs.sparsegpt_prune`); (3) with ``refit``, the kept weights are re-solved
-    exactly for that mask, together with a per-channel bias that absorbs the mean output shift
-    (:func:`sparseyolo.prune.obs.masked_least_squares`). The bias goes into the following BatchNorm ``bn``
+    for that mask, together with a per-channel bias that absorbs the mean output shift
+    (:func:`sparseyolo.prune.obs.masked_least_squares`: exactly, or for layers too large for per-row Cholesky
+    by conjugate gradients started from SparseGPT's weights). The bias goes into the following BatchNorm ``bn``
     (``running_mean -= bias``, so its eval-mode output is that of ``conv + bias``), else into the layer's own
     bias; a layer with neither gets no bias term.
 
@@ -297,7 +298,7 @@ def prune_layer(
         cur, keep = (res.weight, res.mask) if perm is None else (res.weight[:, inv], res.mask[:, inv])
         rel = res.relative_error
         if do_refit:
-            cur, bias, rel = _refit(acc, w0, w2, keep, damp, with_bias=sink is not None)
+            cur, bias, rel = _refit(acc, w0, w2, keep, damp, with_bias=sink is not None, init=cur)
     if not do_refit:
         base = _quad(w2, hessian)
         rel = _quad(w2 - cur, hessian) / base if base > 0 else 0.0
@@ -323,12 +324,13 @@ def _schedule(amount: float | None, n: int | None, m: int | None, steps: int) ->
 
 
 def _refit(acc: HessianAccumulator, w0: torch.Tensor, wt: torch.Tensor, keep: torch.Tensor, damp: float,
-           with_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+           with_bias: bool, init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Exact masked least squares for the kept weights, plus a per-channel bias with ``with_bias`` (see
     :func:`prune_layer`).
 
     ``w0`` is the unpruned weight (the ridge anchor), ``wt`` the weight whose output on the pruned inputs best
-    reproduces the target (``w0`` itself, or the dense-target re-fit). Returns the new weight, the bias (or None)
+    reproduces the target (``w0`` itself, or the dense-target re-fit), ``init`` SparseGPT's weights (where an
+    iterative solve starts, for layers too large to solve directly). Returns the new weight, the bias (or None)
     and the relative output error against the target's best dense fit ``T = wt x + bt`` (``bt`` its best bias,
     0 without one).
     """
@@ -338,7 +340,8 @@ def _refit(acc: HessianAccumulator, w0: torch.Tensor, wt: torch.Tensor, keep: to
     else:  # target: this layer's own unpruned output W0 x
         rhs, rhs_bias = w0 @ h, w0 @ s
     new_w, bias = masked_least_squares(h, rhs, keep, w0, damp, sums=s if with_bias else None,
-                                       count=npos if with_bias else None, rhs_bias=rhs_bias if with_bias else None)
+                                       count=npos if with_bias else None, rhs_bias=rhs_bias if with_bias else None,
+                                       init=init)
     zeros = torch.zeros(new_w.shape[0], dtype=torch.float64, device=h.device)
     bt = (rhs_bias - wt @ s) / npos if with_bias else zeros
     b = zeros if bias is None else bias
