@@ -42,7 +42,7 @@ from torch import nn
 
 from sparseyolo.prune.masks import has_mask
 from sparseyolo.prune.methods import PruneReport, _set, select_layers
-from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP, masked_least_squares, sparsegpt_prune
+from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP, _quadratic, masked_least_squares, sparsegpt_prune
 
 LOGGER = logging.getLogger(__name__)
 
@@ -266,8 +266,9 @@ def prune_layer(
     acc = stats if isinstance(stats, HessianAccumulator) else None
     hessian = stats if acc is None else acc.hessian
     cross = None if acc is None else acc.cross
+    do_refit = refit and acc is not None and acc.rows > 0
     sink = None
-    if refit and acc is not None and acc.rows > 0:
+    if do_refit:
         sink = bn if bn is not None and bn.running_mean is not None else getattr(module, "bias", None)
     if sink is not None:
         # A bias will absorb the mean: choose the mask on the centred statistics (the covariance), where the
@@ -286,8 +287,7 @@ def prune_layer(
     perm = _channel_last_order(module)
     inv = None if perm is None else torch.argsort(perm)
     h = hessian if perm is None else hessian[perm][:, perm]
-    do_refit = refit and acc is not None and acc.rows > 0
-    cur, bias, rel = w2, None, 0.0
+    cur, bias = w2, None
     for amount_k, n_k in _schedule(amount, n, m, steps):
         # From the second stage on, pruning the refitted weights W_k (the least-squares optimum for the current
         # mask) with H is exact: the target's residual is orthogonal to what W_k can reach, so
@@ -296,12 +296,11 @@ def prune_layer(
         res = sparsegpt_prune(wp, h, sparsity=amount_k, n=n_k, m=m if n_k is not None else None,
                               blocksize=blocksize, damp=damp, row_weight=row_weight, pruned=~old)
         cur, keep = (res.weight, res.mask) if perm is None else (res.weight[:, inv], res.mask[:, inv])
-        rel = res.relative_error
         if do_refit:
             cur, bias, rel = _refit(acc, w0, w2, keep, damp, with_bias=sink is not None, init=cur)
     if not do_refit:
-        base = _quad(w2, hessian)
-        rel = _quad(w2 - cur, hessian) / base if base > 0 else 0.0
+        base = _quadratic(w2, hessian)
+        rel = _quadratic(w2 - cur, hessian) / base if base > 0 else 0.0
     if bias is not None:
         if isinstance(sink, nn.BatchNorm2d):
             sink.running_mean.sub_(bias.to(sink.running_mean.dtype))
@@ -348,14 +347,10 @@ def _refit(acc: HessianAccumulator, w0: torch.Tensor, wt: torch.Tensor, keep: to
 
     # ||(W1 - W2) x + (b1 - b2)||^2 summed over the calibration positions, exactly from the statistics.
     def energy(dw: torch.Tensor, db: torch.Tensor) -> float:
-        return _quad(dw, h) + 2.0 * float((db * (dw @ s)).sum()) + npos * float((db * db).sum())
+        return _quadratic(dw, h) + 2.0 * float((db * (dw @ s)).sum()) + npos * float((db * db).sum())
 
     base = energy(wt, bt)
     return new_w, bias, (max(energy(wt - new_w, bt - b), 0.0) / base if base > 0 else 0.0)
-
-
-def _quad(w: torch.Tensor, h: torch.Tensor) -> float:
-    return float(((w @ h) * w).sum())
 
 
 # --------------------------------------------------------------------------------------------------------------
