@@ -1,0 +1,487 @@
+// A SIMT emulator for testing CUDA kernel source on a machine without a GPU.
+//
+// Include this header, then the kernel's .cuh (which sees SPARSEYOLO_SIMT_EMULATION and uses the primitives
+// defined here instead of its inline PTX), and launch with simt::launch(kernel, grid, block, smem_bytes, args).
+//
+// What is emulated, and how faithfully:
+//   * Threads. Every thread of a block is a fiber (its own stack; switched with _setjmp/_longjmp, started with
+//     makecontext). Blocks run one after another; within a block, fibers run until they reach a barrier or a
+//     warp-collective instruction, and the next fiber to run is drawn at random (seeded), so the order in which
+//     warps reach and leave barriers varies from run to run.
+//   * __syncthreads(): all threads of the block; a block whose live threads all wait on barriers that can never
+//     complete (a deadlock, or a thread that left early) is reported.
+//   * Warp collectives (.sync.aligned): every lane of the warp must arrive at the same instruction; the result is
+//     computed from all 32 lanes' operands by the definitions in the PTX ISA:
+//       ldmatrix.sync.aligned.m8n8.x4.shared.b16 (lane l addresses row l%8 of matrix l/8; register j of lane
+//         4g+t = row g, columns 2t, 2t+1 of matrix j),
+//       mma.sp.sync.aligned.m16n8k32.row.col.f32.{f16,bf16} with sparsity selector 0 (A fragment: element e of
+//         lane 4g+t is row g + 8((e/2)&1), compressed column 2t + (e&1) + 8(e/4); metadata: lanes 4g and 4g+1
+//         give rows g (bits 0-15) and g+8 (bits 16-31), dense columns 0-15 and 16-31, two 2-bit indices per
+//         group of four; B fragment: element i of lane 4g+t is row 2t + (i&1) + 8(i/2), column g; C/D: element
+//         i is row g + 8(i/2), column 2t + (i&1)). tests/cpp/cuda_test_mma_sp_layout.cu checked this layout on
+//         an H200. Products are summed in float, in another order than the tensor cores.
+//   * cp.async (16 bytes, zero-fill): in Mode::kEager the copy lands when issued; in Mode::kLazy it lands only
+//     when a cp.async.wait_group retires its group. The first catches a stage overwritten while another warp still
+//     reads it, the second a stage read before its wait; both should pass.
+//   * Memory checks: shared-memory addresses of cp.async/ldmatrix/ld.shared are bounds- and alignment-checked;
+//     global sources of cp.async and __ldg must lie in a buffer registered with simt::Buffer, which puts an
+//     inaccessible page right after each buffer (and after shared memory), so a plain load or store past the end
+//     faults. A thread that ends with cp.async copies still pending is reported.
+// Not emulated: timing, occupancy, memory coalescing, bank conflicts, and anything not listed above.
+#pragma once
+
+#define SPARSEYOLO_SIMT_EMULATION 1
+
+#include <setjmp.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <vector_types.h>
+
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+
+namespace simt {
+
+enum class Mode { kEager, kLazy };
+
+[[noreturn]] inline void fail(const std::string& what) {
+  std::fprintf(stderr, "simt emulator: %s\n", what.c_str());
+  std::fflush(stderr);
+  std::abort();  // a kernel bug: stop here, with the message, instead of running on with corrupt state
+}
+
+inline size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+// Memory that ends right before an inaccessible page.
+class GuardedMemory {
+ public:
+  GuardedMemory() = default;
+  explicit GuardedMemory(size_t bytes) : bytes_(bytes) {
+    const size_t ps = page_size();
+    span_ = (bytes + ps - 1) / ps * ps + ps;
+    base_ = static_cast<unsigned char*>(mmap(nullptr, span_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (base_ == MAP_FAILED) fail("mmap failed");
+    if (mprotect(base_ + span_ - ps, ps, PROT_NONE) != 0) fail("mprotect failed");
+    data_ = base_ + (span_ - ps - bytes);  // so data_ + bytes is the guard page
+  }
+  GuardedMemory(const GuardedMemory&) = delete;
+  GuardedMemory& operator=(const GuardedMemory&) = delete;
+  GuardedMemory(GuardedMemory&& o) noexcept { *this = std::move(o); }
+  GuardedMemory& operator=(GuardedMemory&& o) noexcept {
+    std::swap(base_, o.base_);
+    std::swap(data_, o.data_);
+    std::swap(bytes_, o.bytes_);
+    std::swap(span_, o.span_);
+    return *this;
+  }
+  ~GuardedMemory() {
+    if (base_ != nullptr) munmap(base_, span_);
+  }
+  unsigned char* data() const { return data_; }
+  size_t size() const { return bytes_; }
+
+ private:
+  unsigned char* base_ = nullptr;
+  unsigned char* data_ = nullptr;
+  size_t bytes_ = 0, span_ = 0;
+};
+
+struct Copy {
+  uint32_t dst;
+  unsigned char bytes[16];
+};
+
+struct Fiber {
+  jmp_buf ctx;
+  ucontext_t start;
+  std::vector<unsigned char> stack;
+  uint3 tid;
+  bool done = false;
+  // What it waits for: the block barrier (kind 1) or its warp's collective (kind 2) to reach generation `gen`.
+  int wait_kind = 0;
+  uint64_t wait_gen = 0;
+  std::vector<Copy> open_group;
+  std::vector<std::vector<Copy>> groups;  // committed, not yet retired, oldest first
+};
+
+struct Warp {
+  int arrived = 0;
+  uint64_t gen = 0;
+  const char* op = nullptr;  // the collective the lanes are at
+  uint32_t u32[32][9];       // operands, per lane
+  float f32[32][4];
+  uint32_t out[32][4];       // results, per lane
+  float fout[32][4];
+};
+
+struct State {
+  Mode mode = Mode::kEager;
+  std::mt19937 rng{1};
+  std::vector<std::pair<const unsigned char*, size_t>> buffers;  // registered global memory
+  // The running block.
+  GuardedMemory smem;
+  uint3 block_idx{0, 0, 0};
+  dim3 grid_dim, block_dim;
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  int current = -1;
+  int block_arrived = 0;
+  uint64_t block_gen = 0;
+  jmp_buf scheduler;
+  std::function<void()> body;
+};
+
+inline State& state() {
+  static State s;
+  return s;
+}
+
+// A global-memory buffer the kernel may read with cp.async or __ldg (and write through plain pointers).
+template <typename T>
+class Buffer {
+ public:
+  explicit Buffer(const std::vector<T>& host) : mem_(std::max<size_t>(host.size() * sizeof(T), 16)), n_(host.size()) {
+    if (!host.empty()) std::memcpy(mem_.data(), host.data(), host.size() * sizeof(T));
+    state().buffers.emplace_back(mem_.data(), mem_.size());
+  }
+  Buffer(size_t n, unsigned char fill) : mem_(std::max<size_t>(n * sizeof(T), 16)), n_(n) {
+    std::memset(mem_.data(), fill, mem_.size());
+    state().buffers.emplace_back(mem_.data(), mem_.size());
+  }
+  ~Buffer() {
+    auto& b = state().buffers;
+    b.erase(std::remove_if(b.begin(), b.end(), [&](const auto& e) { return e.first == mem_.data(); }), b.end());
+  }
+  T* data() const { return reinterpret_cast<T*>(mem_.data()); }
+  std::vector<T> to_host() const {
+    std::vector<T> v(n_);
+    if (n_) std::memcpy(v.data(), mem_.data(), n_ * sizeof(T));
+    return v;
+  }
+
+ private:
+  GuardedMemory mem_;
+  size_t n_;
+};
+
+inline void check_global(const void* p, size_t bytes, const char* op) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  for (const auto& [base, size] : state().buffers)
+    if (c >= base && c + bytes <= base + size) return;
+  fail(std::string(op) + ": global address outside every buffer");
+}
+
+inline unsigned char* smem_ptr(uint32_t addr, size_t bytes, size_t align, const char* op) {
+  State& s = state();
+  if (addr % align != 0) fail(std::string(op) + ": misaligned shared address " + std::to_string(addr));
+  if (static_cast<size_t>(addr) + bytes > s.smem.size())
+    fail(std::string(op) + ": shared address " + std::to_string(addr) + " + " + std::to_string(bytes) +
+         " past the block's " + std::to_string(s.smem.size()) + " bytes");
+  return s.smem.data() + addr;
+}
+
+inline Fiber& self() { return state().fibers[state().current]; }
+
+inline bool satisfied(const Fiber& f) {
+  const State& s = state();
+  if (f.wait_kind == 1) return s.block_gen >= f.wait_gen;
+  if (f.wait_kind == 2) return s.warps[(f.tid.x + f.tid.y * s.block_dim.x) / 32].gen >= f.wait_gen;
+  return true;
+}
+
+// Switches to a fiber drawn at random among those that can run (the others wait at barriers that have not
+// completed); returns when this one is picked again. No runnable fiber at all is a deadlock.
+inline void yield() {
+  State& s = state();
+  std::vector<int> ready;
+  for (int i = 0; i < static_cast<int>(s.fibers.size()); ++i)
+    if (!s.fibers[i].done && satisfied(s.fibers[i])) ready.push_back(i);
+  if (ready.empty()) fail("deadlock: every live thread waits at a barrier or warp collective that cannot complete");
+  const int next = ready[std::uniform_int_distribution<int>(0, static_cast<int>(ready.size()) - 1)(s.rng)];
+  if (next == s.current) return;
+  if (s.current >= 0 && !s.fibers[s.current].done && _setjmp(s.fibers[s.current].ctx) != 0) return;
+  s.current = next;
+  _longjmp(s.fibers[next].ctx, 1);
+}
+
+inline void wait_until_released() {
+  while (!satisfied(self())) yield();
+  self().wait_kind = 0;
+}
+
+inline int linear_tid() { return static_cast<int>(self().tid.x + self().tid.y * state().block_dim.x); }
+inline int live_threads() {
+  int n = 0;
+  for (const Fiber& f : state().fibers) n += !f.done;
+  return n;
+}
+
+inline void syncthreads() {
+  State& s = state();
+  Fiber& me = self();
+  me.wait_kind = 1;
+  me.wait_gen = s.block_gen + 1;
+  if (++s.block_arrived == live_threads()) {
+    s.block_arrived = 0;
+    ++s.block_gen;
+  }
+  wait_until_released();
+}
+
+// Lane `lane` of warp `w` deposits its operands for collective `op`; the last lane to arrive runs `compute` (all
+// lanes' results at once), then every lane reads its own.
+inline Warp& collective(const char* op, const std::function<void(Warp&)>& deposit,
+                        const std::function<void(Warp&)>& compute) {
+  State& s = state();
+  const int t = linear_tid();
+  Warp& w = s.warps[t / 32];
+  if (w.arrived == 0) w.op = op;
+  if (w.op != op && std::strcmp(w.op, op) != 0)
+    fail(std::string("warp lanes at different collectives: ") + w.op + " and " + op);
+  deposit(w);
+  Fiber& me = self();
+  me.wait_kind = 2;
+  me.wait_gen = w.gen + 1;
+  if (++w.arrived == 32) {
+    compute(w);
+    w.arrived = 0;
+    ++w.gen;
+  }
+  wait_until_released();
+  return w;
+}
+
+inline void retire_oldest_group(Fiber& f) {
+  for (const Copy& c : f.groups.front()) std::memcpy(state().smem.data() + c.dst, c.bytes, 16);
+  f.groups.erase(f.groups.begin());
+}
+
+[[noreturn]] inline void fiber_main() {
+  State& s = state();
+  s.body();
+  Fiber& me = self();
+  if (!me.open_group.empty() || !me.groups.empty()) fail("thread finished with cp.async copies not waited for");
+  me.done = true;
+  // A finished thread no longer counts at block barriers: release one that now has everyone.
+  if (s.block_arrived > 0 && s.block_arrived == live_threads()) {
+    s.block_arrived = 0;
+    ++s.block_gen;
+  }
+  if (live_threads() == 0) _longjmp(s.scheduler, 1);
+  yield();  // never returns: this fiber is done
+  fail("unreachable");
+}
+
+inline void fiber_trampoline() {
+  // First entry (from launch, via swapcontext): park here until the scheduler jumps in.
+  State& s = state();
+  if (_setjmp(s.fibers[s.current].ctx) == 0) {
+    ucontext_t* back = reinterpret_cast<ucontext_t*>(s.fibers[s.current].stack.data());
+    setcontext(back);  // back to launch's bootstrap loop
+  }
+  fiber_main();
+}
+
+// Runs `kernel(args...)` over the grid, one block at a time.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes, Args&&... args) {
+  State& s = state();
+  s.grid_dim = grid;
+  s.block_dim = block;
+  const int nthreads = static_cast<int>(block.x * block.y * block.z);
+  if (nthreads % 32 != 0) fail("block size must be a multiple of 32 here");
+  s.body = [&] { kernel(args...); };
+  constexpr size_t kStack = 256 * 1024;
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      s.block_idx = uint3{bx, by, 0};
+      s.smem = GuardedMemory(std::max<size_t>(smem_bytes, 16));
+      std::memset(s.smem.data(), 0xA5, s.smem.size());  // garbage, as on a GPU
+      s.fibers.assign(nthreads, Fiber{});
+      s.warps.assign(nthreads / 32, Warp{});
+      s.block_arrived = 0;
+      s.block_gen = 0;
+      for (int i = 0; i < nthreads; ++i) {
+        Fiber& f = s.fibers[i];
+        f.tid = uint3{static_cast<unsigned>(i % block.x), static_cast<unsigned>(i / block.x), 0};
+        f.stack.resize(kStack);
+        // The bottom of the stack holds the context to return to after the fiber has parked (see trampoline).
+        ucontext_t* back = reinterpret_cast<ucontext_t*>(f.stack.data());
+        getcontext(&f.start);
+        f.start.uc_stack.ss_sp = f.stack.data() + 4096;
+        f.start.uc_stack.ss_size = kStack - 4096;
+        f.start.uc_link = nullptr;
+        makecontext(&f.start, fiber_trampoline, 0);
+        s.current = i;
+        swapcontext(back, &f.start);  // runs the trampoline up to its park point
+      }
+      if (_setjmp(s.scheduler) == 0) {
+        s.current = std::uniform_int_distribution<int>(0, nthreads - 1)(s.rng);
+        _longjmp(s.fibers[s.current].ctx, 1);
+      }
+      s.current = -1;
+    }
+  s.fibers.clear();
+  s.warps.clear();
+  s.smem = GuardedMemory();
+}
+
+}  // namespace simt
+
+// ---- CUDA names used by kernel source -----------------------------------------------------------------------
+#define threadIdx (::simt::self().tid)
+#define blockIdx (::simt::state().block_idx)
+#define blockDim (::simt::state().block_dim)
+#define gridDim (::simt::state().grid_dim)
+
+inline void __syncthreads() { simt::syncthreads(); }
+template <typename T>
+inline T __ldg(const T* p) {
+  simt::check_global(p, sizeof(T), "__ldg");
+  return *p;
+}
+inline float __expf(float x) { return std::exp(x); }
+using std::min;
+using std::max;
+
+// ---- the primitives of sparse_conv2d_24_device.cuh ------------------------------------------------------------
+namespace sparseyolo {
+namespace kernels {
+namespace spconv24 {
+
+#define SPARSEYOLO_DYNAMIC_SMEM(name) unsigned char* name = ::simt::state().smem.data()
+
+inline uint32_t smem_addr(const void* p) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  const auto& sm = simt::state().smem;
+  if (c < sm.data() || c > sm.data() + sm.size()) simt::fail("smem_addr of a pointer outside shared memory");
+  return static_cast<uint32_t>(c - sm.data());
+}
+
+inline void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  if (src_bytes != 0 && src_bytes != 16) simt::fail("cp_async16: src_bytes must be 0 or 16");
+  if (reinterpret_cast<uintptr_t>(src) % 16 != 0) simt::fail("cp.async: misaligned global source");
+  unsigned char* d = simt::smem_ptr(dst, 16, 16, "cp.async");
+  simt::Copy c{dst, {}};
+  if (src_bytes) {
+    simt::check_global(src, 16, "cp.async");
+    std::memcpy(c.bytes, src, 16);
+  }
+  if (simt::state().mode == simt::Mode::kEager)
+    std::memcpy(d, c.bytes, 16);
+  else
+    simt::self().open_group.push_back(c);
+}
+inline void cp_async_commit() {
+  simt::Fiber& f = simt::self();
+  f.groups.push_back(std::move(f.open_group));
+  f.open_group.clear();
+}
+template <int N>
+inline void cp_async_wait() {
+  simt::Fiber& f = simt::self();
+  while (static_cast<int>(f.groups.size()) > N) simt::retire_oldest_group(f);
+}
+
+inline uint4 lds128(uint32_t addr) {
+  uint4 v;
+  std::memcpy(&v, simt::smem_ptr(addr, 16, 16, "ld.shared.v4"), 16);
+  return v;
+}
+inline uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  std::memcpy(&v, simt::smem_ptr(addr, 4, 4, "ld.shared.u32"), 4);
+  return v;
+}
+
+inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  const int lane = simt::linear_tid() % 32;
+  simt::Warp& w = simt::collective(
+      "ldmatrix.x4", [&](simt::Warp& w) { w.u32[lane][0] = addr; },
+      [](simt::Warp& w) {
+        for (int l = 0; l < 32; ++l) {
+          const int g = l / 4, t = l % 4;
+          for (int j = 0; j < 4; ++j) {  // matrix j, row g: the address of lane 8j + g
+            const unsigned char* row = simt::smem_ptr(w.u32[8 * j + g][0], 16, 16, "ldmatrix");
+            std::memcpy(&w.out[l][j], row + 4 * t, 4);
+          }
+        }
+      });
+  for (int j = 0; j < 4; ++j) r[j] = w.out[lane][j];
+}
+
+template <typename T>
+inline float emu_to_float(uint16_t bits) {
+  T v;
+  std::memcpy(static_cast<void*>(&v), &bits, 2);
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(v);
+  } else {
+    return __bfloat162float(v);
+  }
+}
+
+template <typename T>
+inline void mma_sp_16832(float (&d)[4], const uint4& a, const uint32_t (&b)[4], uint32_t e) {
+  const int lane = simt::linear_tid() % 32;
+  simt::Warp& w = simt::collective(
+      "mma.sp.m16n8k32",
+      [&](simt::Warp& w) {
+        const uint32_t av[4] = {a.x, a.y, a.z, a.w};
+        for (int i = 0; i < 4; ++i) {
+          w.u32[lane][i] = av[i];
+          w.u32[lane][4 + i] = b[i];
+          w.f32[lane][i] = d[i];
+        }
+        w.u32[lane][8] = e;
+      },
+      [](simt::Warp& w) {
+        auto half = [](uint32_t word, int h) { return static_cast<uint16_t>(h ? word >> 16 : word & 0xFFFF); };
+        float A[16][32] = {}, B[32][8];
+        for (int l = 0; l < 32; ++l) {
+          const int g = l / 4, t = l % 4;
+          for (int el = 0; el < 8; ++el) {  // compressed A element el of lane l
+            const int row = g + 8 * ((el / 2) & 1), col = 2 * t + (el & 1) + 8 * (el / 4);
+            const int grp = col / 2;  // dense group of 4 columns
+            const uint32_t meta = w.u32[4 * (row % 8) + (grp / 4)][8];
+            const uint32_t codes = (meta >> (row < 8 ? 0 : 16)) & 0xFFFF;
+            const uint32_t code = (codes >> (4 * (grp % 4))) & 0xF;
+            const int pos = (col & 1) ? static_cast<int>(code >> 2) : static_cast<int>(code & 3);
+            A[row][4 * grp + pos] += emu_to_float<T>(half(w.u32[l][el / 2], el & 1));
+          }
+          for (int i = 0; i < 8; ++i)  // B element i of lane l
+            B[2 * t + (i & 1) + 8 * (i / 2)][g] = emu_to_float<T>(half(w.u32[l][4 + i / 2], i & 1));
+        }
+        for (int l = 0; l < 32; ++l) {
+          const int g = l / 4, t = l % 4;
+          for (int i = 0; i < 4; ++i) {
+            const int row = g + 8 * (i / 2), col = 2 * t + (i & 1);
+            float acc = w.f32[l][i];
+            for (int k = 0; k < 32; ++k) acc += A[row][k] * B[k][col];
+            w.fout[l][i] = acc;
+          }
+        }
+      });
+  for (int i = 0; i < 4; ++i) d[i] = w.fout[lane][i];
+}
+
+}  // namespace spconv24
+}  // namespace kernels
+}  // namespace sparseyolo
