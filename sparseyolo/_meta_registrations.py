@@ -208,6 +208,9 @@ def _sparse_conv2d_fake(
     return input.new_empty((input.shape[0], cout, ho, wo))
 
 
+SPARSE_CONV2D_24_KERNELS = ("default", "tile64", "tile128")
+
+
 @torch.library.register_fake("sparseyolo::sparse_conv2d_24")
 def _sparse_conv2d_24_fake(
     input: torch.Tensor,
@@ -219,8 +222,11 @@ def _sparse_conv2d_24_fake(
     stride: list[int] = (1, 1),
     padding: list[int] = (0, 0),
     activation: str = "identity",
+    kernel: str = "default",
 ) -> torch.Tensor:
     op = "sparseyolo::sparse_conv2d_24"
+    torch._check(kernel in SPARSE_CONV2D_24_KERNELS,
+                 lambda: f"{op}: kernel should be 'default', 'tile64' or 'tile128', got '{kernel}'")
     torch._check(input.dim() == 4, lambda: f"{op}: input should be a 4D tensor [N, Cin, H, W], got {input.dim()}D")
     torch._check(input.dtype in (torch.float16, torch.bfloat16),
                  lambda: f"{op}: input should be float16 or bfloat16, got {input.dtype}")

@@ -283,6 +283,7 @@ def sparse_conv2d_24(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     activation: str = "identity",
+    kernel: str = "default",
 ) -> torch.Tensor:
     """2:4 sparse convolution on the sparse tensor cores: ``act(conv2d(input, W, bias, stride, padding))``.
 
@@ -296,6 +297,10 @@ def sparse_conv2d_24(
         bias (Tensor[Cout] float32, optional).
         stride, padding: as in ``F.conv2d`` (zero padding, groups = 1, dilation = 1).
         activation: ``"identity"`` or ``"silu"`` (fused in the epilogue, in fp32).
+        kernel: which CUDA kernel (``csrc/kernels/cuda/sparse_conv2d_24_device.cuh``): ``"tile64"`` (64 x 128
+            tile, two stages; checked on an H200), ``"tile128"`` (128 x 128 tile, 64-channel k-step, 4-stage
+            cp.async pipeline; so far checked only under the CPU SIMT emulator), or ``"default"`` (``"tile64"``).
+            Both give the same results up to fp32 summation order. The CPU backend checks the name and ignores it.
 
     Returns:
         Tensor[N, Cout, H', W'] in the input's dtype, channels_last.
@@ -305,4 +310,4 @@ def sparse_conv2d_24(
         the slow reference (decode + float32 conv), for tests and tracing.
     """
     return torch.ops.sparseyolo.sparse_conv2d_24.default(input, values, meta, out_channels, _pair(kernel_size), bias,
-                                                         _pair(stride), _pair(padding), activation)
+                                                         _pair(stride), _pair(padding), activation, kernel)

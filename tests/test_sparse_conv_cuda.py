@@ -114,8 +114,10 @@ class TestSparseConv2d24CPU:
         wt = _weight_24(72, 40, 3, seed=5)
         packed = pack_mma_sp_weight(wt)
         x = torch.randn(1, 40, 9, 7).half().contiguous(memory_format=torch.channels_last)
-        torch.library.opcheck(torch.ops.sparseyolo.sparse_conv2d_24.default,
-                              (x, packed.values, packed.meta, 72, [3, 3], torch.randn(72), [2, 2], [1, 1], "silu"))
+        for kernel in ("default", "tile128"):
+            torch.library.opcheck(torch.ops.sparseyolo.sparse_conv2d_24.default,
+                                  (x, packed.values, packed.meta, 72, [3, 3], torch.randn(72), [2, 2], [1, 1], "silu",
+                                   kernel))
 
     def test_errors(self):
         packed = pack_mma_sp_weight(_weight_24(16, 32, 1, seed=6))
@@ -126,6 +128,12 @@ class TestSparseConv2d24CPU:
             ops.sparse_conv2d_24(x.float(), packed.values, packed.meta, 16, 1)
         with pytest.raises(RuntimeError, match="multiple of 8"):
             ops.sparse_conv2d_24(torch.randn(1, 12, 5, 5).half(), packed.values, packed.meta, 16, 1)
+        with pytest.raises(RuntimeError, match="kernel should be 'default', 'tile64' or 'tile128', got 'tile256'"):
+            ops.sparse_conv2d_24(x, packed.values, packed.meta, 16, 1, kernel="tile256")
+        with pytest.raises(RuntimeError, match="kernel should be"):  # the fake kernel says the same
+            torch.ops.sparseyolo.sparse_conv2d_24.default(x.to("meta"), packed.values.to("meta"),
+                                                          packed.meta.to("meta"), 16, [1, 1], None, [1, 1], [0, 0],
+                                                          "identity", "tile256")
 
 
 # ------------------------------------------------------------------------------------------------ CUDA
@@ -142,7 +150,8 @@ class TestSparseConv2d24CUDA:
     @pytest.mark.parametrize("cin,cout,k,stride,padding,h,w", CASES)
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("activation", ["identity", "silu"])
-    def test_kernel_vs_fp64(self, cin, cout, k, stride, padding, h, w, dtype, activation):
+    @pytest.mark.parametrize("kernel", ["tile64", "tile128"])
+    def test_kernel_vs_fp64(self, cin, cout, k, stride, padding, h, w, dtype, activation, kernel):
         if torch.cuda.get_device_capability() < (8, 0):
             pytest.skip("needs sm_80+")
         torch.manual_seed(cin + cout + h)
@@ -153,7 +162,8 @@ class TestSparseConv2d24CUDA:
         packed = pack_mma_sp_weight(wt, dtype=dtype).to("cuda")
         xc = x.cuda().contiguous(memory_format=torch.channels_last)
         _poison_allocator(ref.numel(), dtype)
-        y = ops.sparse_conv2d_24(xc, packed.values, packed.meta, cout, k, bias.cuda(), stride, padding, activation)
+        y = ops.sparse_conv2d_24(xc, packed.values, packed.meta, cout, k, bias.cuda(), stride, padding, activation,
+                                 kernel=kernel)
         torch.cuda.synchronize()
         assert bool(torch.isfinite(y).all()), "unwritten (poisoned) or non-finite output elements"
         torch_own = F.conv2d(xc, wt.to("cuda", dtype), bias.to("cuda", dtype), stride, padding)
@@ -164,15 +174,28 @@ class TestSparseConv2d24CUDA:
                                      activation)
         assert _rel(y.cpu(), y_cpu.double()) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
 
-    def test_nchw_input_and_batch_1(self):
+    @pytest.mark.parametrize("kernel", ["default", "tile128"])
+    def test_nchw_input_and_batch_1(self, kernel):
         wt = _weight_24(96, 64, 3, seed=9, dtype=torch.float16)
         packed = pack_mma_sp_weight(wt).to("cuda")
         x = torch.randn(1, 64, 20, 20, device="cuda", dtype=torch.float16)  # NCHW: copied to channels_last
-        y = ops.sparse_conv2d_24(x, packed.values, packed.meta, 96, 3, None, 1, 1)
+        y = ops.sparse_conv2d_24(x, packed.values, packed.meta, 96, 3, None, 1, 1, kernel=kernel)
         ref = _reference(x.cpu(), wt, None, 1, 1, "identity")
         assert _rel(y.cpu(), ref) < 2e-3
 
-    @pytest.mark.parametrize("backend", ["auto", "mma_sp", "cusparselt", "dense"])
+    @pytest.mark.parametrize("kernel", ["tile64", "tile128"])
+    def test_large_layer_many_blocks(self, kernel):
+        # A yolov5x-like layer (Cin = Cout = 320, 3x3) over enough pixels for thousands of blocks of either tile.
+        wt = _weight_24(320, 320, 3, seed=12, dtype=torch.float16)
+        packed = pack_mma_sp_weight(wt).to("cuda")
+        x = torch.randn(4, 320, 40, 40, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+        bias = torch.randn(320, device="cuda")
+        y = ops.sparse_conv2d_24(x, packed.values, packed.meta, 320, 3, bias, 1, 1, "silu", kernel=kernel)
+        ref = F.silu(F.conv2d(x.float(), wt.cuda(), bias, 1, 1))
+        assert bool(torch.isfinite(y).all())
+        assert _rel(y.float(), ref.double()) < 2e-3
+
+    @pytest.mark.parametrize("backend", ["auto", "mma_sp", "mma_sp_tile128", "cusparselt", "dense"])
     def test_module_backends(self, backend):
         wt = _weight_24(128, 64, 1, seed=11, dtype=torch.float16)
         conv = torch.nn.Conv2d(64, 128, 1, bias=True)
@@ -215,3 +238,44 @@ class TestCusparseLtGate:
         else:
             assert status.startswith("cuSPARSELt check failed") or "no cuSPARSELt" in status
         assert cuda_backend.cusparselt_status() is status  # checked once per process
+
+
+class TestAutoRejectsWrongOutputs:
+    """``auto`` compares every candidate's output with cuDNN's before timing it (cuda_backend._disagreement)."""
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_disagreement(self, dtype):
+        from sparseyolo.sparse.cuda_backend import AUTO_MAX_REL_DIFF, _disagreement
+
+        ref = torch.randn(2, 16, 5, 5)
+        assert _disagreement(ref.to(dtype), ref) == ""  # rounding to the dtype is fine
+        assert "differs from cuDNN's" in _disagreement((ref * (1 + 3 * AUTO_MAX_REL_DIFF[dtype])).to(dtype), ref)
+        assert "differs" in _disagreement(torch.zeros_like(ref).to(dtype), ref)
+        bad = ref.clone()
+        bad[0, 0, 0, 0] = float("nan")
+        assert "non-finite" in _disagreement(bad.to(dtype), ref)
+        assert _disagreement(bad.to(dtype), bad) == ""  # cuDNN's has the same overflow: not the backend's fault
+
+    @pytest.mark.cuda
+    def test_auto_never_picks_a_wrong_backend(self, monkeypatch, caplog):
+        from sparseyolo.sparse import cuda_backend
+
+        wt = _weight_24(128, 64, 1, seed=13, dtype=torch.float16)
+        conv = torch.nn.Conv2d(64, 128, 1, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(wt)
+        mod = SparseConv2d.from_dense(conv, pattern="2:4").cuda().half()
+        real_run = cuda_backend._run
+
+        def broken(module, st, backend, x):  # every sparse backend returns garbage, fast
+            y = real_run(module, st, "dense", x)
+            return y if backend == "dense" else torch.zeros_like(y)
+
+        monkeypatch.setattr(cuda_backend, "_run", broken)
+        monkeypatch.setattr(cuda_backend, "_GPU_TIMING_CACHE", {})
+        x = torch.randn(2, 64, 24, 24, device="cuda", dtype=torch.float16)
+        with caplog.at_level("WARNING"):
+            mod(x)
+        st = mod._gpu_states[(x.device, x.dtype)]
+        assert st.choice[tuple(x.shape)] == "dense"
+        assert any("never chosen" in r.message for r in caplog.records)

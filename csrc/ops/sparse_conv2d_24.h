@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <string>
+
 #include "conv_checks.h"
 
 namespace sparseyolo {
@@ -13,12 +15,25 @@ namespace ops {
 inline int64_t sparse_conv2d_24_row_tiles(int64_t cout) { return (cout + 63) / 64 * 4; }
 inline int64_t sparse_conv2d_24_k_blocks(int64_t cin, int64_t kh, int64_t kw) { return kh * kw * ((cin + 31) / 32); }
 
+// The CUDA kernel named by the op's `kernel` argument (kernels::kVariant* in kernels/cuda/sparse_conv2d_24.h):
+// "default" 0, "tile64" 1, "tile128" 2.
+inline int sparse_conv2d_24_variant(c10::string_view kernel) {
+  if (kernel == "default") return 0;
+  if (kernel == "tile64") return 1;
+  if (kernel == "tile128") return 2;
+  TORCH_CHECK(false, "sparseyolo::sparse_conv2d_24: kernel should be 'default', 'tile64' or 'tile128', got '",
+              std::string(kernel), "'");
+  return 0;
+}
+
 // Returns true for activation "silu", false for "identity".
 inline bool check_sparse_conv2d_24_inputs(const at::Tensor& input, const at::Tensor& values, const at::Tensor& meta,
                                           int64_t out_channels, at::IntArrayRef kernel_size,
                                           const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                          at::IntArrayRef padding, c10::string_view activation) {
+                                          at::IntArrayRef padding, c10::string_view activation,
+                                          c10::string_view kernel) {
   const char* op = "sparseyolo::sparse_conv2d_24";
+  sparse_conv2d_24_variant(kernel);
   TORCH_CHECK(input.dim() == 4, op, ": input should be a 4D tensor [N, Cin, H, W], got ", input.dim(), "D");
   TORCH_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16, op,
               ": input should be float16 or bfloat16, got ", input.scalar_type());

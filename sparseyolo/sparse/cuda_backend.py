@@ -4,6 +4,8 @@ For a CUDA input, :func:`cuda_forward` runs the layer on one of:
 
 * ``"mma_sp"``: :func:`sparseyolo.ops.sparse_conv2d_24` (our implicit-GEMM ``mma.sp`` kernel, 1x1 and 3x3,
   any stride/padding, fused bias + SiLU), for fp16/bf16 inputs of a 2:4 layer with ``Cin % 8 == 0``;
+* ``"mma_sp_tile128"``: the same op with its second kernel (``kernel="tile128"``: 128 x 128 tile, 4-stage
+  pipeline), same conditions;
 * ``"cusparselt"``: 1x1, stride 1, unpadded convs as one GEMM over NHWC through PyTorch's cuSPARSELt binding
   (``torch._cslt_compress`` / ``torch._cslt_sparse_mm``), the weight compressed once, at the first call, and
   only where :func:`cusparselt_status` found the binding working (a check in a subprocess);
@@ -11,7 +13,9 @@ For a CUDA input, :func:`cuda_forward` runs the layer on one of:
 
 The module's ``gpu_backend`` picks one; ``"auto"`` (the default) times the applicable ones once per layer shape
 and input shape (CUDA events, median) and keeps the fastest, cached per process like the CPU ``auto`` of
-:func:`~sparseyolo.sparse.sparsify`. Anything that does not apply falls back to ``"dense"``, logging the reason
+:func:`~sparseyolo.sparse.sparsify`. While timing, ``auto`` also compares every candidate's output with cuDNN's on
+the same input and never picks one that disagrees (non-finite, or a relative difference above
+``AUTO_MAX_REL_DIFF``), logging why. Anything that does not apply falls back to ``"dense"``, logging the reason
 once per layer; nothing crashes or returns other values than the dense masked conv up to rounding.
 """
 
@@ -29,7 +33,12 @@ from sparseyolo.sparse.mma_sp import MmaSpWeight, is_24_sparse, pack_mma_sp_weig
 
 LOGGER = logging.getLogger(__name__)
 
-GPU_BACKENDS = ("auto", "mma_sp", "cusparselt", "dense")
+GPU_BACKENDS = ("auto", "mma_sp", "mma_sp_tile128", "cusparselt", "dense")
+_MMA_SP_KERNELS = {"mma_sp": "default", "mma_sp_tile128": "tile128"}
+# Largest relative L2 difference from cuDNN's output that `auto` accepts: both round the same fp32-accumulated
+# sums to the output dtype (~3e-4 fp16, ~2e-3 bf16 relative), so a correct backend stays far below; a wrong one is
+# off by O(1).
+AUTO_MAX_REL_DIFF = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 # (device name, weight shape, stride, padding, input shape, dtype, activation) -> {backend: ms}
 _GPU_TIMING_CACHE: dict[tuple, dict[str, float]] = {}
 
@@ -136,6 +145,15 @@ def _median_ms_cuda(fn, reps: int = 10, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def _disagreement(y: torch.Tensor, ref: torch.Tensor) -> str:
+    """"" when ``y`` matches the dense output ``ref`` (float32) up to rounding, else how it differs."""
+    if not bool(torch.isfinite(y).all()):
+        return "has non-finite values where cuDNN's has none" if bool(torch.isfinite(ref).all()) else ""
+    rel = float((y.float() - ref).norm() / ref.norm().clamp_min(1e-30))
+    limit = AUTO_MAX_REL_DIFF[y.dtype]
+    return f"differs from cuDNN's by {rel:.2e} relative (more than {limit:g})" if rel > limit else ""
+
+
 def _log_once(module, reason: str) -> None:
     seen = module.__dict__.setdefault("_gpu_reasons", set())
     if reason not in seen:
@@ -168,11 +186,11 @@ def _state(module, x: torch.Tensor) -> _GpuState:
 
 def _run(module, st: _GpuState, backend: str, x: torch.Tensor) -> torch.Tensor:
     act = module.activation
-    if backend == "mma_sp":
+    if backend in _MMA_SP_KERNELS:
         from sparseyolo import ops
 
         return ops.sparse_conv2d_24(x, st.packed.values, st.packed.meta, module.out_channels, module.kernel_size,
-                                    st.bias, module.stride, module.padding, act)
+                                    st.bias, module.stride, module.padding, act, kernel=_MMA_SP_KERNELS[backend])
     if backend == "cusparselt":
         return st.cslt(x, act)
     y = F.conv2d(x.contiguous(memory_format=torch.channels_last), st.dense_w,
@@ -194,7 +212,7 @@ def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
     if not reason:
         if st.packed is None:
             st.packed = pack_mma_sp_weight(st.dense_w, dtype=x.dtype).to(x.device)
-        candidates.append("mma_sp")
+        candidates += ["mma_sp", "mma_sp_tile128"]
         is_1x1 = module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding == (0, 0)
         if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
             why = cusparselt_status()
@@ -222,9 +240,16 @@ def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
                x.dtype, module.activation)
         if key not in _GPU_TIMING_CACHE:
             times = {}
+            ref = _run(module, st, "dense", x).float()
             for b in candidates:
                 try:
-                    times[b] = _median_ms_cuda(lambda b=b: _run(module, st, b, x))
+                    why = "" if b == "dense" else _disagreement(_run(module, st, b, x), ref)
+                    if why:
+                        LOGGER.warning("SparseConv2d(%s): backend %s never chosen: its output %s",
+                                       module.extra_repr(), b, why)
+                        times[b] = float("inf")
+                    else:
+                        times[b] = _median_ms_cuda(lambda b=b: _run(module, st, b, x))
                 except Exception as e:  # noqa: BLE001 - a failing backend is never chosen
                     LOGGER.warning("SparseConv2d(%s): backend %s failed (%s)", module.extra_repr(), b, e)
                     times[b] = float("inf")

@@ -14,7 +14,11 @@ bool sparse_conv24_supported(int device) {
 }
 
 cudaError_t sparse_conv24_cuda(const SparseConv24Params& p, DType dtype, cudaStream_t stream) {
-  return spconv24::dispatch(p, dtype, [&](const spconv24::Launch& l) {
+  int device = 0, max_smem = 48 * 1024;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return e;
+  return spconv24::dispatch(p, dtype, max_smem, [&](const spconv24::Launch& l) {
     if (l.smem_bytes > 48 * 1024) {  // opt in to more than the default 48 KiB of dynamic shared memory
       const cudaError_t e =
           cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, l.smem_bytes);

@@ -503,7 +503,10 @@ __global__ void __launch_bounds__(tile128::kThreads) sparse_conv24_tile128(Spars
 
 // ---- dispatch ---------------------------------------------------------------------------------------------
 
+// The tile128 pipeline depth: 4 stages (100 KiB of shared memory) where the GPU allows a block that much (sm_80,
+// sm_90), else 3 (75 KiB; sm_86/sm_89 allow 99 KiB).
 constexpr int kTile128Stages = 4;
+constexpr int kTile128StagesSmall = 3;
 
 // The kernel of `variant` for `dtype` with its launch shape; `kernel` is null for a bad variant or dtype.
 struct Launch {
@@ -513,7 +516,7 @@ struct Launch {
 };
 
 template <typename T>
-inline Launch launch_for(const SparseConv24Params& p, int variant) {
+inline Launch launch_for(const SparseConv24Params& p, int variant, int max_smem_bytes) {
   const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
   Launch l;
   if (variant == kVariantTile64) {
@@ -523,18 +526,20 @@ inline Launch launch_for(const SparseConv24Params& p, int variant) {
     l.block = dim3(tile64::kThreads);
     l.smem_bytes = tile64::kSmemBytes;
   } else if (variant == kVariantTile128) {
-    l.kernel = sparse_conv24_tile128<T, kTile128Stages>;
+    const bool deep = tile128::smem_bytes(kTile128Stages) <= max_smem_bytes;
+    l.kernel = deep ? sparse_conv24_tile128<T, kTile128Stages> : sparse_conv24_tile128<T, kTile128StagesSmall>;
     const int64_t blocks = (npix + tile128::kBN - 1) / tile128::kBN * ((p.cout + tile128::kBM - 1) / tile128::kBM);
     l.grid = dim3(static_cast<unsigned>(blocks));
     l.block = dim3(tile128::kThreads);
-    l.smem_bytes = tile128::smem_bytes(kTile128Stages);
+    l.smem_bytes = tile128::smem_bytes(deep ? kTile128Stages : kTile128StagesSmall);
   }
   return l;
 }
 
-// Checks the launch limits (grid size) and resolves the variant; `launch` is called with the chosen Launch.
+// Checks the launch limits (grid size, `max_smem_bytes`: the device's opt-in shared memory per block) and resolves
+// the variant; `launch` is called with the chosen Launch.
 template <typename Launcher>
-inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, Launcher&& launch) {
+inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, int max_smem_bytes, Launcher&& launch) {
   const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
   if (npix == 0 || p.cout == 0) return cudaSuccess;
   const int variant = p.variant == kVariantDefault ? kVariantTile64 : p.variant;
@@ -544,11 +549,12 @@ inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, Launcher&&
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   Launch l;
   switch (dtype) {
-    case DType::kFloat16: l = launch_for<__half>(p, variant); break;
-    case DType::kBFloat16: l = launch_for<__nv_bfloat16>(p, variant); break;
+    case DType::kFloat16: l = launch_for<__half>(p, variant, max_smem_bytes); break;
+    case DType::kBFloat16: l = launch_for<__nv_bfloat16>(p, variant, max_smem_bytes); break;
     default: return cudaErrorInvalidValue;
   }
   if (l.kernel == nullptr) return cudaErrorInvalidValue;
+  if (l.smem_bytes > max_smem_bytes) return cudaErrorInvalidConfiguration;
   return launch(l);
 }
 

@@ -53,9 +53,10 @@ at::Tensor decode_mma_sp_weight(const at::Tensor& values, const at::Tensor& meta
 at::Tensor sparse_conv2d_24_cpu(const at::Tensor& input, const at::Tensor& values, const at::Tensor& meta,
                                 int64_t out_channels, at::IntArrayRef kernel_size,
                                 const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                at::IntArrayRef padding, c10::string_view activation) {
+                                at::IntArrayRef padding, c10::string_view activation, c10::string_view kernel) {
+  // `kernel` picks among the CUDA kernels; this reference backend checks it and has only one way to compute.
   const bool silu = check_sparse_conv2d_24_inputs(input, values, meta, out_channels, kernel_size, bias, stride,
-                                                  padding, activation);
+                                                  padding, activation, kernel);
   const auto w = decode_mma_sp_weight(values, meta, out_channels, input.size(1), kernel_size[0], kernel_size[1]);
   auto y = at::conv2d(input.to(at::kFloat), w, bias, stride, padding);
   if (silu) y = at::silu(y);

@@ -1,5 +1,5 @@
 // CUDA backend of sparseyolo::sparse_conv2d_24: torch checks, device guard, stream and layouts here; the
-// mma.sp kernel is torch-free in kernels/cuda/sparse_conv2d_24.cu.
+// mma.sp kernels are torch-free in kernels/cuda/sparse_conv2d_24_device.cuh.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -21,10 +21,10 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const
 at::Tensor sparse_conv2d_24_cuda(const at::Tensor& input, const at::Tensor& values, const at::Tensor& meta,
                                  int64_t out_channels, at::IntArrayRef kernel_size,
                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                 at::IntArrayRef padding, c10::string_view activation) {
+                                 at::IntArrayRef padding, c10::string_view activation, c10::string_view kernel) {
   const char* op = "sparseyolo::sparse_conv2d_24";
   const bool silu = check_sparse_conv2d_24_inputs(input, values, meta, out_channels, kernel_size, bias, stride,
-                                                  padding, activation);
+                                                  padding, activation, kernel);
   TORCH_CHECK(input.is_cuda(), op, ": the CUDA kernel got a ", input.device(), " tensor");
   const c10::cuda::CUDAGuard guard(input.device());
   TORCH_CHECK(kernels::sparse_conv24_supported(input.get_device()), op,
@@ -33,6 +33,7 @@ at::Tensor sparse_conv2d_24_cuda(const at::Tensor& input, const at::Tensor& valu
   if (!aligned16(x)) x = x.clone(at::MemoryFormat::ChannelsLast);  // a view at an odd offset
   at::Tensor v = values.contiguous(), md = meta.contiguous();
   if (!aligned16(v)) v = v.clone();
+  if (!aligned16(md)) md = md.clone();  // the tile128 kernel copies metadata 16 bytes at a time
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
   const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
@@ -62,6 +63,7 @@ at::Tensor sparse_conv2d_24_cuda(const at::Tensor& input, const at::Tensor& valu
   p.ho = static_cast<int>(ho);
   p.wo = static_cast<int>(wo);
   p.silu = silu;
+  p.variant = sparse_conv2d_24_variant(kernel);
   check_launch(kernels::sparse_conv24_cuda(p, to_kernel_dtype(x.scalar_type()), c10::cuda::getCurrentCUDAStream()),
                op);
   return out;
