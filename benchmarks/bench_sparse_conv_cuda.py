@@ -4,7 +4,10 @@
    dense fp16 8192^3 GEMM (TFLOP/s on random data).
 2. Per unique conv shape of yolov5x at ``--batch`` x 640 x 640 (default 32, fp16, channels_last), 2:4 weights
    along Cin, fused bias + SiLU in every method: cuDNN ``F.conv2d`` + SiLU (dense), cuSPARSELt (1x1, stride 1
-   only: one GEMM over NHWC, weight compressed once, default algorithm), ``sparseyolo::sparse_conv2d_24``.
+   only: one GEMM over NHWC, weight compressed once, default algorithm), ``sparseyolo::sparse_conv2d_24`` with
+   its two kernels (``mma_sp``: tile64, ``mma_sp_tile128``: tile128), each also checked against the fp32 dense
+   conv on the timed shape (``rel err``). The summary gives the median speedup over cuDNN on all layers and on the
+   large ones (Cin, Cout >= 256).
    TFLOP/s count the dense-equivalent 2*N*Ho*Wo*Cout*Cin*KH*KW, so sparse and dense rates compare directly.
 3. End to end yolov5s and yolov5x (random weights, 2:4 pruned, BatchNorms folded) at ``--batch`` fp16:
    inference and NMS (``sparseyolo.ops.yolo_nms``, val setting conf 0.001 IoU 0.6 multi-label) timed
@@ -42,6 +45,8 @@ from sparseyolo.sparse.cuda_backend import CusparseLtConv1x1, cusparselt_status 
 
 LOGGER = logging.getLogger("bench_sparse_conv_cuda")
 NAN = float("nan")
+MMA_SP_METHODS = {"mma_sp": "tile64", "mma_sp_tile128": "tile128"}  # method -> sparse_conv2d_24's kernel=
+METHODS = ("dense", "cusparselt", *MMA_SP_METHODS)
 
 
 def time_ms(fn, args_list: list, reps: int, warmup: int = 3) -> float:
@@ -110,7 +115,7 @@ def conv_shapes(model_name: str, size: int) -> list[dict]:
 
 
 def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
-                methods: tuple[str, ...] = ("dense", "cusparselt", "mma_sp")) -> dict:
+                methods: tuple[str, ...] = METHODS) -> dict:
     cin, cout, k, st, pd, h, w = s["cin"], s["cout"], s["k"], s["stride"], s["pad"], s["h"], s["w"]
     ho, wo = (h + 2 * pd - k) // st + 1, (w + 2 * pd - k) // st + 1
     flops = 2.0 * batch * ho * wo * cout * cin * k * k
@@ -137,22 +142,27 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
             row["cusparselt_ms"] = time_ms(lambda x: cs(x, "silu"), xs, reps)
         except Exception as e:  # noqa: BLE001
             LOGGER.warning("cuSPARSELt %s: %s", s, e)
-    row["mma_sp_ms"] = NAN
-    if "mma_sp" in methods and cin % 8 == 0:
+    p = pack_mma_sp_weight(wt, dtype=dtype).to("cuda") if cin % 8 == 0 else None
+    for m, kernel in MMA_SP_METHODS.items():
+        row[f"{m}_ms"] = NAN
+        if m not in methods or p is None:
+            continue
         try:
-            p = pack_mma_sp_weight(wt, dtype=dtype).to("cuda")
-            row["mma_sp_ms"] = time_ms(
-                lambda x: ops.sparse_conv2d_24(x, p.values, p.meta, cout, k, bias, st, pd, "silu"), xs, reps)
+            row[f"{m}_ms"] = time_ms(
+                lambda x, kernel=kernel: ops.sparse_conv2d_24(x, p.values, p.meta, cout, k, bias, st, pd, "silu",
+                                                              kernel=kernel), xs, reps)
             # correctness on the timed shape, against the dense masked conv (fp32 reference)
-            y = ops.sparse_conv2d_24(xs[0][0][:1], p.values, p.meta, cout, k, bias, st, pd, "silu").float()
+            y = ops.sparse_conv2d_24(xs[0][0][:1], p.values, p.meta, cout, k, bias, st, pd, "silu",
+                                     kernel=kernel).float()
             ref = F.silu(F.conv2d(xs[0][0][:1].float(), wd.float(), bias, st, pd))
-            row["mma_sp_rel_err"] = float((y - ref).norm() / ref.norm())
+            row[f"{m}_rel_err"] = float((y - ref).norm() / ref.norm())
         except Exception as e:  # noqa: BLE001
-            LOGGER.warning("mma_sp %s: %s", s, e)
-    for m in ("dense", "cusparselt", "mma_sp"):
+            LOGGER.warning("%s %s: %s", m, s, e)
+    for m in METHODS:
         t = row[f"{m}_ms"]
         row[f"{m}_TFLOPs"] = flops / (t * 1e-3) / 1e12 if t == t else NAN
-    row["speedup_mma_sp"] = row["dense_ms"] / row["mma_sp_ms"] if row["mma_sp_ms"] == row["mma_sp_ms"] else NAN
+    for m in MMA_SP_METHODS:
+        row[f"speedup_{m}"] = row["dense_ms"] / row[f"{m}_ms"] if row[f"{m}_ms"] == row[f"{m}_ms"] else NAN
     del xs
     torch.cuda.empty_cache()
     return row
@@ -204,20 +214,36 @@ def end_to_end(model_name: str, batch: int, size: int, dtype: torch.dtype, reps:
     return row
 
 
+def speedup_summary(layers: list[dict]) -> list[str]:
+    """Median speedup over cuDNN of each kernel, on all measured layers and on the large ones (Cin, Cout >= 256)."""
+    out = []
+    for m, kernel in MMA_SP_METHODS.items():
+        for label, keep in (("all layers", lambda r: True), ("Cin, Cout >= 256", lambda r: min(r["cin"], r["cout"]) >= 256)):
+            v = [r[f"speedup_{m}"] for r in layers if keep(r) and r.get(f"speedup_{m}", NAN) == r.get(f"speedup_{m}")]
+            if v:
+                out.append(f"- {kernel}, {label}: median speedup {statistics.median(v):.2f}x over {len(v)} shapes "
+                           f"(range {min(v):.2f}x-{max(v):.2f}x)")
+    return out
+
+
 def markdown(res: dict) -> str:
     env, c = res["environment"], res["ceilings"]
     lines = [f"## 2:4 sparse convolution on {env['gpu']} ({res['dtype']}, batch {res['batch']})", "",
              f"torch {env['torch']}, CUDA {env['cuda']}, {env['date']}. Ceilings: copy "
              f"{c.get('copy_GBps', NAN):.0f} GB/s, dense fp16 GEMM {c.get('gemm_fp16_TFLOPs', NAN):.0f} TFLOP/s. "
              f"cuSPARSELt: {res.get('cusparselt_status', '?')}.",
-             "", "| Cin | Cout | k | s | in HxW | n | dense ms | cuSPARSELt ms | mma.sp ms | dense TF/s | cuSPARSELt TF/s "
-             "| mma.sp TF/s | mma.sp speedup | rel err |", "|" + "---|" * 14]
+             "", "| Cin | Cout | k | s | in HxW | n | dense ms | cuSPARSELt ms | tile64 ms | tile128 ms | dense TF/s "
+             "| cuSPARSELt TF/s | tile64 TF/s | tile128 TF/s | tile64 speedup | tile128 speedup | rel err tile64 / "
+             "tile128 |", "|" + "---|" * 17]
     for r in res["layers"]:
         lines.append(
             f"| {r['cin']} | {r['cout']} | {r['k']} | {r['stride']} | {r['h']}x{r['w']} | {r['count']} | "
-            f"{r['dense_ms']:.3f} | {r['cusparselt_ms']:.3f} | {r['mma_sp_ms']:.3f} | {r['dense_TFLOPs']:.0f} | "
-            f"{r['cusparselt_TFLOPs']:.0f} | {r['mma_sp_TFLOPs']:.0f} | {r['speedup_mma_sp']:.2f} | "
-            f"{r.get('mma_sp_rel_err', NAN):.1e} |")
+            f"{r['dense_ms']:.3f} | {r['cusparselt_ms']:.3f} | {r.get('mma_sp_ms', NAN):.3f} | "
+            f"{r.get('mma_sp_tile128_ms', NAN):.3f} | {r['dense_TFLOPs']:.0f} | {r['cusparselt_TFLOPs']:.0f} | "
+            f"{r.get('mma_sp_TFLOPs', NAN):.0f} | {r.get('mma_sp_tile128_TFLOPs', NAN):.0f} | "
+            f"{r.get('speedup_mma_sp', NAN):.2f} | {r.get('speedup_mma_sp_tile128', NAN):.2f} | "
+            f"{r.get('mma_sp_rel_err', NAN):.1e} / {r.get('mma_sp_tile128_rel_err', NAN):.1e} |")
+    lines += [""] + speedup_summary(res["layers"])
     if res["end_to_end"]:
         lines += ["", "| model | dense infer ms | dense NMS ms | 2:4 infer ms | 2:4 NMS ms | infer speedup | "
                   "infer+NMS speedup | 2:4 layer backends |", "|" + "---|" * 8]
@@ -236,8 +262,7 @@ def main() -> None:
     ap.add_argument("--layers-model", default="yolov5x")
     ap.add_argument("--models", nargs="*", default=["yolov5s", "yolov5x"], help="end-to-end models")
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--methods", nargs="+", default=["dense", "cusparselt", "mma_sp"],
-                    choices=["dense", "cusparselt", "mma_sp"], help="per-layer methods")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="per-layer methods")
     ap.add_argument("--layers", nargs="*", type=int, default=None,
                     help="indices of the layer shapes to run (default all); --layers with no index: none")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for .json and .md")
@@ -271,14 +296,15 @@ def main() -> None:
     shapes = conv_shapes(args.layers_model, args.size)
     if args.layers is not None:
         shapes = [shapes[i] for i in args.layers if i < len(shapes)]
-    if "cusparselt" in args.methods and "mma_sp" not in args.methods:  # a cuSPARSELt-only run: its 1x1 layers
+    if "cusparselt" in args.methods and not set(MMA_SP_METHODS) & set(args.methods):  # cuSPARSELt only: 1x1 layers
         shapes = [s for s in shapes if s["k"] == 1 and s["stride"] == 1 and s["pad"] == 0]
     for s in shapes:
         r = bench_layer(s, args.batch, dtype, l2, args.reps, tuple(args.methods))
         res["layers"].append(r)
         print(f"{s['cin']:>5} {s['cout']:>5} k{s['k']} s{s['stride']} {s['h']}x{s['w']}: dense {r['dense_ms']:.3f} "
-              f"cslt {r['cusparselt_ms']:.3f} mma.sp {r['mma_sp_ms']:.3f} ms ({r['speedup_mma_sp']:.2f}x) "
-              f"err {r.get('mma_sp_rel_err', NAN):.1e}", flush=True)
+              f"cslt {r['cusparselt_ms']:.3f} tile64 {r['mma_sp_ms']:.3f} ({r['speedup_mma_sp']:.2f}x, err "
+              f"{r.get('mma_sp_rel_err', NAN):.1e}) tile128 {r['mma_sp_tile128_ms']:.3f} "
+              f"({r['speedup_mma_sp_tile128']:.2f}x, err {r.get('mma_sp_tile128_rel_err', NAN):.1e}) ms", flush=True)
         save()
     for name in args.models:
         r = end_to_end(name, args.batch, args.size, dtype, args.reps)
