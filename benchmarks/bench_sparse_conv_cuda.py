@@ -5,7 +5,7 @@
 2. Per unique conv shape of yolov5x at ``--batch`` x 640 x 640 (default 32, fp16, channels_last), 2:4 weights
    along Cin, fused bias + SiLU in every method: cuDNN ``F.conv2d`` + SiLU (dense), cuSPARSELt (1x1, stride 1
    only: one GEMM over NHWC, weight compressed once, default algorithm), ``sparseyolo::sparse_conv2d_24`` with
-   its two kernels (``mma_sp``: tile64, ``mma_sp_tile128``: tile128), each also checked against the fp32 dense
+   its kernels (``mma_sp``: tile64, ``mma_sp_tile128``: tile128, ...), each also checked against the fp32 dense
    conv on the timed shape (``rel err``). The summary gives the median speedup over cuDNN on all layers and on the
    large ones (Cin, Cout >= 256).
    TFLOP/s count the dense-equivalent 2*N*Ho*Wo*Cout*Cin*KH*KW, so sparse and dense rates compare directly.
@@ -45,7 +45,8 @@ from sparseyolo.sparse.cuda_backend import CusparseLtConv1x1, cusparselt_status 
 
 LOGGER = logging.getLogger("bench_sparse_conv_cuda")
 NAN = float("nan")
-MMA_SP_METHODS = {"mma_sp": "tile64", "mma_sp_tile128": "tile128"}  # method -> sparse_conv2d_24's kernel=
+MMA_SP_METHODS = {"mma_sp": "tile64", "mma_sp_tile128": "tile128", "mma_sp_tile128x256": "tile128x256",
+                  "mma_sp_tile256x128": "tile256x128"}  # method -> sparse_conv2d_24's kernel=
 METHODS = ("dense", "cusparselt", *MMA_SP_METHODS)
 
 

@@ -126,7 +126,7 @@ run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 
 # cuSPARSELt runs in its own process: on the H200 (torch 2.11) a failing cuSPARSELt call has left the CUDA
 # context unusable, which would end the main benchmark.
 run_stage bench_sparse_conv 300 env SPARSEYOLO_CUSPARSELT=0 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 \
-  --dtype fp16 --reps 10 --methods dense mma_sp mma_sp_tile128 --out "$OUT" --name sparse_conv_cuda
+  --dtype fp16 --reps 10 --methods dense mma_sp mma_sp_tile128 mma_sp_tile128x256 mma_sp_tile256x128 --out "$OUT" --name sparse_conv_cuda
 run_stage bench_cusparselt 90 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
   --methods dense cusparselt --models --out "$OUT" --name sparse_conv_cuda_cslt
 

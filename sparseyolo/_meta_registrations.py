@@ -208,7 +208,7 @@ def _sparse_conv2d_fake(
     return input.new_empty((input.shape[0], cout, ho, wo))
 
 
-SPARSE_CONV2D_24_KERNELS = ("default", "tile64", "tile128")
+SPARSE_CONV2D_24_KERNELS = ("default", "tile64", "tile128", "tile128x256", "tile256x128")
 
 
 @torch.library.register_fake("sparseyolo::sparse_conv2d_24")
@@ -226,7 +226,8 @@ def _sparse_conv2d_24_fake(
 ) -> torch.Tensor:
     op = "sparseyolo::sparse_conv2d_24"
     torch._check(kernel in SPARSE_CONV2D_24_KERNELS,
-                 lambda: f"{op}: kernel should be 'default', 'tile64' or 'tile128', got '{kernel}'")
+                 lambda: f"{op}: kernel should be one of {', '.join(map(repr, SPARSE_CONV2D_24_KERNELS))}, "
+                         f"got '{kernel}'")
     torch._check(input.dim() == 4, lambda: f"{op}: input should be a 4D tensor [N, Cin, H, W], got {input.dim()}D")
     torch._check(input.dtype in (torch.float16, torch.bfloat16),
                  lambda: f"{op}: input should be float16 or bfloat16, got {input.dtype}")

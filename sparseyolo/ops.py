@@ -297,10 +297,11 @@ def sparse_conv2d_24(
         bias (Tensor[Cout] float32, optional).
         stride, padding: as in ``F.conv2d`` (zero padding, groups = 1, dilation = 1).
         activation: ``"identity"`` or ``"silu"`` (fused in the epilogue, in fp32).
-        kernel: which CUDA kernel (``csrc/kernels/cuda/sparse_conv2d_24_device.cuh``): ``"tile64"`` (64 x 128
-            tile, two stages; checked on an H200), ``"tile128"`` (128 x 128 tile, 64-channel k-step, 4-stage
-            cp.async pipeline; so far checked only under the CPU SIMT emulator), or ``"default"`` (``"tile64"``).
-            Both give the same results up to fp32 summation order. The CPU backend checks the name and ignores it.
+        kernel: which CUDA kernel (``csrc/kernels/cuda/sparse_conv2d_24_device.cuh``), named by its tile (Cout x
+            pixels): ``"tile64"`` (64 x 128, two stages; checked on an H200), ``"tile128"`` (128 x 128),
+            ``"tile128x256"``, ``"tile256x128"`` (64-channel k-step, up to 4-stage cp.async pipeline; so far checked
+            only under the CPU SIMT emulator), or ``"default"`` (``"tile64"``). All give the same results up to
+            fp32 summation order. The CPU backend checks the name and ignores it.
 
     Returns:
         Tensor[N, Cout, H', W'] in the input's dtype, channels_last.

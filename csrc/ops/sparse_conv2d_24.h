@@ -15,14 +15,15 @@ namespace ops {
 inline int64_t sparse_conv2d_24_row_tiles(int64_t cout) { return (cout + 63) / 64 * 4; }
 inline int64_t sparse_conv2d_24_k_blocks(int64_t cin, int64_t kh, int64_t kw) { return kh * kw * ((cin + 31) / 32); }
 
-// The CUDA kernel named by the op's `kernel` argument (kernels::kVariant* in kernels/cuda/sparse_conv2d_24.h):
-// "default" 0, "tile64" 1, "tile128" 2.
+// The CUDA kernel named by the op's `kernel` argument: its index is kernels::kVariant* (kernels/cuda/
+// sparse_conv2d_24.h), in this order.
+constexpr const char* kSparseConv2d24Kernels[] = {"default", "tile64", "tile128", "tile128x256", "tile256x128"};
+
 inline int sparse_conv2d_24_variant(c10::string_view kernel) {
-  if (kernel == "default") return 0;
-  if (kernel == "tile64") return 1;
-  if (kernel == "tile128") return 2;
-  TORCH_CHECK(false, "sparseyolo::sparse_conv2d_24: kernel should be 'default', 'tile64' or 'tile128', got '",
-              std::string(kernel), "'");
+  for (int i = 0; i < 5; ++i)
+    if (kernel == kSparseConv2d24Kernels[i]) return i;
+  TORCH_CHECK(false, "sparseyolo::sparse_conv2d_24: kernel should be one of 'default', 'tile64', 'tile128', "
+              "'tile128x256', 'tile256x128', got '", std::string(kernel), "'");
   return 0;
 }
 

@@ -4,8 +4,8 @@ For a CUDA input, :func:`cuda_forward` runs the layer on one of:
 
 * ``"mma_sp"``: :func:`sparseyolo.ops.sparse_conv2d_24` (our implicit-GEMM ``mma.sp`` kernel, 1x1 and 3x3,
   any stride/padding, fused bias + SiLU), for fp16/bf16 inputs of a 2:4 layer with ``Cin % 8 == 0``;
-* ``"mma_sp_tile128"``: the same op with its second kernel (``kernel="tile128"``: 128 x 128 tile, 4-stage
-  pipeline), same conditions;
+* ``"mma_sp_tile128"``, ``"mma_sp_tile128x256"``, ``"mma_sp_tile256x128"``: the same op with its big-tile kernels
+  (``kernel="tile128"`` ...: 64-channel k-steps, multi-stage pipeline), same conditions;
 * ``"cusparselt"``: 1x1, stride 1, unpadded convs as one GEMM over NHWC through PyTorch's cuSPARSELt binding
   (``torch._cslt_compress`` / ``torch._cslt_sparse_mm``), the weight compressed once, at the first call, and
   only where :func:`cusparselt_status` found the binding working (a check in a subprocess);
@@ -33,8 +33,9 @@ from sparseyolo.sparse.mma_sp import MmaSpWeight, is_24_sparse, pack_mma_sp_weig
 
 LOGGER = logging.getLogger(__name__)
 
-GPU_BACKENDS = ("auto", "mma_sp", "mma_sp_tile128", "cusparselt", "dense")
-_MMA_SP_KERNELS = {"mma_sp": "default", "mma_sp_tile128": "tile128"}
+_MMA_SP_KERNELS = {"mma_sp": "default", "mma_sp_tile128": "tile128", "mma_sp_tile128x256": "tile128x256",
+                   "mma_sp_tile256x128": "tile256x128"}
+GPU_BACKENDS = ("auto", *_MMA_SP_KERNELS, "cusparselt", "dense")
 # Largest relative L2 difference from cuDNN's output that `auto` accepts: both round the same fp32-accumulated
 # sums to the output dtype (~3e-4 fp16, ~2e-3 bf16 relative), so a correct backend stays far below; a wrong one is
 # off by O(1).
@@ -212,7 +213,7 @@ def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
     if not reason:
         if st.packed is None:
             st.packed = pack_mma_sp_weight(st.dense_w, dtype=x.dtype).to(x.device)
-        candidates += ["mma_sp", "mma_sp_tile128"]
+        candidates += list(_MMA_SP_KERNELS)
         is_1x1 = module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding == (0, 0)
         if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
             why = cusparselt_status()

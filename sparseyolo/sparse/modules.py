@@ -60,8 +60,7 @@ class SparseConv2d(nn.Module):
         self.register_buffer("row_ptr", packed.row_ptr)
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).contiguous().clone())
         self._warned = False
-        # CUDA inputs (sparseyolo.sparse.cuda_backend): "auto", "mma_sp", "mma_sp_tile128",
-        # "cusparselt" or "dense".
+        # CUDA inputs: one of sparseyolo.sparse.cuda_backend.GPU_BACKENDS ("auto", "mma_sp", ..., "dense").
         self.gpu_backend = "auto"
 
     @classmethod

@@ -117,6 +117,18 @@ void pack(const std::vector<float>& w, const Case& c, std::vector<T>& values, st
     }
 }
 
+constexpr int kVariants[] = {k::kVariantTile64, k::kVariantTile128, k::kVariantTile128x256, k::kVariantTile256x128};
+
+inline const char* variant_name(int variant) {
+  switch (variant) {
+    case k::kVariantTile64: return "tile64";
+    case k::kVariantTile128: return "tile128";
+    case k::kVariantTile128x256: return "tile128x256";
+    case k::kVariantTile256x128: return "tile256x128";
+    default: return "?";
+  }
+}
+
 // Kernel parameters for `c` (pointers left null).
 inline k::SparseConv24Params params(const Case& c, int variant) {
   k::SparseConv24Params p{};

@@ -44,7 +44,9 @@ struct SparseConv24Params {
 // Kernels of the 2:4 convolution (described in sparse_conv2d_24_device.cuh). Both read the same weight format.
 constexpr int kVariantDefault = 0;   // currently kVariantTile64, the kernel checked on hardware
 constexpr int kVariantTile64 = 1;    // 64 x 128 tile, k-step 32, 2 stages, weights from L1/L2
-constexpr int kVariantTile128 = 2;   // 128 x 128 tile, k-step 64, 4-stage cp.async pipeline, weights via smem
+constexpr int kVariantTile128 = 2;      // 128 x 128 tile, k-step 64, up to 4-stage cp.async pipeline, weights via smem
+constexpr int kVariantTile128x256 = 3;  // the same with a 128 (Cout) x 256 (pixel) tile
+constexpr int kVariantTile256x128 = 4;  // the same with a 256 (Cout) x 128 (pixel) tile
 
 // Row tiles of 16 output channels the packed weight must have for `cout` (a multiple of the 64-channel
 // block tile, so a block never reads past the weight).

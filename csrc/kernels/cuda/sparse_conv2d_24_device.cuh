@@ -9,13 +9,15 @@
 // bounds-checked. That is how the kernels' indexing and pipelining are tested on machines without a GPU.
 //
 // Kernels (GEMM view D[Cout, P] = W[Cout, K] * X[K, P], see sparse_conv2d_24.h):
-//   kVariantTile64  64 x 128 tile, 4 warps, k-step 32, two cp.async stages for the activations, weights read
-//                   from global memory (L1/L2) into registers. The first kernel; checked on an H200.
-//   kVariantTile128 128 x 128 tile, 8 warps (2 x 4, warp tile 64 x 32), k-step 64 (two mma k-blocks per
-//                   barrier), a kStages-deep cp.async pipeline carrying both the activations and the compressed
-//                   weights + metadata through shared memory, one barrier per k-step, activation rows XOR-swizzled
-//                   for conflict-free ldmatrix, blocks ordered Cout-tile-fastest so that the blocks running at
-//                   once share their activation tile in L2.
+//   kVariantTile64   64 x 128 tile, 4 warps, k-step 32, two cp.async stages for the activations, weights read
+//                    from global memory (L1/L2) into registers. The first kernel; checked on an H200.
+//   kVariantTile128, kVariantTile128x256, kVariantTile256x128: one templated kernel (sparse_conv24_bigtile) with
+//                    a 128 x 128, 128 x 256 or 256 x 128 (Cout x pixels) tile and 8 warps (warp tiles 64 x 32 or
+//                    64 x 64), k-step 64 (two mma k-blocks per barrier), a 4-stage cp.async pipeline (3 or 2 where
+//                    the GPU gives a block less shared memory) carrying both the activations and the compressed
+//                    weights + metadata through shared memory, one barrier per k-step, activation rows
+//                    XOR-swizzled for conflict-free ldmatrix, blocks ordered Cout-tile-fastest so that the blocks
+//                    running at once share their activation tile in L2. So far run only under the emulator.
 #pragma once
 
 #include <cstdint>
@@ -306,39 +308,61 @@ __global__ void __launch_bounds__(tile64::kThreads) sparse_conv24_tile64(SparseC
 #endif
 }
 
-// ---- kVariantTile128: 128 x 128 tile, k-step 64, kStages-deep cp.async pipeline ------------------------------
+// ---- kVariantTile128 / Tile128x256 / Tile256x128: big tiles, k-step 64, multi-stage cp.async pipeline -------
 //
+// Block tile BM (Cout) x BN (pixels) = (kWarpsM * kTilesM * 16) x (kWarpsN * kTilesN * 8); warp w = (w % kWarpsM,
+// w / kWarpsM) owns kTilesM row tiles of 16 channels x kTilesN column tiles of 8 pixels.
 // Shared memory per stage (k-step ks covers k-blocks kb = 2ks, 2ks+1 of 32 dense weight columns each):
-//   B  [128 pixels][64 channels]: 128-byte rows, 16-byte chunk c of row r stored at chunk c ^ (r & 7), so the 8
+//   B  [BN pixels][64 channels]: 128-byte rows, 16-byte chunk c of row r stored at chunk c ^ (r & 7), so the 8
 //      rows an ldmatrix phase reads sit in 8 different bank groups. Chunks 0-3 hold k-block 2ks (its tap and
-//      32-channel block), 4-7 k-block 2ks+1; each thread gathers one pixel's half row (4 cp.async).
-//   A  [8 row tiles][2 k-blocks][32 lanes] uint4: the packed fragments, copied as they are (16 contiguous
-//      bytes per lane), then meta [8 row tiles][2 k-blocks][16] words. Row tiles past the packed weight (Cout
-//      rounded to 64, not 128) and k-blocks past K are zero-filled.
-// Warp (wm, wn) = (w & 1, w >> 1) owns 64 channels (4 row tiles) x 32 pixels (4 column tiles): 16 mma.sp per
-// k-block between 4 A loads (LDS.128 + LDS.32) and 4 ldmatrix.x4.
-namespace tile128 {
-constexpr int kBM = 128, kBN = 128, kThreads = 256;
-constexpr int kRowBytes = 128;                           // 64 channels, swizzled, no padding
-constexpr int kBBytes = kBN * kRowBytes;                 // 16384
-constexpr int kAValBytes = 8 * 2 * 32 * 16;              // 8192
-constexpr int kAMetaBytes = 8 * 2 * 16 * 4;              // 1024
-constexpr int kStageBytes = kBBytes + kAValBytes + kAMetaBytes;  // 25600
-constexpr int kOutStride = kBM + 8;
-constexpr int smem_bytes(int stages) { return stages * kStageBytes; }
-}  // namespace tile128
+//      32-channel block), 4-7 k-block 2ks+1; a gather job is one pixel's half row (4 cp.async).
+//   A  [BM/16 row tiles][2 k-blocks][32 lanes] uint4: the packed fragments, copied as they are (16 contiguous
+//      bytes per lane), then meta [BM/16][2][16] words. Row tiles past the packed weight (Cout rounded to 64) and
+//      k-blocks past K are zero-filled.
+// Per k-block a warp issues kTilesM x kTilesN mma.sp between kTilesM A loads (LDS.128 + LDS.32) and kTilesN
+// ldmatrix.x4. One __syncthreads per k-step. Blocks are ordered Cout-tile-fastest, so the blocks resident at
+// once share their activation tile in L2.
+template <int kWarpsM, int kWarpsN, int kTilesM, int kTilesN>
+struct BigTile {
+  static constexpr int kWarpsM_ = kWarpsM, kTilesM_ = kTilesM, kTilesN_ = kTilesN;
+  static constexpr int kBM = kWarpsM * kTilesM * 16, kBN = kWarpsN * kTilesN * 8;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kRowTiles = kBM / 16;
+  static constexpr int kRowBytes = 128;                    // 64 channels, swizzled, no padding
+  static constexpr int kBBytes = kBN * kRowBytes;
+  static constexpr int kAValBytes = kRowTiles * 2 * 32 * 16;
+  static constexpr int kAMetaBytes = kRowTiles * 2 * 16 * 4;
+  static constexpr int kStageBytes = kBBytes + kAValBytes + kAMetaBytes;
+  static constexpr int kOutStride = kBM + 8;               // halves per staged output row
+  // Blocks per SM the register allocation must allow: 2 for 64 x 32 warp tiles (<= 128 registers; ptxas gave
+  // 141 on sm_80 otherwise), 1 for 64 x 64 (128 fp32 accumulators per thread).
+  static constexpr int kMinBlocks = kTilesN <= 4 ? 2 : 1;
+  static constexpr int kGatherJobs = kBN * 2 / kThreads;   // (pixel, half row) jobs per thread
+  static constexpr int kAValChunks = kAValBytes / 16 / kThreads;
+  static constexpr int kMetaChunks = kAMetaBytes / 16;     // <= kThreads
+  static_assert(kBN * 2 % kThreads == 0 && kGatherJobs >= 1, "gather jobs must divide evenly");
+  static_assert(kAValBytes / 16 % kThreads == 0 && kAValChunks >= 1, "weight chunks must divide evenly");
+  static_assert(kMetaChunks <= kThreads, "one metadata chunk per thread at most");
+  static constexpr int smem_bytes(int stages) {
+    return stages * kStageBytes > kBN * kOutStride * 2 ? stages * kStageBytes : kBN * kOutStride * 2;
+  }
+};
+using Tile128 = BigTile<2, 4, 4, 4>;     // 128 x 128, 8 warps of 64 x 32
+using Tile128x256 = BigTile<2, 4, 4, 8>; // 128 x 256, 8 warps of 64 x 64
+using Tile256x128 = BigTile<4, 2, 4, 8>; // 256 x 128, 8 warps of 64 x 64
 
-template <typename T, int kStages>
-__global__ void __launch_bounds__(tile128::kThreads) sparse_conv24_tile128(SparseConv24Params p) {
+template <typename T, typename Cfg, int kStages>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_bigtile(SparseConv24Params p) {
 #ifdef SPARSEYOLO_SPCONV24_BODY
-  using namespace tile128;
   static_assert(kStages >= 2, "at least double buffering");
-  static_assert(kBN * kOutStride * 2 <= kStages * kStageBytes, "epilogue tile must fit in the stages");
+  constexpr int kBM = Cfg::kBM, kBN = Cfg::kBN, kThreads = Cfg::kThreads, kRowBytes = Cfg::kRowBytes;
+  constexpr int kBBytes = Cfg::kBBytes, kAValBytes = Cfg::kAValBytes, kStageBytes = Cfg::kStageBytes;
+  constexpr int kTilesM = Cfg::kTilesM_, kTilesN = Cfg::kTilesN_, kWarpsM = Cfg::kWarpsM_;
   SPARSEYOLO_DYNAMIC_SMEM(smem);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int wm = warp & 1, wn = warp >> 1;
+  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
   const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
   const int cout_tiles = (p.cout + kBM - 1) / kBM;
   const int64_t bid = blockIdx.x;
@@ -350,17 +374,22 @@ __global__ void __launch_bounds__(tile128::kThreads) sparse_conv24_tile128(Spars
   const int packed_tiles = (p.cout + 63) / 64 * 4;  // sparse_conv24_row_tiles (host-only)
   const int mt_block = cout0 >> 4;
 
-  // Gather role: pixel tid / 2, k-block 2ks + (tid & 1).
-  const int my_row = tid >> 1, my_half = tid & 1;
-  const int64_t my_pix = pix0 + my_row;
-  const bool pix_ok = my_pix < npix;
-  int img = 0, hi0 = 0, wi0 = 0;
-  if (pix_ok) {
-    const int64_t hw = static_cast<int64_t>(p.ho) * p.wo;
-    img = static_cast<int>(my_pix / hw);
-    const int rem = static_cast<int>(my_pix - static_cast<int64_t>(img) * hw);
-    hi0 = (rem / p.wo) * p.stride_h - p.pad_h;
-    wi0 = (rem % p.wo) * p.stride_w - p.pad_w;
+  // Gather jobs: job j of this thread is pixel row (tid >> 1) + j * (kThreads / 2), half (tid & 1).
+  const int my_half = tid & 1;
+  int img[Cfg::kGatherJobs], hi0[Cfg::kGatherJobs], wi0[Cfg::kGatherJobs];
+  bool pix_ok[Cfg::kGatherJobs];
+#pragma unroll
+  for (int j = 0; j < Cfg::kGatherJobs; ++j) {
+    const int64_t pix = pix0 + (tid >> 1) + j * (kThreads / 2);
+    pix_ok[j] = pix < npix;
+    img[j] = hi0[j] = wi0[j] = 0;
+    if (pix_ok[j]) {
+      const int64_t hw = static_cast<int64_t>(p.ho) * p.wo;
+      img[j] = static_cast<int>(pix / hw);
+      const int rem = static_cast<int>(pix - static_cast<int64_t>(img[j]) * hw);
+      hi0[j] = (rem / p.wo) * p.stride_h - p.pad_h;
+      wi0[j] = (rem % p.wo) * p.stride_w - p.pad_w;
+    }
   }
   const T* x = static_cast<const T*>(p.input);
   const uint4* vals = static_cast<const uint4*>(p.values);
@@ -368,26 +397,30 @@ __global__ void __launch_bounds__(tile128::kThreads) sparse_conv24_tile128(Spars
 
   auto load_stage = [&](int ks, int stage) {
     const uint32_t sb = smem_base + stage * kStageBytes;
-    {  // B: this thread's half row
+    {  // B: this thread's half rows
       const int kb = 2 * ks + my_half;
       const int tap = kb / cin_blocks, cb = kb - tap * cin_blocks;
       const int r = tap / p.kw, s = tap - r * p.kw;
-      const int hi = hi0 + r, wi = wi0 + s;
-      const bool ok = pix_ok && kb < num_k && hi >= 0 && hi < p.h && wi >= 0 && wi < p.w;
-      const T* src_row = x + ((static_cast<int64_t>(img) * p.h + hi) * p.w + wi) * p.cin;
-      const uint32_t dst_row = sb + my_row * kRowBytes;
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int c = cb * 32 + q * 8;
-        const bool in = ok && c < p.cin;  // Cin % 8 == 0: a 16-byte chunk is all in or all out
-        const int chunk = (my_half * 4 + q) ^ (my_row & 7);
-        cp_async16(dst_row + chunk * 16, in ? static_cast<const void*>(src_row + c) : static_cast<const void*>(x),
-                   in ? 16 : 0);
+      for (int j = 0; j < Cfg::kGatherJobs; ++j) {
+        const int row = (tid >> 1) + j * (kThreads / 2);
+        const int hi = hi0[j] + r, wi = wi0[j] + s;
+        const bool ok = pix_ok[j] && kb < num_k && hi >= 0 && hi < p.h && wi >= 0 && wi < p.w;
+        const T* src_row = x + ((static_cast<int64_t>(img[j]) * p.h + hi) * p.w + wi) * p.cin;
+        const uint32_t dst_row = sb + row * kRowBytes;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int c = cb * 32 + q * 8;
+          const bool in = ok && c < p.cin;  // Cin % 8 == 0: a 16-byte chunk is all in or all out
+          const int chunk = (my_half * 4 + q) ^ (row & 7);
+          cp_async16(dst_row + chunk * 16, in ? static_cast<const void*>(src_row + c) : static_cast<const void*>(x),
+                     in ? 16 : 0);
+        }
       }
     }
-    // A values: 512 chunks of 16 bytes, 2 per thread; chunk i = (row tile i / 64, k-block (i / 32) & 1, lane).
+    // A values: chunk i = (row tile i / 64, k-block (i / 32) & 1, lane i % 32).
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < Cfg::kAValChunks; ++j) {
       const int i = tid + j * kThreads;
       const int mt = i >> 6, sub = (i >> 5) & 1, ln = i & 31;
       const int kb = 2 * ks + sub;
@@ -396,8 +429,8 @@ __global__ void __launch_bounds__(tile128::kThreads) sparse_conv24_tile128(Spars
       cp_async16(sb + kBBytes + i * 16, in ? static_cast<const void*>(vals + frag * 32 + ln) : p.values,
                  in ? 16 : 0);
     }
-    // Metadata: 64 chunks of 4 words; chunk i = (row tile i / 8, k-block (i / 4) & 1, words 4 (i & 3) ..).
-    if (tid < 64) {
+    // Metadata: chunk i = (row tile i / 8, k-block (i / 4) & 1, words 4 (i & 3) .. +3).
+    if (tid < Cfg::kMetaChunks) {
       const int mt = tid >> 3, sub = (tid >> 2) & 1, q = tid & 3;
       const int kb = 2 * ks + sub;
       const bool in = mt_block + mt < packed_tiles && kb < num_k;
@@ -408,11 +441,11 @@ __global__ void __launch_bounds__(tile128::kThreads) sparse_conv24_tile128(Spars
     }
   };
 
-  float acc[4][4][4];
+  float acc[kTilesM][kTilesN][4];
 #pragma unroll
-  for (int mt = 0; mt < 4; ++mt)
+  for (int mt = 0; mt < kTilesM; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int nt = 0; nt < kTilesN; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
 
@@ -424,9 +457,9 @@ __global__ void __launch_bounds__(tile128::kThreads) sparse_conv24_tile128(Spars
     cp_async_commit();
   }
 
-  // This lane's ldmatrix row within a stage: pixel wn*32 + nt*8 + (lane & 7) (so row & 7 = lane & 7), logical
-  // chunk 4*sub + (lane >> 3).
-  const uint32_t b_row = (wn * 32 + (lane & 7)) * kRowBytes;
+  // This lane's ldmatrix row within a stage: pixel wn * kTilesN * 8 + nt * 8 + (lane & 7) (so row & 7 = lane & 7),
+  // logical chunk 4 * sub + (lane >> 3).
+  const uint32_t b_row = (wn * kTilesN * 8 + (lane & 7)) * kRowBytes;
   const int b_swz = lane & 7;
 
 #pragma unroll 1
@@ -441,39 +474,40 @@ __global__ void __launch_bounds__(tile128::kThreads) sparse_conv24_tile128(Spars
 #pragma unroll
     for (int sub = 0; sub < 2; ++sub) {
       if (2 * ks + sub >= num_k) break;  // odd K: the last step has one k-block (same for the whole block)
-      uint4 a[4];
-      uint32_t e[4];
+      uint4 a[kTilesM];
+      uint32_t e[kTilesM];
 #pragma unroll
-      for (int mt = 0; mt < 4; ++mt) {
-        const int frag = (wm * 4 + mt) * 2 + sub;
+      for (int mt = 0; mt < kTilesM; ++mt) {
+        const int frag = (wm * kTilesM + mt) * 2 + sub;
         a[mt] = lds128(sb + kBBytes + (frag * 32 + lane) * 16);
         e[mt] = lds32(sb + kBBytes + kAValBytes + (frag * 16 + g * 2 + (t & 1)) * 4);
       }
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int nt = 0; nt < kTilesN; ++nt) {
         uint32_t b[4];
         ldmatrix_x4(b, sb + b_row + nt * 8 * kRowBytes + (((sub * 4 + (lane >> 3)) ^ b_swz) * 16));
 #pragma unroll
-        for (int mt = 0; mt < 4; ++mt) mma_sp_16832<T>(acc[mt][nt], a[mt], b, e[mt]);
+        for (int mt = 0; mt < kTilesM; ++mt) mma_sp_16832<T>(acc[mt][nt], a[mt], b, e[mt]);
       }
     }
   }
   cp_async_wait<0>();
   __syncthreads();  // all warps are done with the operand stages: the epilogue reuses them
 
+  constexpr int kOutStride = Cfg::kOutStride;
   T* tile = reinterpret_cast<T*>(smem);
 #pragma unroll
-  for (int mt = 0; mt < 4; ++mt) {
+  for (int mt = 0; mt < kTilesM; ++mt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int row = wm * 64 + mt * 16 + g + 8 * half;  // channel within the block
+      const int row = (wm * kTilesM + mt) * 16 + g + 8 * half;  // channel within the block
       const int co = cout0 + row;
       const float bv = (p.bias != nullptr && co < p.cout) ? p.bias[co] : 0.f;
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int nt = 0; nt < kTilesN; ++nt) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int col = wn * 32 + nt * 8 + 2 * t + j;  // pixel within the block
+          const int col = (wn * kTilesN + nt) * 8 + 2 * t + j;  // pixel within the block
           tile[col * kOutStride + row] = Traits<T>::from_float(epilogue(acc[mt][nt][2 * half + j], bv, p.silu));
         }
       }
@@ -503,37 +537,69 @@ __global__ void __launch_bounds__(tile128::kThreads) sparse_conv24_tile128(Spars
 
 // ---- dispatch ---------------------------------------------------------------------------------------------
 
-// The tile128 pipeline depth: 4 stages (100 KiB of shared memory) where the GPU allows a block that much (sm_80,
-// sm_90), else 3 (75 KiB; sm_86/sm_89 allow 99 KiB).
-constexpr int kTile128Stages = 4;
-constexpr int kTile128StagesSmall = 3;
-
 // The kernel of `variant` for `dtype` with its launch shape; `kernel` is null for a bad variant or dtype.
 struct Launch {
   void (*kernel)(SparseConv24Params) = nullptr;
   dim3 grid, block;
   int smem_bytes = 0;
+  int stages = 0;
 };
+
+// The deepest pipeline (4, 3 or 2 stages) whose shared memory fits `max_smem_bytes` (the device's opt-in limit
+// per block: 227 KiB on sm_90, 163 KiB on sm_80, 99 KiB on sm_86/sm_89).
+template <typename T, typename Cfg>
+inline Launch big_tile_launch(const SparseConv24Params& p, int max_smem_bytes) {
+  const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
+  Launch l;
+  if (Cfg::smem_bytes(4) <= max_smem_bytes) {
+    l.kernel = sparse_conv24_bigtile<T, Cfg, 4>;
+    l.stages = 4;
+  } else if (Cfg::smem_bytes(3) <= max_smem_bytes) {
+    l.kernel = sparse_conv24_bigtile<T, Cfg, 3>;
+    l.stages = 3;
+  } else {
+    l.kernel = sparse_conv24_bigtile<T, Cfg, 2>;
+    l.stages = 2;
+  }
+  const int64_t blocks = (npix + Cfg::kBN - 1) / Cfg::kBN * ((p.cout + Cfg::kBM - 1) / Cfg::kBM);
+  l.grid = dim3(static_cast<unsigned>(blocks));
+  l.block = dim3(Cfg::kThreads);
+  l.smem_bytes = Cfg::smem_bytes(l.stages);
+  return l;
+}
 
 template <typename T>
 inline Launch launch_for(const SparseConv24Params& p, int variant, int max_smem_bytes) {
   const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
   Launch l;
-  if (variant == kVariantTile64) {
-    l.kernel = sparse_conv24_tile64<T>;
-    l.grid = dim3(static_cast<unsigned>((npix + tile64::kBN - 1) / tile64::kBN),
-                  static_cast<unsigned>((p.cout + tile64::kBM - 1) / tile64::kBM));
-    l.block = dim3(tile64::kThreads);
-    l.smem_bytes = tile64::kSmemBytes;
-  } else if (variant == kVariantTile128) {
-    const bool deep = tile128::smem_bytes(kTile128Stages) <= max_smem_bytes;
-    l.kernel = deep ? sparse_conv24_tile128<T, kTile128Stages> : sparse_conv24_tile128<T, kTile128StagesSmall>;
-    const int64_t blocks = (npix + tile128::kBN - 1) / tile128::kBN * ((p.cout + tile128::kBM - 1) / tile128::kBM);
-    l.grid = dim3(static_cast<unsigned>(blocks));
-    l.block = dim3(tile128::kThreads);
-    l.smem_bytes = tile128::smem_bytes(deep ? kTile128Stages : kTile128StagesSmall);
+  switch (variant) {
+    case kVariantTile64:
+      l.kernel = sparse_conv24_tile64<T>;
+      l.grid = dim3(static_cast<unsigned>((npix + tile64::kBN - 1) / tile64::kBN),
+                    static_cast<unsigned>((p.cout + tile64::kBM - 1) / tile64::kBM));
+      l.block = dim3(tile64::kThreads);
+      l.smem_bytes = tile64::kSmemBytes;
+      l.stages = 2;
+      break;
+    case kVariantTile128: l = big_tile_launch<T, Tile128>(p, max_smem_bytes); break;
+    case kVariantTile128x256: l = big_tile_launch<T, Tile128x256>(p, max_smem_bytes); break;
+    case kVariantTile256x128: l = big_tile_launch<T, Tile256x128>(p, max_smem_bytes); break;
+    default: break;
   }
   return l;
+}
+
+// Number of blocks `variant` launches (checked against the grid limit before anything is instantiated).
+inline int64_t grid_blocks(const SparseConv24Params& p, int variant) {
+  const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
+  auto blocks = [&](int bm, int bn) { return (npix + bn - 1) / bn * ((p.cout + bm - 1) / bm); };
+  switch (variant) {
+    case kVariantTile64: return (npix + tile64::kBN - 1) / tile64::kBN;  // grid.x; grid.y = Cout tiles
+    case kVariantTile128: return blocks(Tile128::kBM, Tile128::kBN);
+    case kVariantTile128x256: return blocks(Tile128x256::kBM, Tile128x256::kBN);
+    case kVariantTile256x128: return blocks(Tile256x128::kBM, Tile256x128::kBN);
+    default: return 0;
+  }
 }
 
 // Checks the launch limits (grid size, `max_smem_bytes`: the device's opt-in shared memory per block) and resolves
@@ -543,10 +609,7 @@ inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, int max_sm
   const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
   if (npix == 0 || p.cout == 0) return cudaSuccess;
   const int variant = p.variant == kVariantDefault ? kVariantTile64 : p.variant;
-  const int64_t blocks = variant == kVariantTile128
-                             ? (npix + tile128::kBN - 1) / tile128::kBN * ((p.cout + tile128::kBM - 1) / tile128::kBM)
-                             : (npix + tile64::kBN - 1) / tile64::kBN;
-  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  if (grid_blocks(p, variant) > 0x7fffffff) return cudaErrorInvalidConfiguration;
   Launch l;
   switch (dtype) {
     case DType::kFloat16: l = launch_for<__half>(p, variant, max_smem_bytes); break;
