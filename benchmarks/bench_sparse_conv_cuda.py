@@ -46,7 +46,7 @@ from sparseyolo.sparse.cuda_backend import CusparseLtConv1x1, cusparselt_status 
 LOGGER = logging.getLogger("bench_sparse_conv_cuda")
 NAN = float("nan")
 MMA_SP_METHODS = {"mma_sp": "tile64", "mma_sp_tile128": "tile128", "mma_sp_tile128x256": "tile128x256",
-                  "mma_sp_tile256x128": "tile256x128"}  # method -> sparse_conv2d_24's kernel=
+                  "mma_sp_tile256x128": "tile256x128", "mma_sp_wgmma": "wgmma"}  # method -> kernel=
 METHODS = ("dense", "cusparselt", *MMA_SP_METHODS)
 
 
@@ -233,17 +233,24 @@ def markdown(res: dict) -> str:
              f"torch {env['torch']}, CUDA {env['cuda']}, {env['date']}. Ceilings: copy "
              f"{c.get('copy_GBps', NAN):.0f} GB/s, dense fp16 GEMM {c.get('gemm_fp16_TFLOPs', NAN):.0f} TFLOP/s. "
              f"cuSPARSELt: {res.get('cusparselt_status', '?')}.",
-             "", "| Cin | Cout | k | s | in HxW | n | dense ms | cuSPARSELt ms | tile64 ms | tile128 ms | dense TF/s "
-             "| cuSPARSELt TF/s | tile64 TF/s | tile128 TF/s | tile64 speedup | tile128 speedup | rel err tile64 / "
-             "tile128 |", "|" + "---|" * 17]
+             ""]
+    # One column group per mma.sp kernel that ran in this file.
+    ran = [m for m in MMA_SP_METHODS if any(r.get(f"{m}_ms", NAN) == r.get(f"{m}_ms") for r in res["layers"])]
+    names = [MMA_SP_METHODS[m] for m in ran]
+    lines += ["| Cin | Cout | k | s | in HxW | n | dense ms | cuSPARSELt ms | "
+              + "".join(f"{k} ms | " for k in names) + "dense TF/s | cuSPARSELt TF/s | "
+              + "".join(f"{k} TF/s | " for k in names) + "".join(f"{k} speedup | " for k in names)
+              + "rel err " + " / ".join(names) + " |",
+              "|" + "---|" * (11 + 3 * len(names))]
     for r in res["layers"]:
         lines.append(
             f"| {r['cin']} | {r['cout']} | {r['k']} | {r['stride']} | {r['h']}x{r['w']} | {r['count']} | "
-            f"{r['dense_ms']:.3f} | {r['cusparselt_ms']:.3f} | {r.get('mma_sp_ms', NAN):.3f} | "
-            f"{r.get('mma_sp_tile128_ms', NAN):.3f} | {r['dense_TFLOPs']:.0f} | {r['cusparselt_TFLOPs']:.0f} | "
-            f"{r.get('mma_sp_TFLOPs', NAN):.0f} | {r.get('mma_sp_tile128_TFLOPs', NAN):.0f} | "
-            f"{r.get('speedup_mma_sp', NAN):.2f} | {r.get('speedup_mma_sp_tile128', NAN):.2f} | "
-            f"{r.get('mma_sp_rel_err', NAN):.1e} / {r.get('mma_sp_tile128_rel_err', NAN):.1e} |")
+            f"{r['dense_ms']:.3f} | {r['cusparselt_ms']:.3f} | "
+            + "".join(f"{r.get(f'{m}_ms', NAN):.3f} | " for m in ran)
+            + f"{r['dense_TFLOPs']:.0f} | {r['cusparselt_TFLOPs']:.0f} | "
+            + "".join(f"{r.get(f'{m}_TFLOPs', NAN):.0f} | " for m in ran)
+            + "".join(f"{r.get(f'speedup_{m}', NAN):.2f} | " for m in ran)
+            + " / ".join(f"{r.get(f'{m}_rel_err', NAN):.1e}" for m in ran) + " |")
     lines += [""] + speedup_summary(res["layers"])
     if res["end_to_end"]:
         lines += ["", "| model | dense infer ms | dense NMS ms | 2:4 infer ms | 2:4 NMS ms | infer speedup | "
@@ -302,10 +309,10 @@ def main() -> None:
     for s in shapes:
         r = bench_layer(s, args.batch, dtype, l2, args.reps, tuple(args.methods))
         res["layers"].append(r)
+        kernels = " ".join(f"{k} {r[f'{m}_ms']:.3f} ({r[f'speedup_{m}']:.2f}x, err {r.get(f'{m}_rel_err', NAN):.1e})"
+                           for m, k in MMA_SP_METHODS.items() if m in args.methods)
         print(f"{s['cin']:>5} {s['cout']:>5} k{s['k']} s{s['stride']} {s['h']}x{s['w']}: dense {r['dense_ms']:.3f} "
-              f"cslt {r['cusparselt_ms']:.3f} tile64 {r['mma_sp_ms']:.3f} ({r['speedup_mma_sp']:.2f}x, err "
-              f"{r.get('mma_sp_rel_err', NAN):.1e}) tile128 {r['mma_sp_tile128_ms']:.3f} "
-              f"({r['speedup_mma_sp_tile128']:.2f}x, err {r.get('mma_sp_tile128_rel_err', NAN):.1e}) ms", flush=True)
+              f"cslt {r['cusparselt_ms']:.3f} {kernels} ms", flush=True)
         save()
     for name in args.models:
         r = end_to_end(name, args.batch, args.size, dtype, args.reps)

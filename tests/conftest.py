@@ -15,6 +15,8 @@ SHARED = Path(os.environ.get("SPARSEYOLO_SHARED", Path(__file__).resolve().paren
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "wgmma: runs the sm_90a wgmma.sp kernel (device_check runs these in their own "
+                            "process: a fault there poisons the CUDA context)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

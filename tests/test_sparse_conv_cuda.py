@@ -20,6 +20,7 @@ from sparseyolo.sparse.cuda_backend import GPU_BACKENDS
 from sparseyolo.sparse.mma_sp import is_24_sparse
 
 DTYPES = [torch.float16, torch.bfloat16]
+WGMMA = pytest.param("wgmma", marks=pytest.mark.wgmma)
 
 
 def _weight_24(cout: int, cin: int, k: int, seed: int, dtype=torch.float32) -> torch.Tensor:
@@ -115,7 +116,7 @@ class TestSparseConv2d24CPU:
         wt = _weight_24(72, 40, 3, seed=5)
         packed = pack_mma_sp_weight(wt)
         x = torch.randn(1, 40, 9, 7).half().contiguous(memory_format=torch.channels_last)
-        for kernel in ("default", "tile128", "tile128x256", "tile256x128"):
+        for kernel in ("default", "tile128", "tile128x256", "tile256x128", "wgmma"):
             torch.library.opcheck(torch.ops.sparseyolo.sparse_conv2d_24.default,
                                   (x, packed.values, packed.meta, 72, [3, 3], torch.randn(72), [2, 2], [1, 1], "silu",
                                    kernel))
@@ -151,10 +152,12 @@ class TestSparseConv2d24CUDA:
     @pytest.mark.parametrize("cin,cout,k,stride,padding,h,w", CASES)
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("activation", ["identity", "silu"])
-    @pytest.mark.parametrize("kernel", ["tile64", "tile128", "tile128x256", "tile256x128"])
+    @pytest.mark.parametrize("kernel", ["tile64", "tile128", "tile128x256", "tile256x128", WGMMA])
     def test_kernel_vs_fp64(self, cin, cout, k, stride, padding, h, w, dtype, activation, kernel):
         if torch.cuda.get_device_capability() < (8, 0):
             pytest.skip("needs sm_80+")
+        if kernel == "wgmma" and torch.cuda.get_device_capability() != (9, 0):
+            pytest.skip("the wgmma kernel needs sm_90")
         torch.manual_seed(cin + cout + h)
         wt = _weight_24(cout, cin, k, seed=cin * cout + 1, dtype=dtype)
         x = torch.randn(3, cin, h, w).to(dtype)
@@ -184,8 +187,10 @@ class TestSparseConv2d24CUDA:
         ref = _reference(x.cpu(), wt, None, 1, 1, "identity")
         assert _rel(y.cpu(), ref) < 2e-3
 
-    @pytest.mark.parametrize("kernel", ["tile64", "tile128", "tile128x256", "tile256x128"])
+    @pytest.mark.parametrize("kernel", ["tile64", "tile128", "tile128x256", "tile256x128", WGMMA])
     def test_large_layer_many_blocks(self, kernel):
+        if kernel == "wgmma" and torch.cuda.get_device_capability() != (9, 0):
+            pytest.skip("the wgmma kernel needs sm_90")
         # A yolov5x-like layer (Cin = Cout = 320, 3x3) over enough pixels for thousands of blocks of either tile.
         wt = _weight_24(320, 320, 3, seed=12, dtype=torch.float16)
         packed = pack_mma_sp_weight(wt).to("cuda")
@@ -196,7 +201,8 @@ class TestSparseConv2d24CUDA:
         assert bool(torch.isfinite(y).all())
         assert _rel(y.float(), ref.double()) < 2e-3
 
-    @pytest.mark.parametrize("backend", GPU_BACKENDS)
+    @pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.wgmma) if "wgmma" in b else b
+                                         for b in GPU_BACKENDS])
     def test_module_backends(self, backend):
         wt = _weight_24(128, 64, 1, seed=11, dtype=torch.float16)
         conv = torch.nn.Conv2d(64, 128, 1, bias=True)
@@ -208,6 +214,21 @@ class TestSparseConv2d24CUDA:
         y = mod(x)
         ref = _reference(x.cpu(), wt, conv.bias.detach(), 1, 0, "silu")
         assert _rel(y.float().cpu(), ref) < 5e-3
+
+    def test_wgmma_refused_off_hopper_and_not_in_auto(self):
+        wt = _weight_24(64, 64, 1, seed=14, dtype=torch.float16)
+        packed = pack_mma_sp_weight(wt).to("cuda")
+        x = torch.randn(1, 64, 8, 8, device="cuda", dtype=torch.float16)
+        if torch.cuda.get_device_capability() != (9, 0):
+            with pytest.raises(RuntimeError, match="needs an sm_90 GPU"):
+                ops.sparse_conv2d_24(x, packed.values, packed.meta, 64, 1, kernel="wgmma")
+        conv = torch.nn.Conv2d(64, 64, 1, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(wt)
+        mod = SparseConv2d.from_dense(conv, pattern="2:4").cuda().half()
+        mod(x.contiguous(memory_format=torch.channels_last))
+        st = mod._gpu_states[(x.device, x.dtype)]
+        assert "mma_sp_wgmma" not in st.timings[tuple(x.shape)]  # auto never runs it
 
     def test_module_falls_back_for_odd_cin(self, caplog):
         conv = torch.nn.Conv2d(12, 16, 3, padding=1)

@@ -74,11 +74,18 @@ int main() {
   };
   std::mt19937 rng(0);
   int failures = 0;
-  for (const Case& c : cases)
-    for (int variant : kVariants) {
+  // Variant by variant, wgmma (the least proven, sm_90 only) last: a kernel fault poisons the CUDA context for
+  // everything after it in this process.
+  for (int variant : kVariants) {
+    if (!k::sparse_conv24_variant_supported(variant, 0)) {
+      std::printf("skip %s: not supported on this GPU\n", variant_name(variant));
+      continue;
+    }
+    for (const Case& c : cases) {
       failures += run_case<__half>(c, variant, rng);
       failures += run_case<__nv_bfloat16>(c, variant, rng);
     }
+  }
   std::printf("cuda_test_sparse_conv: %s\n", failures ? "FAILED" : "passed");
   return failures ? 1 : 0;
 }

@@ -23,6 +23,14 @@
 //   * cp.async (16 bytes, zero-fill): in Mode::kEager the copy lands when issued; in Mode::kLazy it lands only
 //     when a cp.async.wait_group retires its group. The first catches a stage overwritten while another warp still
 //     reads it, the second a stage read before its wait; both should pass.
+//   * wgmma.mma_async.sp m64n256k32 (sm_90a): A from registers (per warp, the mma.sp m16n8k32 fragment and
+//     metadata layout above), B from shared memory through its descriptor (canonical K-major, 128-byte swizzle:
+//     element (k, n) at start + (n / 8) SBO + (n % 8) 128 + 2k, address bits 4-6 XOR 7-9). It runs at its
+//     wgmma.wait_group in Mode::kEager and at issue in Mode::kLazy: the opposite extreme of the copies. fence,
+//     commit_group and wait_group are warpgroup collectives; proxy fences are not modelled. Unlike the mma.sp
+//     layout, this reading of the ISA has not been checked on hardware yet.
+//   * Dynamic shared memory starts 144 bytes into the shared window, so alignment a kernel needs (1024 bytes for
+//     swizzle atoms) must be made by the kernel, as on a GPU.
 //   * Memory checks: shared-memory addresses of cp.async/ldmatrix/ld.shared are bounds- and alignment-checked;
 //     global sources of cp.async and __ldg must lie in a buffer registered with simt::Buffer, which puts an
 //     inaccessible page right after each buffer (and after shared memory), so a plain load or store past the end
@@ -43,7 +51,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <array>
 #include <functional>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -131,12 +141,33 @@ struct Warp {
   float fout[32][4];
 };
 
+// A warpgroup-wide asynchronous MMA (wgmma), recorded at issue and executed when a wgmma.wait_group retires its
+// group (Mode::kEager: copies land early, MMAs read late) or at issue (Mode::kLazy: copies land late, MMAs read
+// early), reading shared memory then.
+struct WgmmaOp {
+  std::function<void()> run;
+};
+
+struct WarpGroup {
+  int arrived = 0;
+  uint64_t gen = 0;
+  const char* op = nullptr;
+  uint32_t u32[128][8];
+  uint64_t u64[128];
+  void* ptr[128];
+  std::vector<WgmmaOp> open;
+  std::vector<std::vector<WgmmaOp>> committed;
+};
+
 struct State {
   Mode mode = Mode::kEager;
   std::mt19937 rng{1};
   std::vector<std::pair<const unsigned char*, size_t>> buffers;  // registered global memory
-  // The running block.
-  GuardedMemory smem;
+  // The running block. Its dynamic shared memory starts kSmemOffset bytes into the shared window (addresses are
+  // window offsets, as on a GPU), so a kernel that needs more alignment than 16 bytes has to make it itself.
+  static constexpr size_t kSmemOffset = 144;
+  GuardedMemory smem;  // the window: kSmemOffset bytes (canary-filled) + the block's dynamic shared memory
+  std::vector<struct WarpGroup> warpgroups;
   uint3 block_idx{0, 0, 0};
   dim3 grid_dim, block_dim;
   std::vector<Fiber> fibers;
@@ -191,9 +222,10 @@ inline void check_global(const void* p, size_t bytes, const char* op) {
 inline unsigned char* smem_ptr(uint32_t addr, size_t bytes, size_t align, const char* op) {
   State& s = state();
   if (addr % align != 0) fail(std::string(op) + ": misaligned shared address " + std::to_string(addr));
-  if (static_cast<size_t>(addr) + bytes > s.smem.size())
+  if (addr < State::kSmemOffset || static_cast<size_t>(addr) + bytes > s.smem.size())
     fail(std::string(op) + ": shared address " + std::to_string(addr) + " + " + std::to_string(bytes) +
-         " past the block's " + std::to_string(s.smem.size()) + " bytes");
+         " outside the block's dynamic shared memory [" + std::to_string(State::kSmemOffset) + ", " +
+         std::to_string(s.smem.size()) + ")");
   return s.smem.data() + addr;
 }
 
@@ -203,6 +235,7 @@ inline bool satisfied(const Fiber& f) {
   const State& s = state();
   if (f.wait_kind == 1) return s.block_gen >= f.wait_gen;
   if (f.wait_kind == 2) return s.warps[(f.tid.x + f.tid.y * s.block_dim.x) / 32].gen >= f.wait_gen;
+  if (f.wait_kind == 3) return s.warpgroups[(f.tid.x + f.tid.y * s.block_dim.x) / 128].gen >= f.wait_gen;
   return true;
 }
 
@@ -268,6 +301,29 @@ inline Warp& collective(const char* op, const std::function<void(Warp&)>& deposi
   return w;
 }
 
+// The warpgroup (4 warps, 128 threads) version of `collective`.
+inline WarpGroup& wg_collective(const char* op, const std::function<void(WarpGroup&, int)>& deposit,
+                                const std::function<void(WarpGroup&)>& compute) {
+  State& s = state();
+  const int t = linear_tid();
+  if (s.block_dim.x * s.block_dim.y % 128 != 0) fail(std::string(op) + ": block is not whole warpgroups");
+  WarpGroup& w = s.warpgroups[t / 128];
+  if (w.arrived == 0) w.op = op;
+  if (w.op != op && std::strcmp(w.op, op) != 0)
+    fail(std::string("warpgroup threads at different instructions: ") + w.op + " and " + op);
+  deposit(w, t % 128);
+  Fiber& me = self();
+  me.wait_kind = 3;
+  me.wait_gen = w.gen + 1;
+  if (++w.arrived == 128) {
+    compute(w);
+    w.arrived = 0;
+    ++w.gen;
+  }
+  wait_until_released();
+  return w;
+}
+
 inline void retire_oldest_group(Fiber& f) {
   for (const Copy& c : f.groups.front()) std::memcpy(state().smem.data() + c.dst, c.bytes, 16);
   f.groups.erase(f.groups.begin());
@@ -312,8 +368,10 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
   for (unsigned by = 0; by < grid.y; ++by)
     for (unsigned bx = 0; bx < grid.x; ++bx) {
       s.block_idx = uint3{bx, by, 0};
-      s.smem = GuardedMemory(std::max<size_t>(smem_bytes, 16));
-      std::memset(s.smem.data(), 0xA5, s.smem.size());  // garbage, as on a GPU
+      s.smem = GuardedMemory(State::kSmemOffset + std::max<size_t>(smem_bytes, 16));
+      std::memset(s.smem.data(), 0x5A, State::kSmemOffset);  // canary below the block's shared memory
+      std::memset(s.smem.data() + State::kSmemOffset, 0xA5, s.smem.size() - State::kSmemOffset);  // garbage
+      s.warpgroups.assign((nthreads + 127) / 128, WarpGroup{});
       s.fibers.assign(nthreads, Fiber{});
       s.warps.assign(nthreads / 32, Warp{});
       s.block_arrived = 0;
@@ -337,6 +395,10 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
         _longjmp(s.fibers[s.current].ctx, 1);
       }
       s.current = -1;
+      for (size_t i = 0; i < State::kSmemOffset; ++i)
+        if (s.smem.data()[i] != 0x5A) fail("a store landed below the block's dynamic shared memory");
+      for (const WarpGroup& wg : s.warpgroups)
+        if (!wg.open.empty() || !wg.committed.empty()) fail("block finished with wgmma operations not waited for");
     }
   s.fibers.clear();
   s.warps.clear();
@@ -366,7 +428,7 @@ namespace sparseyolo {
 namespace kernels {
 namespace spconv24 {
 
-#define SPARSEYOLO_DYNAMIC_SMEM(name) unsigned char* name = ::simt::state().smem.data()
+#define SPARSEYOLO_DYNAMIC_SMEM(name) unsigned char* name = ::simt::state().smem.data() + ::simt::State::kSmemOffset
 
 inline uint32_t smem_addr(const void* p) {
   const auto* c = static_cast<const unsigned char*>(p);
@@ -438,6 +500,26 @@ inline float emu_to_float(uint16_t bits) {
   }
 }
 
+// The dense 16 x 32 A of one warp's mma.sp m16n8k32 operands: lane l's compressed values `regs(l)[0..3]` and
+// metadata word `meta(l)` (selector 0: lanes 4g and 4g+1 carry it).
+template <typename T, typename Regs, typename Meta>
+inline void decode_sparse_a(Regs regs, Meta meta, float (&A)[16][32]) {
+  auto half = [](uint32_t word, int h) { return static_cast<uint16_t>(h ? word >> 16 : word & 0xFFFF); };
+  for (auto& row : A)
+    for (float& v : row) v = 0.f;
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t = l % 4;
+    for (int el = 0; el < 8; ++el) {  // compressed A element el of lane l
+      const int row = g + 8 * ((el / 2) & 1), col = 2 * t + (el & 1) + 8 * (el / 4);
+      const int grp = col / 2;  // dense group of 4 columns
+      const uint32_t codes = (meta(4 * (row % 8) + (grp / 4)) >> (row < 8 ? 0 : 16)) & 0xFFFF;
+      const uint32_t code = (codes >> (4 * (grp % 4))) & 0xF;
+      const int pos = (col & 1) ? static_cast<int>(code >> 2) : static_cast<int>(code & 3);
+      A[row][4 * grp + pos] += emu_to_float<T>(half(regs(l)[el / 2], el & 1));
+    }
+  }
+}
+
 template <typename T>
 inline void mma_sp_16832(float (&d)[4], const uint4& a, const uint32_t (&b)[4], uint32_t e) {
   const int lane = simt::linear_tid() % 32;
@@ -454,18 +536,10 @@ inline void mma_sp_16832(float (&d)[4], const uint4& a, const uint32_t (&b)[4], 
       },
       [](simt::Warp& w) {
         auto half = [](uint32_t word, int h) { return static_cast<uint16_t>(h ? word >> 16 : word & 0xFFFF); };
-        float A[16][32] = {}, B[32][8];
+        float A[16][32], B[32][8];
+        decode_sparse_a<T>([&](int l) { return w.u32[l]; }, [&](int l) { return w.u32[l][8]; }, A);
         for (int l = 0; l < 32; ++l) {
           const int g = l / 4, t = l % 4;
-          for (int el = 0; el < 8; ++el) {  // compressed A element el of lane l
-            const int row = g + 8 * ((el / 2) & 1), col = 2 * t + (el & 1) + 8 * (el / 4);
-            const int grp = col / 2;  // dense group of 4 columns
-            const uint32_t meta = w.u32[4 * (row % 8) + (grp / 4)][8];
-            const uint32_t codes = (meta >> (row < 8 ? 0 : 16)) & 0xFFFF;
-            const uint32_t code = (codes >> (4 * (grp % 4))) & 0xF;
-            const int pos = (col & 1) ? static_cast<int>(code >> 2) : static_cast<int>(code & 3);
-            A[row][4 * grp + pos] += emu_to_float<T>(half(w.u32[l][el / 2], el & 1));
-          }
           for (int i = 0; i < 8; ++i)  // B element i of lane l
             B[2 * t + (i & 1) + 8 * (i / 2)][g] = emu_to_float<T>(half(w.u32[l][4 + i / 2], i & 1));
         }
@@ -480,6 +554,94 @@ inline void mma_sp_16832(float (&d)[4], const uint4& a, const uint32_t (&b)[4], 
         }
       });
   for (int i = 0; i < 4; ++i) d[i] = w.fout[lane][i];
+}
+
+// ---- wgmma (sm_90a) -------------------------------------------------------------------------------------------
+// The shared-memory operand is read through its matrix descriptor as the PTX ISA defines the canonical K-major
+// 128-byte-swizzle layout: element (k, n) of a 16-bit B at start + (n / 8) * SBO + (n % 8) * 128 + 2 k, then
+// address bits 4-6 XOR bits 7-9. Proxy fences are not modelled (every access here is ordered).
+
+inline void fence_proxy_async_shared() {}
+inline void wgmma_fence() {
+  simt::wg_collective("wgmma.fence", [](simt::WarpGroup&, int) {}, [](simt::WarpGroup&) {});
+}
+inline void wgmma_commit() {
+  simt::wg_collective("wgmma.commit_group", [](simt::WarpGroup&, int) {}, [](simt::WarpGroup& w) {
+    w.committed.push_back(std::move(w.open));
+    w.open.clear();
+  });
+}
+template <int N>
+inline void wgmma_wait() {
+  simt::wg_collective("wgmma.wait_group", [](simt::WarpGroup&, int) {}, [](simt::WarpGroup& w) {
+    while (static_cast<int>(w.committed.size()) > N) {
+      for (simt::WgmmaOp& op : w.committed.front()) op.run();
+      w.committed.erase(w.committed.begin());
+    }
+  });
+}
+
+inline uint64_t wgmma_desc_k_major_sw128(uint32_t smem_address) {
+  uint64_t desc = static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4);
+  desc |= static_cast<uint64_t>(1) << 16;
+  desc |= static_cast<uint64_t>(1024 >> 4) << 32;
+  desc |= static_cast<uint64_t>(1) << 62;
+  return desc;
+}
+
+template <typename T>
+inline void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, uint32_t e, uint64_t desc_b) {
+  simt::wg_collective(
+      "wgmma.mma_async.sp.m64n256k32",
+      [&](simt::WarpGroup& w, int i) {
+        const uint32_t av[4] = {a.x, a.y, a.z, a.w};
+        for (int r = 0; r < 4; ++r) w.u32[i][r] = av[r];
+        w.u32[i][4] = e;
+        w.u64[i] = desc_b;
+        w.ptr[i] = d;
+      },
+      [](simt::WarpGroup& w) {
+        for (int i = 1; i < 128; ++i)
+          if (w.u64[i] != w.u64[0]) simt::fail("wgmma: threads of a warpgroup passed different descriptors");
+        const uint64_t desc = w.u64[0];
+        if ((desc >> 62) != 1 || ((desc >> 49) & 7) != 0)
+          simt::fail("wgmma: emulated only for the 128-byte swizzle layout with base offset 0");
+        // Registers are read at issue.
+        auto A = std::make_shared<std::array<float[16][32], 4>>();
+        for (int warp = 0; warp < 4; ++warp)
+          decode_sparse_a<T>([&](int l) { return w.u32[32 * warp + l]; },
+                             [&](int l) { return w.u32[32 * warp + l][4]; }, (*A)[warp]);
+        std::array<float*, 128> out;
+        for (int i = 0; i < 128; ++i) out[i] = static_cast<float*>(w.ptr[i]);
+        simt::WgmmaOp op{[A, out, desc] {
+          const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+          const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+          std::vector<float> B(32 * 256);  // shared memory is read when the operation runs
+          for (int n = 0; n < 256; ++n)
+            for (int k = 0; k < 32; ++k) {
+              uint32_t addr = start + (n / 8) * sbo + (n % 8) * 128 + 2 * k;
+              addr ^= ((addr >> 7) & 7) << 4;
+              uint16_t bits;
+              std::memcpy(&bits, simt::smem_ptr(addr, 2, 2, "wgmma B"), 2);
+              B[k * 256 + n] = emu_to_float<T>(bits);
+            }
+          for (int i = 0; i < 128; ++i) {
+            const int warp = i / 32, g = (i % 32) / 4, t = i % 4;
+            for (int r = 0; r < 128; ++r) {
+              const int row = g + 8 * ((r / 2) & 1), col = 8 * (r / 4) + 2 * t + (r & 1);
+              float acc = 0.f;
+              for (int k = 0; k < 32; ++k) acc += (*A)[warp][row][k] * B[k * 256 + col];
+              out[i][r] += acc;
+            }
+          }
+        }};
+        // The opposite extreme of the cp.async copies: with copies landing at once, the wgmma reads shared memory
+        // as late as it may (its wait_group), and the other way round.
+        if (simt::state().mode == simt::Mode::kLazy)
+          op.run();
+        else
+          w.open.push_back(std::move(op));
+      });
 }
 
 }  // namespace spconv24

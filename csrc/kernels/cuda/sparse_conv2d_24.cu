@@ -13,12 +13,24 @@ bool sparse_conv24_supported(int device) {
   return major >= 8;
 }
 
+bool sparse_conv24_variant_supported(int variant, int device) {
+  if (!sparse_conv24_supported(device)) return false;
+  if (variant != kVariantWgmma) return true;
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return false;
+  return major == 9 && minor == 0;
+}
+
 cudaError_t sparse_conv24_cuda(const SparseConv24Params& p, DType dtype, cudaStream_t stream) {
-  int device = 0, max_smem = 48 * 1024;
+  int device = 0, max_smem = 48 * 1024, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   if (e != cudaSuccess) return e;
-  return spconv24::dispatch(p, dtype, max_smem, [&](const spconv24::Launch& l) {
+  return spconv24::dispatch(p, dtype, max_smem, 10 * major + minor, [&](const spconv24::Launch& l) {
     if (l.smem_bytes > 48 * 1024) {  // opt in to more than the default 48 KiB of dynamic shared memory
       const cudaError_t e =
           cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, l.smem_bytes);

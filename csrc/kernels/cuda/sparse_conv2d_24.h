@@ -47,6 +47,7 @@ constexpr int kVariantTile64 = 1;    // 64 x 128 tile, k-step 32, 2 stages, weig
 constexpr int kVariantTile128 = 2;      // 128 x 128 tile, k-step 64, up to 4-stage cp.async pipeline, weights via smem
 constexpr int kVariantTile128x256 = 3;  // the same with a 128 (Cout) x 256 (pixel) tile
 constexpr int kVariantTile256x128 = 4;  // the same with a 256 (Cout) x 128 (pixel) tile
+constexpr int kVariantWgmma = 5;        // 128 x 256 tile on wgmma.mma_async.sp (sm_90 only, built for sm_90a)
 
 // Row tiles of 16 output channels the packed weight must have for `cout` (a multiple of the 64-channel
 // block tile, so a block never reads past the weight).
@@ -55,6 +56,10 @@ inline int sparse_conv24_k_blocks(int cin, int kh, int kw) { return kh * kw * ((
 
 // True when this build has the sparse tensor-core kernel for the device's architecture (sm_80 or newer).
 bool sparse_conv24_supported(int device);
+
+// True when `variant` can run on `device`: kVariantWgmma needs compute capability 9.0 (its code is built for
+// sm_90a); every other variant needs sparse_conv24_supported.
+bool sparse_conv24_variant_supported(int variant, int device);
 
 // Launches the kernel; returns the launch error (cudaSuccess when fine). Does not synchronise.
 cudaError_t sparse_conv24_cuda(const SparseConv24Params& p, DType dtype, cudaStream_t stream);

@@ -135,6 +135,76 @@ __device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4], const
 #endif
 }
 #undef SPARSEYOLO_MMA_SP
+
+// ---- sm_90a warpgroup MMA (wgmma) ------------------------------------------------------------------------------
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SPARSEYOLO_WGMMA 1
+#endif
+
+// Orders this thread's generic-proxy shared-memory writes (st.shared, cp.async) before later async-proxy reads
+// (wgmma operands).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#ifdef SPARSEYOLO_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef SPARSEYOLO_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef SPARSEYOLO_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef SPARSEYOLO_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Shared-memory matrix descriptor of a K-major operand in the canonical 128-byte-swizzle layout: rows of 128
+// bytes, 8-row groups 1024 bytes apart (stride byte offset), leading byte offset unused for this layout (1),
+// base offset 0 (the swizzle atoms are 1024-byte aligned). Bits: start address >> 4 in 0-13, leading byte offset
+// >> 4 in 16-29, stride byte offset >> 4 in 32-45, base offset in 49-51, layout type in 62-63 (1: 128B swizzle).
+__device__ __forceinline__ uint64_t wgmma_desc_k_major_sw128(uint32_t smem_address) {
+  uint64_t desc = static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4);
+  desc |= static_cast<uint64_t>(1) << 16;
+  desc |= static_cast<uint64_t>(1024 >> 4) << 32;
+  desc |= static_cast<uint64_t>(1) << 62;
+  return desc;
+}
+
+// d[128] += A(64 x 32, 2:4 sparse; this warp's 16 rows as the mma.sp m16n8k32 fragment `a` + metadata `e`,
+// selector 0) * B(32 x 256, K-major in shared memory, `desc_b`), fp32 accumulate, across the warpgroup.
+template <typename T>
+__device__ __forceinline__ void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, uint32_t e, uint64_t desc_b);
+
+#define SPARSEYOLO_WGMMA_SP(TY)                                                                                   \
+  asm volatile(                                                                                                   \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %134, 0;\n"                                                               \
+      "wgmma.mma_async.sp.sync.aligned.m64n256k32.f32." TY "." TY " "                                             \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, %133, 0, p, 1, 1, 0;\n}\n"                                       \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])                                                                                                    \
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc_b), "r"(e), "r"(1))
+
+template <>
+__device__ __forceinline__ void wgmma_sp_m64n256k32<__half>(float (&d)[128], const uint4& a, uint32_t e,
+                                                           uint64_t desc_b) {
+#ifdef SPARSEYOLO_WGMMA
+  SPARSEYOLO_WGMMA_SP("f16");
+#endif
+}
+template <>
+__device__ __forceinline__ void wgmma_sp_m64n256k32<__nv_bfloat16>(float (&d)[128], const uint4& a, uint32_t e,
+                                                                  uint64_t desc_b) {
+#ifdef SPARSEYOLO_WGMMA
+  SPARSEYOLO_WGMMA_SP("bf16");
+#endif
+}
+#undef SPARSEYOLO_WGMMA_SP
 #endif  // !SPARSEYOLO_SIMT_EMULATION
 
 __device__ __forceinline__ float epilogue(float v, float bias, bool silu) {
@@ -351,63 +421,58 @@ using Tile128 = BigTile<2, 4, 4, 4>;     // 128 x 128, 8 warps of 64 x 32
 using Tile128x256 = BigTile<2, 4, 4, 8>; // 128 x 256, 8 warps of 64 x 64
 using Tile256x128 = BigTile<4, 2, 4, 8>; // 256 x 128, 8 warps of 64 x 64
 
-template <typename T, typename Cfg, int kStages>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_bigtile(SparseConv24Params p) {
-#ifdef SPARSEYOLO_SPCONV24_BODY
-  static_assert(kStages >= 2, "at least double buffering");
-  constexpr int kBM = Cfg::kBM, kBN = Cfg::kBN, kThreads = Cfg::kThreads, kRowBytes = Cfg::kRowBytes;
-  constexpr int kBBytes = Cfg::kBBytes, kAValBytes = Cfg::kAValBytes, kStageBytes = Cfg::kStageBytes;
-  constexpr int kTilesM = Cfg::kTilesM_, kTilesN = Cfg::kTilesN_, kWarpsM = Cfg::kWarpsM_;
-  SPARSEYOLO_DYNAMIC_SMEM(smem);
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
-  const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
-  const int cout_tiles = (p.cout + kBM - 1) / kBM;
-  const int64_t bid = blockIdx.x;
-  const int cout0 = static_cast<int>(bid % cout_tiles) * kBM;  // Cout tile fastest: neighbours share pixels
-  const int64_t pix0 = (bid / cout_tiles) * kBN;
-  const int cin_blocks = (p.cin + 31) >> 5;
-  const int num_k = p.kh * p.kw * cin_blocks;  // k-blocks of 32
-  const int num_steps = (num_k + 1) >> 1;       // k-steps of 64
-  const int packed_tiles = (p.cout + 63) / 64 * 4;  // sparse_conv24_row_tiles (host-only)
-  const int mt_block = cout0 >> 4;
-
-  // Gather jobs: job j of this thread is pixel row (tid >> 1) + j * (kThreads / 2), half (tid & 1).
-  const int my_half = tid & 1;
+// One block's share of the pipeline: which output tile it computes, and the cp.async loads of a k-step into a
+// stage laid out as described above (activations, then weights, then metadata).
+template <typename T, typename Cfg>
+struct BigTileStager {
+  const SparseConv24Params& p;
+  int tid, cout0, cin_blocks, num_k, num_steps, packed_tiles, mt_block, my_half;
+  int64_t npix, pix0;
   int img[Cfg::kGatherJobs], hi0[Cfg::kGatherJobs], wi0[Cfg::kGatherJobs];
   bool pix_ok[Cfg::kGatherJobs];
+
+  __device__ __forceinline__ BigTileStager(const SparseConv24Params& params, int thread) : p(params), tid(thread) {
+    npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
+    const int cout_tiles = (p.cout + Cfg::kBM - 1) / Cfg::kBM;
+    const int64_t bid = blockIdx.x;
+    cout0 = static_cast<int>(bid % cout_tiles) * Cfg::kBM;  // Cout tile fastest: neighbours share pixels
+    pix0 = (bid / cout_tiles) * Cfg::kBN;
+    cin_blocks = (p.cin + 31) >> 5;
+    num_k = p.kh * p.kw * cin_blocks;  // k-blocks of 32
+    num_steps = (num_k + 1) >> 1;      // k-steps of 64
+    packed_tiles = (p.cout + 63) / 64 * 4;  // sparse_conv24_row_tiles (host-only)
+    mt_block = cout0 >> 4;
+    // Gather jobs: job j of this thread is pixel row (tid >> 1) + j * (kThreads / 2), half (tid & 1).
+    my_half = tid & 1;
 #pragma unroll
-  for (int j = 0; j < Cfg::kGatherJobs; ++j) {
-    const int64_t pix = pix0 + (tid >> 1) + j * (kThreads / 2);
-    pix_ok[j] = pix < npix;
-    img[j] = hi0[j] = wi0[j] = 0;
-    if (pix_ok[j]) {
-      const int64_t hw = static_cast<int64_t>(p.ho) * p.wo;
-      img[j] = static_cast<int>(pix / hw);
-      const int rem = static_cast<int>(pix - static_cast<int64_t>(img[j]) * hw);
-      hi0[j] = (rem / p.wo) * p.stride_h - p.pad_h;
-      wi0[j] = (rem % p.wo) * p.stride_w - p.pad_w;
+    for (int j = 0; j < Cfg::kGatherJobs; ++j) {
+      const int64_t pix = pix0 + (tid >> 1) + j * (Cfg::kThreads / 2);
+      pix_ok[j] = pix < npix;
+      img[j] = hi0[j] = wi0[j] = 0;
+      if (pix_ok[j]) {
+        const int64_t hw = static_cast<int64_t>(p.ho) * p.wo;
+        img[j] = static_cast<int>(pix / hw);
+        const int rem = static_cast<int>(pix - static_cast<int64_t>(img[j]) * hw);
+        hi0[j] = (rem / p.wo) * p.stride_h - p.pad_h;
+        wi0[j] = (rem % p.wo) * p.stride_w - p.pad_w;
+      }
     }
   }
-  const T* x = static_cast<const T*>(p.input);
-  const uint4* vals = static_cast<const uint4*>(p.values);
-  const uint32_t smem_base = smem_addr(smem);
 
-  auto load_stage = [&](int ks, int stage) {
-    const uint32_t sb = smem_base + stage * kStageBytes;
+  // Issues the copies of k-step `ks` into the stage at shared address `sb` (no commit).
+  __device__ __forceinline__ void load(int ks, uint32_t sb) const {
+    const T* x = static_cast<const T*>(p.input);
     {  // B: this thread's half rows
       const int kb = 2 * ks + my_half;
       const int tap = kb / cin_blocks, cb = kb - tap * cin_blocks;
       const int r = tap / p.kw, s = tap - r * p.kw;
 #pragma unroll
       for (int j = 0; j < Cfg::kGatherJobs; ++j) {
-        const int row = (tid >> 1) + j * (kThreads / 2);
+        const int row = (tid >> 1) + j * (Cfg::kThreads / 2);
         const int hi = hi0[j] + r, wi = wi0[j] + s;
         const bool ok = pix_ok[j] && kb < num_k && hi >= 0 && hi < p.h && wi >= 0 && wi < p.w;
         const T* src_row = x + ((static_cast<int64_t>(img[j]) * p.h + hi) * p.w + wi) * p.cin;
-        const uint32_t dst_row = sb + row * kRowBytes;
+        const uint32_t dst_row = sb + row * Cfg::kRowBytes;
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const int c = cb * 32 + q * 8;
@@ -419,14 +484,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_
       }
     }
     // A values: chunk i = (row tile i / 64, k-block (i / 32) & 1, lane i % 32).
+    const uint4* vals = static_cast<const uint4*>(p.values);
 #pragma unroll
     for (int j = 0; j < Cfg::kAValChunks; ++j) {
-      const int i = tid + j * kThreads;
+      const int i = tid + j * Cfg::kThreads;
       const int mt = i >> 6, sub = (i >> 5) & 1, ln = i & 31;
       const int kb = 2 * ks + sub;
       const bool in = mt_block + mt < packed_tiles && kb < num_k;
       const int64_t frag = static_cast<int64_t>(mt_block + mt) * num_k + kb;
-      cp_async16(sb + kBBytes + i * 16, in ? static_cast<const void*>(vals + frag * 32 + ln) : p.values,
+      cp_async16(sb + Cfg::kBBytes + i * 16, in ? static_cast<const void*>(vals + frag * 32 + ln) : p.values,
                  in ? 16 : 0);
     }
     // Metadata: chunk i = (row tile i / 8, k-block (i / 4) & 1, words 4 (i & 3) .. +3).
@@ -435,11 +501,51 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_
       const int kb = 2 * ks + sub;
       const bool in = mt_block + mt < packed_tiles && kb < num_k;
       const int64_t frag = static_cast<int64_t>(mt_block + mt) * num_k + kb;
-      cp_async16(sb + kBBytes + kAValBytes + tid * 16,
+      cp_async16(sb + Cfg::kBBytes + Cfg::kAValBytes + tid * 16,
                  in ? static_cast<const void*>(p.meta + frag * 16 + q * 4) : static_cast<const void*>(p.meta),
                  in ? 16 : 0);
     }
-  };
+  }
+
+  // Writes the block's staged [pixel][channel] tile (row stride Cfg::kOutStride) to the NHWC output: 16-byte
+  // stores along Cout, scalar ones where Cout % 8 != 0.
+  __device__ __forceinline__ void store(const T* tile) const {
+    T* out = static_cast<T*>(p.output);
+    const bool vec = (p.cout & 7) == 0;
+    constexpr int kChunks = Cfg::kBN * (Cfg::kBM / 8);
+#pragma unroll 1
+    for (int i = tid; i < kChunks; i += Cfg::kThreads) {
+      const int col = i / (Cfg::kBM / 8), cc = (i % (Cfg::kBM / 8)) * 8;
+      const int64_t pix = pix0 + col;
+      const int co = cout0 + cc;
+      if (pix >= npix || co >= p.cout) continue;
+      T* dst = out + pix * p.cout + co;
+      const T* src = tile + col * Cfg::kOutStride + cc;
+      if (vec) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      } else {
+        const int n = min(8, p.cout - co);
+        for (int j = 0; j < n; ++j) dst[j] = src[j];
+      }
+    }
+  }
+};
+
+template <typename T, typename Cfg, int kStages>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_bigtile(SparseConv24Params p) {
+#ifdef SPARSEYOLO_SPCONV24_BODY
+  static_assert(kStages >= 2, "at least double buffering");
+  constexpr int kRowBytes = Cfg::kRowBytes, kBBytes = Cfg::kBBytes, kAValBytes = Cfg::kAValBytes;
+  constexpr int kStageBytes = Cfg::kStageBytes;
+  constexpr int kTilesM = Cfg::kTilesM_, kTilesN = Cfg::kTilesN_, kWarpsM = Cfg::kWarpsM_;
+  SPARSEYOLO_DYNAMIC_SMEM(smem);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  const BigTileStager<T, Cfg> st(p, tid);
+  const int num_k = st.num_k, num_steps = st.num_steps;
+  const uint32_t smem_base = smem_addr(smem);
 
   float acc[kTilesM][kTilesN][4];
 #pragma unroll
@@ -453,7 +559,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_
   // wait_group<kStages - 2> always means "k-step ks has landed".
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < num_steps) load_stage(s, s);
+    if (s < num_steps) st.load(s, smem_base + s * kStageBytes);
     cp_async_commit();
   }
 
@@ -467,7 +573,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_
     cp_async_wait<kStages - 2>();
     __syncthreads();  // k-step ks is visible to all; every warp is done with the stage loaded next
     const int next = ks + kStages - 1;
-    if (next < num_steps) load_stage(next, next % kStages);
+    if (next < num_steps) st.load(next, smem_base + (next % kStages) * kStageBytes);
     cp_async_commit();
 
     const uint32_t sb = smem_base + (ks % kStages) * kStageBytes;
@@ -494,44 +600,124 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_
   cp_async_wait<0>();
   __syncthreads();  // all warps are done with the operand stages: the epilogue reuses them
 
-  constexpr int kOutStride = Cfg::kOutStride;
   T* tile = reinterpret_cast<T*>(smem);
 #pragma unroll
   for (int mt = 0; mt < kTilesM; ++mt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = (wm * kTilesM + mt) * 16 + g + 8 * half;  // channel within the block
-      const int co = cout0 + row;
+      const int co = st.cout0 + row;
       const float bv = (p.bias != nullptr && co < p.cout) ? p.bias[co] : 0.f;
 #pragma unroll
       for (int nt = 0; nt < kTilesN; ++nt) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int col = (wn * kTilesN + nt) * 8 + 2 * t + j;  // pixel within the block
-          tile[col * kOutStride + row] = Traits<T>::from_float(epilogue(acc[mt][nt][2 * half + j], bv, p.silu));
+          tile[col * Cfg::kOutStride + row] = Traits<T>::from_float(epilogue(acc[mt][nt][2 * half + j], bv, p.silu));
         }
       }
     }
   }
   __syncthreads();
-  T* out = static_cast<T*>(p.output);
-  const bool vec = (p.cout & 7) == 0;
-  constexpr int kChunks = kBN * (kBM / 8);
+  st.store(tile);
+#endif
+}
+
+// ---- kVariantWgmma: the Tile128x256 pipeline feeding wgmma.mma_async.sp (sm_90a) ------------------------------
+//
+// Same block tile (128 x 256), stage layout and loads as sparse_conv24_bigtile<Tile128x256>, but the math is two
+// warpgroups, each issuing one wgmma.mma_async.sp.m64n256k32 per k-block for its 64 output channels:
+//   * A (weights) from registers: warp w of a warpgroup holds row tile 4 * wg + w in exactly the mma.sp
+//     m16n8k32 fragment order of the packed weight (wgmma's register A fragment is the per-warp m16 fragment,
+//     stacked by warp), one LDS.128 + one metadata word (the same per-warp metadata layout, selector 0).
+//   * B (activations) from shared memory through a matrix descriptor: the stage's [256 pixels][64 channels]
+//     rows are the canonical K-major layout with 128-byte swizzle (8-row groups 1024 bytes apart: SBO = 1024;
+//     16-byte chunk c of row r at c ^ (r & 7), which is the hardware's XOR of address bits 4-6 with 7-9 when the
+//     stage is 1024-byte aligned). K-block `sub` starts 64 bytes into the rows.
+//   * Accumulator: 128 fp32 per thread, element i of warp w, lane (g, t) = channel 16 w + g + 8 ((i / 2) & 1),
+//     pixel 8 (i / 4) + 2 t + (i & 1).
+// Each k-step: wait for its cp.async group, fence.proxy.async (the copies are generic-proxy writes that wgmma
+// reads through the async proxy), barrier, issue the next stage's copies, wgmma.fence, the wgmmas, commit, and
+// wait for them before the next barrier lets anyone overwrite this stage.
+using TileWgmma = Tile128x256;
+constexpr int kWgmmaAlign = 1024;  // 128-byte swizzle atoms must start 1024-byte aligned
+
+template <typename T, int kStages>
+__global__ void __launch_bounds__(TileWgmma::kThreads, 1) sparse_conv24_wgmma(SparseConv24Params p) {
+#if defined(SPARSEYOLO_SIMT_EMULATION) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
+  using Cfg = TileWgmma;
+  static_assert(kStages >= 2, "at least double buffering");
+  static_assert(Cfg::kStageBytes % kWgmmaAlign == 0, "every stage must stay 1024-byte aligned");
+  constexpr int kBBytes = Cfg::kBBytes, kAValBytes = Cfg::kAValBytes, kStageBytes = Cfg::kStageBytes;
+  SPARSEYOLO_DYNAMIC_SMEM(smem);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int wg = warp >> 2, wq = warp & 3;  // warpgroup (64 channels each), warp within it (16 channels)
+  const BigTileStager<T, Cfg> st(p, tid);
+  const int num_k = st.num_k, num_steps = st.num_steps;
+  const uint32_t raw = smem_addr(smem);
+  const uint32_t smem_base = (raw + kWgmmaAlign - 1) & ~static_cast<uint32_t>(kWgmmaAlign - 1);
+
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_steps) st.load(s, smem_base + s * kStageBytes);
+    cp_async_commit();
+  }
+
 #pragma unroll 1
-  for (int i = tid; i < kChunks; i += kThreads) {
-    const int col = i / (kBM / 8), cc = (i % (kBM / 8)) * 8;
-    const int64_t pix = pix0 + col;
-    const int co = cout0 + cc;
-    if (pix >= npix || co >= p.cout) continue;
-    T* dst = out + pix * p.cout + co;
-    const T* src = tile + col * kOutStride + cc;
-    if (vec) {
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-      const int n = min(8, p.cout - co);
-      for (int j = 0; j < n; ++j) dst[j] = src[j];
+  for (int ks = 0; ks < num_steps; ++ks) {
+    cp_async_wait<kStages - 2>();
+    fence_proxy_async_shared();
+    __syncthreads();  // k-step ks is visible to all (and to the async proxy); stage ks-1 is free
+    const int next = ks + kStages - 1;
+    if (next < num_steps) st.load(next, smem_base + (next % kStages) * kStageBytes);
+    cp_async_commit();
+
+    const uint32_t sb = smem_base + (ks % kStages) * kStageBytes;
+    uint4 a[2];
+    uint32_t e[2];
+#pragma unroll
+    for (int sub = 0; sub < 2; ++sub) {
+      const int frag = (wg * 4 + wq) * 2 + sub;
+      a[sub] = lds128(sb + kBBytes + (frag * 32 + lane) * 16);
+      e[sub] = lds32(sb + kBBytes + kAValBytes + (frag * 16 + g * 2 + (t & 1)) * 4);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int sub = 0; sub < 2; ++sub) {
+      if (2 * ks + sub >= num_k) break;  // odd K: the last step has one k-block (same for the whole block)
+      wgmma_sp_m64n256k32<T>(acc, a[sub], e[sub], wgmma_desc_k_major_sw128(sb + sub * 64));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // all warps are done with the operand stages: the epilogue reuses them
+
+  T* tile = reinterpret_cast<T*>(smem);  // the epilogue needs no alignment beyond 16 bytes
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = wg * 64 + wq * 16 + g + 8 * half;  // channel within the block
+    const int co = st.cout0 + row;
+    const float bv = (p.bias != nullptr && co < p.cout) ? p.bias[co] : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 32; ++nt) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int col = nt * 8 + 2 * t + j;  // pixel within the block
+        tile[col * Cfg::kOutStride + row] = Traits<T>::from_float(epilogue(acc[4 * nt + 2 * half + j], bv, p.silu));
+      }
     }
   }
+  __syncthreads();
+  st.store(tile);
+#elif defined(__CUDA_ARCH__)
+  __trap();  // built without sm_90a (TORCH_CUDA_ARCH_LIST needs "9.0a"); the dispatcher never launches this
 #endif
 }
 
@@ -584,6 +770,17 @@ inline Launch launch_for(const SparseConv24Params& p, int variant, int max_smem_
     case kVariantTile128: l = big_tile_launch<T, Tile128>(p, max_smem_bytes); break;
     case kVariantTile128x256: l = big_tile_launch<T, Tile128x256>(p, max_smem_bytes); break;
     case kVariantTile256x128: l = big_tile_launch<T, Tile256x128>(p, max_smem_bytes); break;
+    case kVariantWgmma: {
+      // 1024 bytes of slack to align the stages; 4 stages (165 KiB) where allowed, else 3 (124 KiB).
+      const int deep = 4 * TileWgmma::kStageBytes + kWgmmaAlign;
+      l.stages = deep <= max_smem_bytes ? 4 : 3;
+      l.kernel = l.stages == 4 ? sparse_conv24_wgmma<T, 4> : sparse_conv24_wgmma<T, 3>;
+      l.grid = dim3(static_cast<unsigned>((npix + TileWgmma::kBN - 1) / TileWgmma::kBN *
+                                          ((p.cout + TileWgmma::kBM - 1) / TileWgmma::kBM)));
+      l.block = dim3(TileWgmma::kThreads);
+      l.smem_bytes = l.stages * TileWgmma::kStageBytes + kWgmmaAlign;
+      break;
+    }
     default: break;
   }
   return l;
@@ -598,17 +795,21 @@ inline int64_t grid_blocks(const SparseConv24Params& p, int variant) {
     case kVariantTile128: return blocks(Tile128::kBM, Tile128::kBN);
     case kVariantTile128x256: return blocks(Tile128x256::kBM, Tile128x256::kBN);
     case kVariantTile256x128: return blocks(Tile256x128::kBM, Tile256x128::kBN);
+    case kVariantWgmma: return blocks(TileWgmma::kBM, TileWgmma::kBN);
     default: return 0;
   }
 }
 
-// Checks the launch limits (grid size, `max_smem_bytes`: the device's opt-in shared memory per block) and resolves
-// the variant; `launch` is called with the chosen Launch.
+// Checks the launch limits (grid size, `max_smem_bytes`: the device's opt-in shared memory per block; `arch`: its
+// compute capability as 10 * major + minor) and resolves the variant; `launch` is called with the chosen Launch.
+// kVariantWgmma needs sm_90 (cudaErrorNotSupported elsewhere).
 template <typename Launcher>
-inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, int max_smem_bytes, Launcher&& launch) {
+inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, int max_smem_bytes, int arch,
+                            Launcher&& launch) {
   const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
   if (npix == 0 || p.cout == 0) return cudaSuccess;
   const int variant = p.variant == kVariantDefault ? kVariantTile64 : p.variant;
+  if (variant == kVariantWgmma && arch != 90) return cudaErrorNotSupported;
   if (grid_blocks(p, variant) > 0x7fffffff) return cudaErrorInvalidConfiguration;
   Launch l;
   switch (dtype) {
