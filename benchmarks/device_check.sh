@@ -7,7 +7,8 @@
 # Stages (each one's failure is recorded and the next still runs; every stage has a time limit and the whole
 # run a deadline of DEADLINE_S seconds, default 470):
 #   1. build   FORCE_CUDA=1 MAX_JOBS=16 python3 setup.py build_ext --inplace (the machine's own python3/torch)
-#   2. ctest   the torch-free kernels' CUDA tests (CMake), first the one-instruction mma.sp layout probe
+#   2. ctest   the torch-free kernels' CUDA tests (CMake), first the one-instruction mma.sp and wgmma.sp layout
+#              probes (each prints which fragment/metadata/descriptor layouts give the right product)
 #   3. pytest  every CUDA-marked test (-m "cuda and not wgmma"): NMS, box_iou, N:M masks/compress, the 2:4
 #              sparse conv, ...; then, in their own process, the wgmma-marked ones (sm_90a kernel not yet run on
 #              a GPU: a fault there poisons the process's CUDA context)
@@ -109,8 +110,11 @@ run_stage build 300 env FORCE_CUDA=1 MAX_JOBS="$MAX_JOBS" CUDA_HOME="$CUDA_HOME"
 ctest_all() {
   cmake -S . -B build/device_cmake -DSPARSEYOLO_CUDA=ON -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" \
     -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null &&
-    cmake --build build/device_cmake -j "$MAX_JOBS" >/dev/null &&
-    ./build/device_cmake/cuda_test_mma_sp_layout
+    cmake --build build/device_cmake -j "$MAX_JOBS" >/dev/null || return 1
+  # The layout probes print which layouts work, pass or fail: the mma.sp one (checked on an H200) and the wgmma.sp
+  # one (not yet run on a GPU).
+  ./build/device_cmake/cuda_test_mma_sp_layout
+  ./build/device_cmake/cuda_test_wgmma_sp_layout
   ctest --test-dir build/device_cmake --output-on-failure -R cuda_test
 }
 run_stage ctest_cuda 120 bash -c "$(declare -f ctest_all); CUDA_HOME='$CUDA_HOME' MAX_JOBS='$MAX_JOBS' ctest_all"
@@ -134,8 +138,9 @@ run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 
 run_stage bench_sparse_conv 300 env SPARSEYOLO_CUSPARSELT=0 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 \
   --dtype fp16 --reps 10 --methods dense mma_sp mma_sp_tile128 mma_sp_tile128x256 mma_sp_tile256x128 \
   --out "$RES" --name sparse_conv_cuda
-run_stage bench_wgmma 90 env SPARSEYOLO_CUSPARSELT=0 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 \
-  --dtype fp16 --reps 10 --methods dense mma_sp_wgmma --models --out "$RES" --name sparse_conv_cuda_wgmma
+# Per layer, and end to end with `auto` allowed to pick it (SPARSEYOLO_AUTO_WGMMA=1, this process only).
+run_stage bench_wgmma 120 env SPARSEYOLO_CUSPARSELT=0 SPARSEYOLO_AUTO_WGMMA=1 "$PY" benchmarks/bench_sparse_conv_cuda.py \
+  --batch 32 --dtype fp16 --reps 10 --methods dense mma_sp_wgmma --out "$RES" --name sparse_conv_cuda_wgmma
 run_stage bench_cusparselt 90 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
   --methods dense cusparselt --models --out "$RES" --name sparse_conv_cuda_cslt
 

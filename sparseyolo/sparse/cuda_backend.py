@@ -7,8 +7,8 @@ For a CUDA input, :func:`cuda_forward` runs the layer on one of:
 * ``"mma_sp_tile128"``, ``"mma_sp_tile128x256"``, ``"mma_sp_tile256x128"``: the same op with its big-tile kernels
   (``kernel="tile128"`` ...: 64-channel k-steps, multi-stage pipeline), same conditions;
 * ``"mma_sp_wgmma"``: the same op on Hopper's ``wgmma.mma_async.sp`` (``kernel="wgmma"``), sm_90 only. Not yet
-  run on a GPU, so ``auto`` never tries it (a fault there would end the process's CUDA context, which the output
-  check below cannot undo); ask for it by name;
+  run on a GPU, so ``auto`` does not try it (a fault there would end the process's CUDA context, which the output
+  check below cannot undo) unless ``SPARSEYOLO_AUTO_WGMMA=1``; or ask for it by name;
 * ``"cusparselt"``: 1x1, stride 1, unpadded convs as one GEMM over NHWC through PyTorch's cuSPARSELt binding
   (``torch._cslt_compress`` / ``torch._cslt_sparse_mm``), the weight compressed once, at the first call, and
   only where :func:`cusparselt_status` found the binding working (a check in a subprocess);
@@ -219,7 +219,8 @@ def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
         if st.packed is None:
             st.packed = pack_mma_sp_weight(st.dense_w, dtype=x.dtype).to(x.device)
         hopper = torch.cuda.get_device_capability(x.device) == (9, 0)
-        candidates += [b for b in _MMA_SP_KERNELS if (b not in _NOT_IN_AUTO or want == b)
+        opt_in = os.environ.get("SPARSEYOLO_AUTO_WGMMA", "0") == "1"
+        candidates += [b for b in _MMA_SP_KERNELS if (b not in _NOT_IN_AUTO or want == b or opt_in)
                        and (b != "mma_sp_wgmma" or hopper)]
         is_1x1 = module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding == (0, 0)
         if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
