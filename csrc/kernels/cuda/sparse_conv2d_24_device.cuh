@@ -107,12 +107,10 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
 template <typename T>
 __device__ __forceinline__ void mma_sp_16832(float (&d)[4], const uint4& a, const uint32_t (&b)[4], uint32_t e);
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// sm_90+: the ordered-metadata form (our positions are ascending and distinct by construction).
+// The ordered-metadata form (PTX 8.5; our positions are ascending and distinct by construction), which ptxas
+// advises for every target: plain `.sp` "is expected to have substantially reduced performance on some future
+// architectures".
 #define SPARSEYOLO_MMA_SP "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32"
-#else
-#define SPARSEYOLO_MMA_SP "mma.sp.sync.aligned.m16n8k32.row.col.f32"
-#endif
 
 template <>
 __device__ __forceinline__ void mma_sp_16832<__half>(float (&d)[4], const uint4& a, const uint32_t (&b)[4],
