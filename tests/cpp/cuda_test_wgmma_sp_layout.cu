@@ -2,13 +2,14 @@
 // memory): checks the three layout assumptions of the sm_90a kernel (kernels/cuda/sparse_conv2d_24_device.cuh,
 // sparse_conv24_wgmma) against a host product, and, so that a wrong assumption can be fixed from one device run,
 // tries the alternatives and prints which combinations give the right product:
-//   * A registers: warp w holds rows 16w .. 16w+15 as the mma.sp m16n8k32 fragment (the packed weight order);
+//   * A registers: warp w holds rows 16w .. 16w+15 as the mma.sp m16n8k32 fragment (the packed weight order), or
+//     the same with registers 1 and 2 swapped (rows g+8 and columns +8 exchanged);
 //   * metadata: the 24 assignments of the four 16-bit halves (row g / g+8) x (dense columns 0-15 / 16-31) to the
 //     words of lanes t = 0 and t = 1, selector 0 (the kernel assumes the mma.sp one, {0, 2, 1, 3});
 //   * B: K-major through a descriptor, either the 128-byte-swizzle layout the kernel uses (rows of 128 bytes,
 //     16-byte chunk c of row n at c ^ (n & 7), SBO 1024, 1024-byte aligned) or the unswizzled canonical layout
 //     (8 x 16-byte core matrices: LBO = distance between core matrices along K, SBO along N), each with
-//     imm-trans-b 0 (the kernel's) and 1.
+//     imm-trans-b 0 (the kernel's) and 1: 2 x 24 x 2 x 2 = 192 combinations.
 // Exits 77 (ctest: skipped) without a GPU or on anything but sm_90; 0 when the kernel's combination is right.
 #include <cuda_fp16.h>
 
@@ -132,63 +133,69 @@ int main() {
   CHECK_CUDA(cudaMalloc(&e_d, 128 * sizeof(uint32_t)));
   CHECK_CUDA(cudaMalloc(&b_d, 1024));
   CHECK_CUDA(cudaMalloc(&d_d, 128 * 4 * sizeof(float)));
-  CHECK_CUDA(cudaMemcpy(a_d, a_h.data(), 128 * sizeof(uint4), cudaMemcpyHostToDevice));
+  // The A alternative: registers 1 and 2 of every thread exchanged.
+  std::vector<__half> a_swapped(a_h);
+  for (int tid = 0; tid < 128; ++tid)
+    for (int i = 0; i < 2; ++i) std::swap(a_swapped[tid * 8 + 2 + i], a_swapped[tid * 8 + 4 + i]);
 
   bool assumed_ok = false;
   int matches = 0;
-  for (const BLayout& bl : layouts) {
-    CHECK_CUDA(cudaMemcpy(b_d, bl.image->data(), bl.image->size(), cudaMemcpyHostToDevice));
-    for (int trans = 0; trans < 2; ++trans) {
-      int perm[4] = {0, 1, 2, 3};
-      do {
-        std::vector<uint32_t> meta(128);
-        for (int tid = 0; tid < 128; ++tid) {
-          const int w = tid / 32, g = (tid % 32) >> 2, t = tid & 1;
-          uint32_t word = 0;
-          for (int hi = 0; hi < 2; ++hi) {
-            const int which = perm[2 * t + hi];
-            word |= half_meta(16 * w + g + 8 * (which >> 1), which & 1) << (16 * hi);
+  for (int a_alt = 0; a_alt < 2; ++a_alt) {
+    for (const BLayout& bl : layouts) {
+      CHECK_CUDA(cudaMemcpy(a_d, (a_alt ? a_swapped : a_h).data(), 128 * sizeof(uint4), cudaMemcpyHostToDevice));
+      CHECK_CUDA(cudaMemcpy(b_d, bl.image->data(), bl.image->size(), cudaMemcpyHostToDevice));
+      for (int trans = 0; trans < 2; ++trans) {
+        int perm[4] = {0, 1, 2, 3};
+        do {
+          std::vector<uint32_t> meta(128);
+          for (int tid = 0; tid < 128; ++tid) {
+            const int w = tid / 32, g = (tid % 32) >> 2, t = tid & 1;
+            uint32_t word = 0;
+            for (int hi = 0; hi < 2; ++hi) {
+              const int which = perm[2 * t + hi];
+              word |= half_meta(16 * w + g + 8 * (which >> 1), which & 1) << (16 * hi);
+            }
+            meta[tid] = word;
           }
-          meta[tid] = word;
-        }
-        CHECK_CUDA(cudaMemcpy(e_d, meta.data(), 128 * sizeof(uint32_t), cudaMemcpyHostToDevice));
-        CHECK_CUDA(cudaMemset(d_d, 0xff, 128 * 4 * sizeof(float)));  // NaN poison
-        if (trans)
-          wgmma_sp_once<1><<<1, 128, kSmemBytes>>>(a_d, e_d, b_d, static_cast<int>(bl.image->size()), bl.lbo, bl.sbo,
-                                                   bl.layout, d_d);
-        else
-          wgmma_sp_once<0><<<1, 128, kSmemBytes>>>(a_d, e_d, b_d, static_cast<int>(bl.image->size()), bl.lbo, bl.sbo,
-                                                   bl.layout, d_d);
-        CHECK_CUDA(cudaGetLastError());
-        float d[512];
-        CHECK_CUDA(cudaMemcpy(d, d_d, sizeof(d), cudaMemcpyDeviceToHost));
-        double err = 0;
-        for (int tid = 0; tid < 128; ++tid) {
-          const int w = tid / 32, g = (tid % 32) >> 2, t = tid & 3;
-          for (int i = 0; i < 4; ++i) {
-            const float ref = D[16 * w + g + 8 * (i / 2)][2 * t + (i & 1)];
-            const float got = d[tid * 4 + i];
-            err = std::max(err, std::isnan(got) ? 1e30 : std::fabs(double(got) - ref));
+          CHECK_CUDA(cudaMemcpy(e_d, meta.data(), 128 * sizeof(uint32_t), cudaMemcpyHostToDevice));
+          CHECK_CUDA(cudaMemset(d_d, 0xff, 128 * 4 * sizeof(float)));  // NaN poison
+          if (trans)
+            wgmma_sp_once<1><<<1, 128, kSmemBytes>>>(a_d, e_d, b_d, static_cast<int>(bl.image->size()), bl.lbo, bl.sbo,
+                                                     bl.layout, d_d);
+          else
+            wgmma_sp_once<0><<<1, 128, kSmemBytes>>>(a_d, e_d, b_d, static_cast<int>(bl.image->size()), bl.lbo, bl.sbo,
+                                                     bl.layout, d_d);
+          CHECK_CUDA(cudaGetLastError());
+          float d[512];
+          CHECK_CUDA(cudaMemcpy(d, d_d, sizeof(d), cudaMemcpyDeviceToHost));
+          double err = 0;
+          for (int tid = 0; tid < 128; ++tid) {
+            const int w = tid / 32, g = (tid % 32) >> 2, t = tid & 3;
+            for (int i = 0; i < 4; ++i) {
+              const float ref = D[16 * w + g + 8 * (i / 2)][2 * t + (i & 1)];
+              const float got = d[tid * 4 + i];
+              err = std::max(err, std::isnan(got) ? 1e30 : std::fabs(double(got) - ref));
+            }
           }
-        }
-        const bool ok = err < 1e-3;
-        const bool assumed =
-            bl.layout == 1 && trans == 0 && perm[0] == 0 && perm[1] == 2 && perm[2] == 1 && perm[3] == 3;
-        if (ok) ++matches;
-        if (ok || assumed)
-          std::printf("B %s, trans-b %d, metadata slots {t0 lo, t0 hi, t1 lo, t1 hi} = {%d, %d, %d, %d}: max err "
-                      "%.3g%s\n",
-                      bl.name, trans, perm[0], perm[1], perm[2], perm[3], err,
-                      assumed ? "  <- the combination the kernel assumes" : "");
-        if (assumed) assumed_ok = ok;
-      } while (std::next_permutation(perm, perm + 4));
+          const bool ok = err < 1e-3;
+          const bool assumed = a_alt == 0 && bl.layout == 1 && trans == 0 && perm[0] == 0 && perm[1] == 2 &&
+                               perm[2] == 1 && perm[3] == 3;
+          if (ok) ++matches;
+          if (ok || assumed)
+            std::printf("A %s, B %s, trans-b %d, metadata slots {t0 lo, t0 hi, t1 lo, t1 hi} = {%d, %d, %d, %d}: "
+                        "max err %.3g%s\n",
+                        a_alt ? "regs 1/2 swapped" : "mma.sp order", bl.name, trans, perm[0], perm[1], perm[2],
+                        perm[3], err, assumed ? "  <- the combination the kernel assumes" : "");
+          if (assumed) assumed_ok = ok;
+        } while (std::next_permutation(perm, perm + 4));
+      }
     }
   }
   cudaFree(a_d);
   cudaFree(e_d);
   cudaFree(b_d);
   cudaFree(d_d);
-  std::printf("cuda_test_wgmma_sp_layout: %d of 96 combinations give the right product; the kernel's %s\n", matches,
+  std::printf("cuda_test_wgmma_sp_layout: %d of 192 combinations give the right product; the kernel's %s\n", matches,
               assumed_ok ? "is one of them" : "is NOT");
   return assumed_ok ? 0 : 1;
 }

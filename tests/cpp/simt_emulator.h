@@ -86,7 +86,8 @@ class GuardedMemory {
   explicit GuardedMemory(size_t bytes) : bytes_(bytes) {
     const size_t ps = page_size();
     span_ = (bytes + ps - 1) / ps * ps + ps;
-    base_ = static_cast<unsigned char*>(mmap(nullptr, span_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    base_ = static_cast<unsigned char*>(
+        mmap(nullptr, span_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
     if (base_ == MAP_FAILED) fail("mmap failed");
     if (mprotect(base_ + span_ - ps, ps, PROT_NONE) != 0) fail("mprotect failed");
     data_ = base_ + (span_ - ps - bytes);  // so data_ + bytes is the guard page
