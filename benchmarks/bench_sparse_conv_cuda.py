@@ -46,7 +46,8 @@ from sparseyolo.sparse.cuda_backend import CusparseLtConv1x1, cusparselt_status 
 LOGGER = logging.getLogger("bench_sparse_conv_cuda")
 NAN = float("nan")
 MMA_SP_METHODS = {"mma_sp": "tile64", "mma_sp_tile128": "tile128", "mma_sp_tile128x256": "tile128x256",
-                  "mma_sp_tile256x128": "tile256x128", "mma_sp_wgmma": "wgmma"}  # method -> kernel=
+                  "mma_sp_tile256x128": "tile256x128", "mma_sp_wgmma": "wgmma",
+                  "mma_sp_wgmma_overlap": "wgmma_overlap"}  # method -> sparse_conv2d_24's kernel=
 METHODS = ("dense", "cusparselt", *MMA_SP_METHODS)
 
 

@@ -140,7 +140,8 @@ run_stage bench_sparse_conv 300 env SPARSEYOLO_CUSPARSELT=0 "$PY" benchmarks/ben
   --out "$RES" --name sparse_conv_cuda
 # Per layer, and end to end with `auto` allowed to pick it (SPARSEYOLO_AUTO_WGMMA=1, this process only).
 run_stage bench_wgmma 120 env SPARSEYOLO_CUSPARSELT=0 SPARSEYOLO_AUTO_WGMMA=1 "$PY" benchmarks/bench_sparse_conv_cuda.py \
-  --batch 32 --dtype fp16 --reps 10 --methods dense mma_sp_wgmma --out "$RES" --name sparse_conv_cuda_wgmma
+  --batch 32 --dtype fp16 --reps 10 --methods dense mma_sp_wgmma mma_sp_wgmma_overlap --out "$RES" \
+  --name sparse_conv_cuda_wgmma
 run_stage bench_cusparselt 90 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
   --methods dense cusparselt --models --out "$RES" --name sparse_conv_cuda_cslt
 

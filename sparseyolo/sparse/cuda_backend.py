@@ -6,7 +6,8 @@ For a CUDA input, :func:`cuda_forward` runs the layer on one of:
   any stride/padding, fused bias + SiLU), for fp16/bf16 inputs of a 2:4 layer with ``Cin % 8 == 0``;
 * ``"mma_sp_tile128"``, ``"mma_sp_tile128x256"``, ``"mma_sp_tile256x128"``: the same op with its big-tile kernels
   (``kernel="tile128"`` ...: 64-channel k-steps, multi-stage pipeline), same conditions;
-* ``"mma_sp_wgmma"``: the same op on Hopper's ``wgmma.mma_async.sp`` (``kernel="wgmma"``), sm_90 only. Not yet
+* ``"mma_sp_wgmma"``, ``"mma_sp_wgmma_overlap"``: the same op on Hopper's ``wgmma.mma_async.sp``
+  (``kernel="wgmma"``, ``"wgmma_overlap"``), sm_90 only. Not yet
   run on a GPU, so ``auto`` does not try it (a fault there would end the process's CUDA context, which the output
   check below cannot undo) unless ``SPARSEYOLO_AUTO_WGMMA=1``; or ask for it by name;
 * ``"cusparselt"``: 1x1, stride 1, unpadded convs as one GEMM over NHWC through PyTorch's cuSPARSELt binding
@@ -37,10 +38,11 @@ from sparseyolo.sparse.mma_sp import MmaSpWeight, is_24_sparse, pack_mma_sp_weig
 LOGGER = logging.getLogger(__name__)
 
 _MMA_SP_KERNELS = {"mma_sp": "default", "mma_sp_tile128": "tile128", "mma_sp_tile128x256": "tile128x256",
-                   "mma_sp_tile256x128": "tile256x128", "mma_sp_wgmma": "wgmma"}
+                   "mma_sp_tile256x128": "tile256x128", "mma_sp_wgmma": "wgmma",
+                   "mma_sp_wgmma_overlap": "wgmma_overlap"}
 GPU_BACKENDS = ("auto", *_MMA_SP_KERNELS, "cusparselt", "dense")
 # Backends `auto` does not try until a device run has shown them correct (see the module docstring).
-_NOT_IN_AUTO = {"mma_sp_wgmma"}
+_NOT_IN_AUTO = {"mma_sp_wgmma", "mma_sp_wgmma_overlap"}
 # Largest relative L2 difference from cuDNN's output that `auto` accepts: both round the same fp32-accumulated
 # sums to the output dtype (~3e-4 fp16, ~2e-3 bf16 relative), so a correct backend stays far below; a wrong one is
 # off by O(1).
@@ -221,7 +223,7 @@ def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
         hopper = torch.cuda.get_device_capability(x.device) == (9, 0)
         opt_in = os.environ.get("SPARSEYOLO_AUTO_WGMMA", "0") == "1"
         candidates += [b for b in _MMA_SP_KERNELS if (b not in _NOT_IN_AUTO or want == b or opt_in)
-                       and (b != "mma_sp_wgmma" or hopper)]
+                       and ("wgmma" not in b or hopper)]
         is_1x1 = module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding == (0, 0)
         if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
             why = cusparselt_status()

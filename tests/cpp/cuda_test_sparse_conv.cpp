@@ -51,8 +51,8 @@ int run_case(const Case& c, int variant, std::mt19937& rng) {
   std::vector<T> out(out_n);
   CHECK_CUDA(cudaMemcpy(out.data(), dout, out_n * sizeof(T), cudaMemcpyDeviceToHost));
   cudaFree(dx); cudaFree(dv); cudaFree(dm); cudaFree(db); cudaFree(dout);
-  char label[32];
-  std::snprintf(label, sizeof(label), "%-11s %s", variant_name(variant), std::is_same_v<T, __half> ? "fp16" : "bf16");
+  char label[48];
+  std::snprintf(label, sizeof(label), "%-13s %s", variant_name(variant), std::is_same_v<T, __half> ? "fp16" : "bf16");
   return check(pr, out, label, tolerance<T>());
 }
 

@@ -26,7 +26,9 @@
 //   * wgmma.mma_async.sp m64n256k32 (sm_90a): A from registers (per warp, the mma.sp m16n8k32 fragment and
 //     metadata layout above), B from shared memory through its descriptor (canonical K-major, 128-byte swizzle:
 //     element (k, n) at start + (n / 8) SBO + (n % 8) 128 + 2k, address bits 4-6 XOR 7-9). It runs at its
-//     wgmma.wait_group in Mode::kEager and at issue in Mode::kLazy: the opposite extreme of the copies. fence,
+//     wgmma.wait_group in Mode::kEager and at issue in Mode::kLazy: the opposite extreme of the copies. It reads
+//     shared memory and the threads' A registers when it runs, so a stage or a register set reused too early is
+//     caught. fence,
 //     commit_group and wait_group are warpgroup collectives; proxy fences are not modelled. Unlike the mma.sp
 //     layout, this reading of the ISA has not been checked on hardware yet.
 //   * Dynamic shared memory starts 144 bytes into the shared window, so alignment a kernel needs (1024 bytes for
@@ -153,9 +155,10 @@ struct WarpGroup {
   int arrived = 0;
   uint64_t gen = 0;
   const char* op = nullptr;
-  uint32_t u32[128][8];
   uint64_t u64[128];
   void* ptr[128];
+  const uint4* a_ptr[128];
+  const uint32_t* e_ptr[128];
   std::vector<WgmmaOp> open;
   std::vector<std::vector<WgmmaOp>> committed;
 };
@@ -590,14 +593,15 @@ inline uint64_t wgmma_desc_k_major_sw128(uint32_t smem_address) {
   return desc;
 }
 
+// `a` and `e` are taken by reference: like the accumulators, the A registers are read when the operation runs,
+// so a kernel that reloads them before the wait_group is caught (in Mode::kEager).
 template <typename T>
-inline void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, uint32_t e, uint64_t desc_b) {
+inline void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, const uint32_t& e, uint64_t desc_b) {
   simt::wg_collective(
       "wgmma.mma_async.sp.m64n256k32",
       [&](simt::WarpGroup& w, int i) {
-        const uint32_t av[4] = {a.x, a.y, a.z, a.w};
-        for (int r = 0; r < 4; ++r) w.u32[i][r] = av[r];
-        w.u32[i][4] = e;
+        w.a_ptr[i] = &a;
+        w.e_ptr[i] = &e;
         w.u64[i] = desc_b;
         w.ptr[i] = d;
       },
@@ -607,14 +611,23 @@ inline void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, uint32_t e, uin
         const uint64_t desc = w.u64[0];
         if ((desc >> 62) != 1 || ((desc >> 49) & 7) != 0)
           simt::fail("wgmma: emulated only for the 128-byte swizzle layout with base offset 0");
-        // Registers are read at issue.
-        auto A = std::make_shared<std::array<float[16][32], 4>>();
-        for (int warp = 0; warp < 4; ++warp)
-          decode_sparse_a<T>([&](int l) { return w.u32[32 * warp + l]; },
-                             [&](int l) { return w.u32[32 * warp + l][4]; }, (*A)[warp]);
         std::array<float*, 128> out;
-        for (int i = 0; i < 128; ++i) out[i] = static_cast<float*>(w.ptr[i]);
-        simt::WgmmaOp op{[A, out, desc] {
+        std::array<const uint4*, 128> a_regs;
+        std::array<const uint32_t*, 128> e_regs;
+        for (int i = 0; i < 128; ++i) {
+          out[i] = static_cast<float*>(w.ptr[i]);
+          a_regs[i] = w.a_ptr[i];
+          e_regs[i] = w.e_ptr[i];
+        }
+        simt::WgmmaOp op{[out, a_regs, e_regs, desc] {
+          auto A = std::make_shared<std::array<float[16][32], 4>>();  // registers are read when it runs
+          for (int warp = 0; warp < 4; ++warp)
+            decode_sparse_a<T>(
+                [&](int l) {
+                  const uint4& v = *a_regs[32 * warp + l];
+                  return std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
+                },
+                [&](int l) { return *e_regs[32 * warp + l]; }, (*A)[warp]);
           const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
           const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
           std::vector<float> B(32 * 256);  // shared memory is read when the operation runs

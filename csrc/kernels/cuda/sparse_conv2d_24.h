@@ -48,6 +48,7 @@ constexpr int kVariantTile128 = 2;      // 128 x 128 tile, k-step 64, up to 4-st
 constexpr int kVariantTile128x256 = 3;  // the same with a 128 (Cout) x 256 (pixel) tile
 constexpr int kVariantTile256x128 = 4;  // the same with a 256 (Cout) x 128 (pixel) tile
 constexpr int kVariantWgmma = 5;        // 128 x 256 tile on wgmma.mma_async.sp (sm_90 only, built for sm_90a)
+constexpr int kVariantWgmmaOverlap = 6; // the same, one k-step of MMAs in flight while the next is issued
 
 // Row tiles of 16 output channels the packed weight must have for `cout` (a multiple of the 64-channel
 // block tile, so a block never reads past the weight).
@@ -57,8 +58,8 @@ inline int sparse_conv24_k_blocks(int cin, int kh, int kw) { return kh * kw * ((
 // True when this build has the sparse tensor-core kernel for the device's architecture (sm_80 or newer).
 bool sparse_conv24_supported(int device);
 
-// True when `variant` can run on `device`: kVariantWgmma needs compute capability 9.0 (its code is built for
-// sm_90a); every other variant needs sparse_conv24_supported.
+// True when `variant` can run on `device`: the wgmma variants need compute capability 9.0 (their code is built
+// for sm_90a); every other variant needs sparse_conv24_supported.
 bool sparse_conv24_variant_supported(int variant, int device);
 
 // Launches the kernel; returns the launch error (cudaSuccess when fine). Does not synchronise.

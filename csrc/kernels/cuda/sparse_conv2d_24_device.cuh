@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -672,11 +673,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_
 using TileWgmma = Tile128x256;
 constexpr int kWgmmaAlign = 1024;  // 128-byte swizzle atoms must start 1024-byte aligned
 
-template <typename T, int kStages>
+template <typename T, int kStages, bool kOverlap>
 __global__ void __launch_bounds__(TileWgmma::kThreads, 1) sparse_conv24_wgmma(SparseConv24Params p) {
 #if defined(SPARSEYOLO_SIMT_EMULATION) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
   using Cfg = TileWgmma;
-  static_assert(kStages >= 2, "at least double buffering");
+  // kOverlap keeps one k-step's MMAs in flight while the next is issued: the stage they read is then free only a
+  // step later, so copies run kStages - 2 steps ahead instead of kStages - 1, and the A registers alternate
+  // between two sets (a wgmma may read its registers until its wait_group).
+  constexpr int kAhead = kOverlap ? kStages - 2 : kStages - 1;
+  static_assert(kAhead >= 1, "at least one stage ahead");
   static_assert(Cfg::kStageBytes % kWgmmaAlign == 0, "every stage must stay 1024-byte aligned");
   constexpr int kBBytes = Cfg::kBBytes, kAValBytes = Cfg::kAValBytes, kStageBytes = Cfg::kStageBytes;
   SPARSEYOLO_DYNAMIC_SMEM(smem);
@@ -694,38 +699,47 @@ __global__ void __launch_bounds__(TileWgmma::kThreads, 1) sparse_conv24_wgmma(Sp
   for (int i = 0; i < 128; ++i) acc[i] = 0.f;
 
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < kAhead; ++s) {
     if (s < num_steps) st.load(s, smem_base + s * kStageBytes);
     cp_async_commit();
   }
 
-#pragma unroll 1
-  for (int ks = 0; ks < num_steps; ++ks) {
-    cp_async_wait<kStages - 2>();
+  uint4 a[2][2];  // [register set][k-block]
+  uint32_t e[2][2];
+  // One k-step with register set P (a compile-time constant, so the sets stay in registers).
+  auto step = [&](int ks, auto set) {
+    constexpr int P = decltype(set)::value;
+    cp_async_wait<kAhead - 1>();
     fence_proxy_async_shared();
-    __syncthreads();  // k-step ks is visible to all (and to the async proxy); stage ks-1 is free
-    const int next = ks + kStages - 1;
+    // k-step ks is visible to all (and to the async proxy). Every warpgroup has waited for the MMAs of step
+    // ks - 1 (ks - 2 with kOverlap), so the stage loaded next is free.
+    __syncthreads();
+    const int next = ks + kAhead;
     if (next < num_steps) st.load(next, smem_base + (next % kStages) * kStageBytes);
     cp_async_commit();
 
     const uint32_t sb = smem_base + (ks % kStages) * kStageBytes;
-    uint4 a[2];
-    uint32_t e[2];
 #pragma unroll
     for (int sub = 0; sub < 2; ++sub) {
       const int frag = (wg * 4 + wq) * 2 + sub;
-      a[sub] = lds128(sb + kBBytes + (frag * 32 + lane) * 16);
-      e[sub] = lds32(sb + kBBytes + kAValBytes + (frag * 16 + g * 2 + (t & 1)) * 4);
+      a[P][sub] = lds128(sb + kBBytes + (frag * 32 + lane) * 16);
+      e[P][sub] = lds32(sb + kBBytes + kAValBytes + (frag * 16 + g * 2 + (t & 1)) * 4);
     }
     wgmma_fence();
 #pragma unroll
     for (int sub = 0; sub < 2; ++sub) {
       if (2 * ks + sub >= num_k) break;  // odd K: the last step has one k-block (same for the whole block)
-      wgmma_sp_m64n256k32<T>(acc, a[sub], e[sub], wgmma_desc_k_major_sw128(sb + sub * 64));
+      wgmma_sp_m64n256k32<T>(acc, a[P][sub], e[P][sub], wgmma_desc_k_major_sw128(sb + sub * 64));
     }
     wgmma_commit();
-    wgmma_wait<0>();
+    wgmma_wait<kOverlap ? 1 : 0>();
+  };
+#pragma unroll 1
+  for (int ks = 0; ks < num_steps; ks += 2) {
+    step(ks, std::integral_constant<int, 0>{});
+    if (ks + 1 < num_steps) step(ks + 1, std::integral_constant<int, 1>{});
   }
+  wgmma_wait<0>();
   cp_async_wait<0>();
   __syncthreads();  // all warps are done with the operand stages: the epilogue reuses them
 
@@ -800,11 +814,17 @@ inline Launch launch_for(const SparseConv24Params& p, int variant, int max_smem_
     case kVariantTile128: l = big_tile_launch<T, Tile128>(p, max_smem_bytes); break;
     case kVariantTile128x256: l = big_tile_launch<T, Tile128x256>(p, max_smem_bytes); break;
     case kVariantTile256x128: l = big_tile_launch<T, Tile256x128>(p, max_smem_bytes); break;
-    case kVariantWgmma: {
-      // 1024 bytes of slack to align the stages; 4 stages (165 KiB) where allowed, else 3 (124 KiB).
-      const int deep = 4 * TileWgmma::kStageBytes + kWgmmaAlign;
-      l.stages = deep <= max_smem_bytes ? 4 : 3;
-      l.kernel = l.stages == 4 ? sparse_conv24_wgmma<T, 4> : sparse_conv24_wgmma<T, 3>;
+    case kVariantWgmma:
+    case kVariantWgmmaOverlap: {
+      // 1024 bytes of slack to align the stages. kVariantWgmma: 4 stages (165 KiB) where allowed, else 3;
+      // kVariantWgmmaOverlap: 5 (206 KiB), else 4, so that as many stages are loading ahead.
+      const bool overlap = variant == kVariantWgmmaOverlap;
+      const int deep = overlap ? 5 : 4;
+      l.stages = deep * TileWgmma::kStageBytes + kWgmmaAlign <= max_smem_bytes ? deep : deep - 1;
+      if (overlap)
+        l.kernel = l.stages == 5 ? sparse_conv24_wgmma<T, 5, true> : sparse_conv24_wgmma<T, 4, true>;
+      else
+        l.kernel = l.stages == 4 ? sparse_conv24_wgmma<T, 4, false> : sparse_conv24_wgmma<T, 3, false>;
       l.grid = dim3(static_cast<unsigned>((npix + TileWgmma::kBN - 1) / TileWgmma::kBN *
                                           ((p.cout + TileWgmma::kBM - 1) / TileWgmma::kBM)));
       l.block = dim3(TileWgmma::kThreads);
@@ -825,21 +845,22 @@ inline int64_t grid_blocks(const SparseConv24Params& p, int variant) {
     case kVariantTile128: return blocks(Tile128::kBM, Tile128::kBN);
     case kVariantTile128x256: return blocks(Tile128x256::kBM, Tile128x256::kBN);
     case kVariantTile256x128: return blocks(Tile256x128::kBM, Tile256x128::kBN);
-    case kVariantWgmma: return blocks(TileWgmma::kBM, TileWgmma::kBN);
+    case kVariantWgmma:
+    case kVariantWgmmaOverlap: return blocks(TileWgmma::kBM, TileWgmma::kBN);
     default: return 0;
   }
 }
 
 // Checks the launch limits (grid size, `max_smem_bytes`: the device's opt-in shared memory per block; `arch`: its
 // compute capability as 10 * major + minor) and resolves the variant; `launch` is called with the chosen Launch.
-// kVariantWgmma needs sm_90 (cudaErrorNotSupported elsewhere).
+// The wgmma variants need sm_90 (cudaErrorNotSupported elsewhere).
 template <typename Launcher>
 inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, int max_smem_bytes, int arch,
                             Launcher&& launch) {
   const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
   if (npix == 0 || p.cout == 0) return cudaSuccess;
   const int variant = p.variant == kVariantDefault ? kVariantTile64 : p.variant;
-  if (variant == kVariantWgmma && arch != 90) return cudaErrorNotSupported;
+  if ((variant == kVariantWgmma || variant == kVariantWgmmaOverlap) && arch != 90) return cudaErrorNotSupported;
   if (grid_blocks(p, variant) > 0x7fffffff) return cudaErrorInvalidConfiguration;
   Launch l;
   switch (dtype) {
