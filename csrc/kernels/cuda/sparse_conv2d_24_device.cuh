@@ -1,12 +1,12 @@
-// Device code of the 2:4 sparse implicit-GEMM convolution (mma.sp m16n8k32, sm_80+): the warp-level primitives,
-// the two kernels, and the host-side dispatch that picks a kernel and its launch shape. Weight format and
-// parameters: sparse_conv2d_24.h. Launched by sparse_conv2d_24.cu.
+// Device code of the 2:4 sparse implicit-GEMM convolution on the sparse tensor cores (mma.sp m16n8k32 on sm_80+,
+// wgmma.mma_async.sp on sm_90a): the primitives, the kernels, and the host-side dispatch that picks a kernel and
+// its launch shape. Weight format and parameters: sparse_conv2d_24.h. Launched by sparse_conv2d_24.cu.
 //
 // The same source also runs on the host under the SIMT emulator of the C++ tests (tests/cpp/simt_emulator.h,
 // which defines SPARSEYOLO_SIMT_EMULATION and its own versions of the primitives below): every thread of a block
-// is a fiber, barriers and warp-collective instructions (ldmatrix, mma.sp) are emulated from the PTX ISA's
-// definitions, cp.async copies land either at once or only at their wait_group, and shared/global accesses are
-// bounds-checked. That is how the kernels' indexing and pipelining are tested on machines without a GPU.
+// is a fiber, barriers and warp/warpgroup-collective instructions (ldmatrix, mma.sp, wgmma) are emulated from the
+// PTX ISA's definitions, cp.async copies land either at once or only at their wait_group, and shared/global
+// accesses are bounds-checked. That is how the kernels' indexing and pipelining are tested without a GPU.
 //
 // Kernels (GEMM view D[Cout, P] = W[Cout, K] * X[K, P], see sparse_conv2d_24.h):
 //   kVariantTile64   64 x 128 tile, 4 warps, k-step 32, two cp.async stages for the activations, weights read
@@ -17,7 +17,10 @@
 //                    the GPU gives a block less shared memory) carrying both the activations and the compressed
 //                    weights + metadata through shared memory, one barrier per k-step, activation rows
 //                    XOR-swizzled for conflict-free ldmatrix, blocks ordered Cout-tile-fastest so that the blocks
-//                    running at once share their activation tile in L2. So far run only under the emulator.
+//                    running at once share their activation tile in L2.
+//   kVariantWgmma, kVariantWgmmaOverlap: the 128 x 256 pipeline feeding wgmma.mma_async.sp (sparse_conv24_wgmma),
+//                    waiting for each k-step's MMAs or keeping one k-step in flight.
+//   All but kVariantTile64 have so far run only under the emulator.
 #pragma once
 
 #include <cstdint>
