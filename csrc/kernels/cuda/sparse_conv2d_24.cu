@@ -2,10 +2,30 @@
 // format in sparse_conv2d_24.h).
 #include "sparse_conv2d_24.h"
 
+#include <map>
+#include <mutex>
+#include <utility>
+
 #include "sparse_conv2d_24_device.cuh"
 
 namespace sparseyolo {
 namespace kernels {
+namespace {
+
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per (device, kernel) instead of a driver call before every
+// launch (small layers at batch 1 run in tens of microseconds).
+cudaError_t allow_dynamic_smem(int device, const void* kernel, int bytes) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, int> allowed;
+  const std::lock_guard<std::mutex> lock(mutex);
+  int& have = allowed[{device, kernel}];
+  if (have >= bytes) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess) have = bytes;
+  return e;
+}
+
+}  // namespace
 
 bool sparse_conv24_supported(int device) {
   int major = 0;
@@ -32,8 +52,7 @@ cudaError_t sparse_conv24_cuda(const SparseConv24Params& p, DType dtype, cudaStr
   if (e != cudaSuccess) return e;
   return spconv24::dispatch(p, dtype, max_smem, 10 * major + minor, [&](const spconv24::Launch& l) {
     if (l.smem_bytes > 48 * 1024) {  // opt in to more than the default 48 KiB of dynamic shared memory
-      const cudaError_t e =
-          cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, l.smem_bytes);
+      const cudaError_t e = allow_dynamic_smem(device, reinterpret_cast<const void*>(l.kernel), l.smem_bytes);
       if (e != cudaSuccess) return e;
     }
     l.kernel<<<l.grid, l.block, l.smem_bytes, stream>>>(p);
