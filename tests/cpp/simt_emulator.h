@@ -28,9 +28,9 @@
 //     element (k, n) at start + (n / 8) SBO + (n % 8) 128 + 2k, address bits 4-6 XOR 7-9). It runs at its
 //     wgmma.wait_group in Mode::kEager and at issue in Mode::kLazy: the opposite extreme of the copies. It reads
 //     shared memory and the threads' A registers when it runs, so a stage or a register set reused too early is
-//     caught. fence,
-//     commit_group and wait_group are warpgroup collectives; proxy fences are not modelled. Unlike the mma.sp
-//     layout, this reading of the ISA has not been checked on hardware yet.
+//     caught. fence, commit_group and wait_group are warpgroup collectives; proxy fences are not modelled.
+//     Unlike the mma.sp layout, this reading of the ISA has not been checked on hardware yet
+//     (tests/cpp/cuda_test_wgmma_sp_layout.cu will).
 //   * Dynamic shared memory starts 144 bytes into the shared window, so alignment a kernel needs (1024 bytes for
 //     swizzle atoms) must be made by the kernel, as on a GPU.
 //   * Memory checks: shared-memory addresses of cp.async/ldmatrix/ld.shared are bounds- and alignment-checked;
@@ -48,16 +48,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <array>
 #include <functional>
 #include <memory>
 #include <random>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
