@@ -1,8 +1,8 @@
 // The 2:4 sparse-tensor-core convolution kernels (kernels/cuda/sparse_conv2d_24_device.cuh), every variant and
 // pipeline depth, fp16 and bf16, run on the CPU under the SIMT emulator (simt_emulator.h) and compared with a
 // double-precision convolution: awkward Cin (40: a padded k-block; 80: an odd number of k-blocks; 104 = 96 + 8)
-// and Cout (72, 75: not a multiple of 8; 160, 264: a big tile past the packed weight), 3x3 stride 2 padding 1 and
-// 1x1, odd spatial sizes, pixels not a multiple of the tile and more than one pixel tile, bias + SiLU, the output
+// and Cout (72, 75: not a multiple of 8; 160, 264: a big tile past the packed weight), 3x3 stride 2 padding 1,
+// 5x5 padding 2, 1x1 stride 1 and 2, odd spatial sizes, pixels not a multiple of the tile and more than one pixel tile, bias + SiLU, the output
 // poisoned with NaN first. Every case runs with
 // cp.async copies landing at once and landing only at their wait, under different fiber schedules.
 // This checks the kernels' indexing, pipelining and fragment handling, not the hardware: the GPU test of the
@@ -63,6 +63,8 @@ int main() {
       {1, 104, 7, 9, 160, 3, 3, 1, 1, false},    // 96 + 8 channels, 3x3 stride 1
       {1, 8, 5, 5, 16, 3, 3, 2, 0, true},        // Cin = 8, tiny
       {1, 48, 23, 13, 264, 1, 1, 1, 0, true},    // 299 pixels: two 256-pixel tiles; 264 = 256 + 8 channels
+      {1, 16, 9, 10, 40, 5, 5, 1, 2, true},      // 5x5 taps, padding 2
+      {2, 24, 8, 7, 32, 1, 1, 2, 0, false},      // strided 1x1
   };
   std::mt19937 rng(0);
   int failures = 0, n = 0;
