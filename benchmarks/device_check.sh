@@ -12,9 +12,9 @@
 #   3. pytest  every CUDA-marked test (-m "cuda and not wgmma"): NMS, box_iou, N:M masks/compress, the 2:4
 #              sparse conv, ...; then, in their own process, the wgmma-marked ones (sm_90a kernel not yet run on
 #              a GPU: a fault there poisons the process's CUDA context)
-#   4. bench   benchmarks/probe_cusparselt.py (which cuSPARSELt calls run here); benchmarks/bench_nms.py
-#              --device cuda; benchmarks/bench_sparse_conv_cuda.py (batch 32, fp16): dense vs the four mma.sp
-#              kernels + end to end; then the wgmma kernel and cuSPARSELt, each in its own process
+#   4. bench   benchmarks/bench_sparse_conv_cuda.py (batch 32, fp16): dense vs the four mma.sp kernels + end to
+#              end; then the wgmma kernels in their own process; benchmarks/bench_nms.py --device cuda;
+#              benchmarks/probe_cusparselt.py (which cuSPARSELt calls run here); cuSPARSELt in its own process
 # SKIP_STAGES="ctest_cuda bench_nms" skips stages by name (a rerun after a fix).
 # Files under $OUT (the device tool returns at most 8): log.txt (everything), summary.md (stage table + every
 # benchmark table), results.tgz (the benchmarks' .json and .md files). Pytest failures are in log.txt (-rfE).
@@ -130,18 +130,21 @@ run_stage pytest_cuda 180 "$PY" -m pytest -q -m "cuda and not wgmma" -p no:cache
 run_stage pytest_wgmma 60 "$PY" -m pytest -q -m wgmma -p no:cacheprovider -rfE tests/test_sparse_conv_cuda.py
 
 # --- 4. benchmarks ----------------------------------------------------------------------------------------
-run_stage probe_cusparselt 60 "$PY" benchmarks/probe_cusparselt.py
-run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 --min-run-time 0.3 \
-  --json "$RES/nms_cuda.json" --markdown "$RES/nms_cuda.md"
-# cuSPARSELt runs in its own process: on the H200 (torch 2.11) a failing cuSPARSELt call has left the CUDA
-# context unusable, which would end the main benchmark.
+# Most informative first, so that the deadline cuts what is already known (NMS, cuSPARSELt were measured on the
+# H200 before).
+# The mma.sp kernels with cuSPARSELt off: on the H200 (torch 2.11) a failing cuSPARSELt call has left the CUDA
+# context unusable, which would end this benchmark; cuSPARSELt gets its own process at the end.
 run_stage bench_sparse_conv 300 env SPARSEYOLO_CUSPARSELT=0 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 \
   --dtype fp16 --reps 10 --methods dense mma_sp mma_sp_tile128 mma_sp_tile128x256 mma_sp_tile256x128 \
   --out "$RES" --name sparse_conv_cuda
-# Per layer, and end to end with `auto` allowed to pick it (SPARSEYOLO_AUTO_WGMMA=1, this process only).
+# The wgmma kernels in their own process: per layer, and end to end with `auto` allowed to pick them
+# (SPARSEYOLO_AUTO_WGMMA=1, this process only).
 run_stage bench_wgmma 120 env SPARSEYOLO_CUSPARSELT=0 SPARSEYOLO_AUTO_WGMMA=1 "$PY" benchmarks/bench_sparse_conv_cuda.py \
   --batch 32 --dtype fp16 --reps 10 --methods dense mma_sp_wgmma mma_sp_wgmma_overlap --out "$RES" \
   --name sparse_conv_cuda_wgmma
+run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 --min-run-time 0.3 \
+  --json "$RES/nms_cuda.json" --markdown "$RES/nms_cuda.md"
+run_stage probe_cusparselt 60 "$PY" benchmarks/probe_cusparselt.py
 run_stage bench_cusparselt 90 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
   --methods dense cusparselt --models --out "$RES" --name sparse_conv_cuda_cslt
 
