@@ -37,10 +37,11 @@ from sparseyolo.sparse.mma_sp import MmaSpWeight, is_24_sparse, pack_mma_sp_weig
 
 LOGGER = logging.getLogger(__name__)
 
-_MMA_SP_KERNELS = {"mma_sp": "default", "mma_sp_tile128": "tile128", "mma_sp_tile128x256": "tile128x256",
+# Backend name -> sparseyolo.ops.sparse_conv2d_24's kernel argument.
+MMA_SP_BACKENDS = {"mma_sp": "default", "mma_sp_tile128": "tile128", "mma_sp_tile128x256": "tile128x256",
                    "mma_sp_tile256x128": "tile256x128", "mma_sp_wgmma": "wgmma",
                    "mma_sp_wgmma_overlap": "wgmma_overlap"}
-GPU_BACKENDS = ("auto", *_MMA_SP_KERNELS, "cusparselt", "dense")
+GPU_BACKENDS = ("auto", *MMA_SP_BACKENDS, "cusparselt", "dense")
 # Backends `auto` does not try until a device run has shown them correct (see the module docstring).
 _NOT_IN_AUTO = {"mma_sp_wgmma", "mma_sp_wgmma_overlap"}
 # Largest relative L2 difference from cuDNN's output that `auto` accepts: both round the same fp32-accumulated
@@ -57,6 +58,7 @@ class _GpuState:
 
     dense_w: torch.Tensor
     bias: torch.Tensor | None  # float32
+    hopper: bool  # sm_90: the wgmma kernels can run
     packed: MmaSpWeight | None = None
     cslt: object | None = None
     reason: str | None = None  # why mma.sp cannot run it ("" when it can); checked once
@@ -188,17 +190,17 @@ def _state(module, x: torch.Tensor) -> _GpuState:
     if key not in states:
         w = module.dense_weight().to(device=x.device, dtype=x.dtype).contiguous(memory_format=torch.channels_last)
         b = None if module.bias is None else module.bias.to(device=x.device, dtype=torch.float32)
-        states[key] = _GpuState(dense_w=w, bias=b)
+        states[key] = _GpuState(dense_w=w, bias=b, hopper=torch.cuda.get_device_capability(x.device) == (9, 0))
     return states[key]
 
 
 def _run(module, st: _GpuState, backend: str, x: torch.Tensor) -> torch.Tensor:
     act = module.activation
-    if backend in _MMA_SP_KERNELS:
+    if backend in MMA_SP_BACKENDS:
         from sparseyolo import ops
 
         return ops.sparse_conv2d_24(x, st.packed.values, st.packed.meta, module.out_channels, module.kernel_size,
-                                    st.bias, module.stride, module.padding, act, kernel=_MMA_SP_KERNELS[backend])
+                                    st.bias, module.stride, module.padding, act, kernel=MMA_SP_BACKENDS[backend])
     if backend == "cusparselt":
         return st.cslt(x, act)
     y = F.conv2d(x.contiguous(memory_format=torch.channels_last), st.dense_w,
@@ -220,10 +222,9 @@ def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
     if not reason:
         if st.packed is None:
             st.packed = pack_mma_sp_weight(st.dense_w, dtype=x.dtype).to(x.device)
-        hopper = torch.cuda.get_device_capability(x.device) == (9, 0)
         opt_in = os.environ.get("SPARSEYOLO_AUTO_WGMMA", "0") == "1"
-        candidates += [b for b in _MMA_SP_KERNELS if (b not in _NOT_IN_AUTO or want == b or opt_in)
-                       and ("wgmma" not in b or hopper)]
+        candidates += [b for b in MMA_SP_BACKENDS if (b not in _NOT_IN_AUTO or want == b or opt_in)
+                       and ("wgmma" not in b or st.hopper)]
         is_1x1 = module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding == (0, 0)
         if is_1x1 and want in ("auto", "cusparselt") and st.cslt is None:
             why = cusparselt_status()

@@ -9,10 +9,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <random>
 #include <vector>
 
 #include "cuda_test_utils.h"
+#include "sparse_probe.h"
 
 namespace {
 
@@ -41,43 +41,16 @@ int main() {
     std::printf("cuda_test_mma_sp_layout: GPU older than sm_80, skipped\n");
     return kSkipped;
   }
-  std::mt19937 rng(7);
-  std::uniform_real_distribution<float> uni(-1.f, 1.f);
-  // Dense A (16 x 32) with two kept values in every group of four, B (32 x 8); values exact in fp16.
-  float A[16][32] = {}, B[32][8];
-  int pos[16][8][2];
-  const int pairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
-  for (int r = 0; r < 16; ++r)
-    for (int q = 0; q < 8; ++q) {
-      const int* p = pairs[rng() % 6];
-      pos[r][q][0] = p[0];
-      pos[r][q][1] = p[1];
-      for (int i = 0; i < 2; ++i) A[r][4 * q + p[i]] = std::round(uni(rng) * 64.f) / 64.f;
-    }
-  for (auto& row : B)
-    for (float& v : row) v = std::round(uni(rng) * 64.f) / 64.f;
-  float D[16][8] = {};
-  for (int r = 0; r < 16; ++r)
-    for (int n = 0; n < 8; ++n)
-      for (int k = 0; k < 32; ++k) D[r][n] += A[r][k] * B[k][n];
-
-  // Fragments: lane = 4g + t. A element i: row g + 8*((i/2)&1), compressed column 2t + (i&1) + 8*(i/4), where
-  // compressed column j is the (j&1)-th kept value of group j/2. B element i: k = 2t + (i&1) + 8*(i/2), n = g.
+  const SparseProbe<16> pr(7);
+  // Fragments: lane = 4g + t. A: SparseProbe::a_fragment. B element i: k = 2t + (i&1) + 8*(i/2), n = g.
   std::vector<__half> a_h(32 * 8), b_h(32 * 8);
   for (int lane = 0; lane < 32; ++lane) {
     const int g = lane >> 2, t = lane & 3;
     for (int i = 0; i < 8; ++i) {
-      const int r = g + 8 * ((i / 2) & 1), j = 2 * t + (i & 1) + 8 * (i / 4);
-      a_h[lane * 8 + i] = __float2half(A[r][4 * (j / 2) + pos[r][j / 2][j & 1]]);
-      b_h[lane * 8 + i] = __float2half(B[2 * t + (i & 1) + 8 * (i / 2)][g]);
+      a_h[lane * 8 + i] = __float2half(pr.a_fragment(0, lane, i));
+      b_h[lane * 8 + i] = __float2half(pr.B[2 * t + (i & 1) + 8 * (i / 2)][g]);
     }
   }
-  // 16-bit metadata of row r for dense columns 16h .. 16h+15: group i at bits 4i..4i+3 as pos0 | pos1 << 2.
-  auto half_meta = [&](int r, int h) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) v |= uint32_t(pos[r][4 * h + i][0] | pos[r][4 * h + i][1] << 2) << (4 * i);
-    return v;
-  };
 
   uint4 *a_d, *b_d;
   uint32_t* e_d;
@@ -97,15 +70,7 @@ int main() {
   int matches = 0;
   do {
     std::vector<uint32_t> meta(32);
-    for (int lane = 0; lane < 32; ++lane) {
-      const int g = lane >> 2, t = lane & 1;  // lanes t = 2, 3 repeat 0, 1 (not read with selector 0)
-      uint32_t w = 0;
-      for (int hi = 0; hi < 2; ++hi) {
-        const int which = perm[2 * t + hi];
-        w |= half_meta(g + 8 * (which >> 1), which & 1) << (16 * hi);
-      }
-      meta[lane] = w;
-    }
+    for (int lane = 0; lane < 32; ++lane) meta[lane] = pr.meta_word(0, lane, perm);
     CHECK_CUDA(cudaMemcpy(e_d, meta.data(), 32 * sizeof(uint32_t), cudaMemcpyHostToDevice));
     CHECK_CUDA(cudaMemset(d_d, 0xff, 128 * sizeof(float)));  // NaN poison
     mma_sp_once<<<1, 32>>>(a_d, b_d, e_d, d_d);
@@ -116,7 +81,7 @@ int main() {
     for (int lane = 0; lane < 32; ++lane) {
       const int g = lane >> 2, t = lane & 3;
       for (int i = 0; i < 4; ++i) {
-        const float ref = D[g + 8 * (i / 2)][2 * t + (i & 1)];
+        const float ref = pr.D[g + 8 * (i / 2)][2 * t + (i & 1)];
         err = std::max(err, std::isnan(d[lane * 4 + i]) ? 1e30 : std::fabs(double(d[lane * 4 + i]) - ref));
       }
     }

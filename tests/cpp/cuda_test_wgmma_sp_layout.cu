@@ -18,10 +18,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include "cuda_test_utils.h"
+#include "sparse_probe.h"
 
 namespace {
 
@@ -75,47 +75,17 @@ int main() {
     std::printf("cuda_test_wgmma_sp_layout: not an sm_90 GPU, skipped\n");
     return kSkipped;
   }
-  std::mt19937 rng(11);
-  std::uniform_real_distribution<float> uni(-1.f, 1.f);
-  // Dense A (64 x 32), two kept values in every group of four; B (32 x 8); values exact in fp16.
-  float A[64][32] = {}, B[32][8];
-  int pos[64][8][2];
-  const int pairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
-  for (int r = 0; r < 64; ++r)
-    for (int q = 0; q < 8; ++q) {
-      const int* p = pairs[rng() % 6];
-      pos[r][q][0] = p[0];
-      pos[r][q][1] = p[1];
-      for (int i = 0; i < 2; ++i) A[r][4 * q + p[i]] = std::round(uni(rng) * 64.f) / 64.f;
-    }
-  for (auto& row : B)
-    for (float& v : row) v = std::round(uni(rng) * 64.f) / 64.f;
-  float D[64][8] = {};
-  for (int r = 0; r < 64; ++r)
-    for (int n = 0; n < 8; ++n)
-      for (int k = 0; k < 32; ++k) D[r][n] += A[r][k] * B[k][n];
-
-  // A registers: thread 32w + lane, lane = 4g + t: element i is row 16w + g + 8((i/2)&1), compressed column
-  // 2t + (i&1) + 8(i/4) (the (j&1)-th kept value of group j/2).
+  const SparseProbe<64> pr(11);
+  // A registers: thread 32w + lane holds the mma.sp fragment of rows 16w .. 16w+15.
   std::vector<__half> a_h(128 * 8);
-  for (int tid = 0; tid < 128; ++tid) {
-    const int w = tid / 32, g = (tid % 32) >> 2, t = tid & 3;
-    for (int i = 0; i < 8; ++i) {
-      const int r = 16 * w + g + 8 * ((i / 2) & 1), j = 2 * t + (i & 1) + 8 * (i / 4);
-      a_h[tid * 8 + i] = __float2half(A[r][4 * (j / 2) + pos[r][j / 2][j & 1]]);
-    }
-  }
-  auto half_meta = [&](int r, int h) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) v |= uint32_t(pos[r][4 * h + i][0] | pos[r][4 * h + i][1] << 2) << (4 * i);
-    return v;
-  };
+  for (int tid = 0; tid < 128; ++tid)
+    for (int i = 0; i < 8; ++i) a_h[tid * 8 + i] = __float2half(pr.a_fragment(16 * (tid / 32), tid % 32, i));
   // B images. Swizzled: byte (n * 128 + ((k / 8) ^ (n & 7)) * 16 + (k % 8) * 2). Unswizzled canonical K-major:
   // core matrix (n / 8, k / 8) of 8 rows x 16 bytes; 4 of them along K, LBO = 128 bytes apart, SBO unused (N = 8).
   std::vector<unsigned char> b_sw(8 * 128, 0), b_plain(4 * 128, 0);
   for (int n = 0; n < 8; ++n)
     for (int k = 0; k < 32; ++k) {
-      const __half v = __float2half(B[k][n]);
+      const __half v = __float2half(pr.B[k][n]);
       std::memcpy(&b_sw[n * 128 + ((k / 8) ^ (n & 7)) * 16 + (k % 8) * 2], &v, 2);
       std::memcpy(&b_plain[(k / 8) * 128 + n * 16 + (k % 8) * 2], &v, 2);
     }
@@ -148,15 +118,7 @@ int main() {
         int perm[4] = {0, 1, 2, 3};
         do {
           std::vector<uint32_t> meta(128);
-          for (int tid = 0; tid < 128; ++tid) {
-            const int w = tid / 32, g = (tid % 32) >> 2, t = tid & 1;
-            uint32_t word = 0;
-            for (int hi = 0; hi < 2; ++hi) {
-              const int which = perm[2 * t + hi];
-              word |= half_meta(16 * w + g + 8 * (which >> 1), which & 1) << (16 * hi);
-            }
-            meta[tid] = word;
-          }
+          for (int tid = 0; tid < 128; ++tid) meta[tid] = pr.meta_word(16 * (tid / 32), tid % 32, perm);
           CHECK_CUDA(cudaMemcpy(e_d, meta.data(), 128 * sizeof(uint32_t), cudaMemcpyHostToDevice));
           CHECK_CUDA(cudaMemset(d_d, 0xff, 128 * 4 * sizeof(float)));  // NaN poison
           if (trans)
@@ -172,7 +134,7 @@ int main() {
           for (int tid = 0; tid < 128; ++tid) {
             const int w = tid / 32, g = (tid % 32) >> 2, t = tid & 3;
             for (int i = 0; i < 4; ++i) {
-              const float ref = D[16 * w + g + 8 * (i / 2)][2 * t + (i & 1)];
+              const float ref = pr.D[16 * w + g + 8 * (i / 2)][2 * t + (i & 1)];
               const float got = d[tid * 4 + i];
               err = std::max(err, std::isnan(got) ? 1e30 : std::fabs(double(got) - ref));
             }

@@ -126,8 +126,9 @@ struct Fiber {
   std::vector<unsigned char> stack;
   uint3 tid;
   bool done = false;
-  // What it waits for: the block barrier (kind 1) or its warp's collective (kind 2) to reach generation `gen`.
-  int wait_kind = 0;
+  // What it waits for: the generation counter of its block barrier, warp or warpgroup (null: nothing) to reach
+  // wait_gen.
+  const uint64_t* wait_on = nullptr;
   uint64_t wait_gen = 0;
   std::vector<Copy> open_group;
   std::vector<std::vector<Copy>> groups;  // committed, not yet retired, oldest first
@@ -234,13 +235,7 @@ inline unsigned char* smem_ptr(uint32_t addr, size_t bytes, size_t align, const 
 
 inline Fiber& self() { return state().fibers[state().current]; }
 
-inline bool satisfied(const Fiber& f) {
-  const State& s = state();
-  if (f.wait_kind == 1) return s.block_gen >= f.wait_gen;
-  if (f.wait_kind == 2) return s.warps[(f.tid.x + f.tid.y * s.block_dim.x) / 32].gen >= f.wait_gen;
-  if (f.wait_kind == 3) return s.warpgroups[(f.tid.x + f.tid.y * s.block_dim.x) / 128].gen >= f.wait_gen;
-  return true;
-}
+inline bool satisfied(const Fiber& f) { return f.wait_on == nullptr || *f.wait_on >= f.wait_gen; }
 
 // Switches to a fiber drawn at random among those that can run (the others wait at barriers that have not
 // completed); returns when this one is picked again. No runnable fiber at all is a deadlock.
@@ -259,7 +254,7 @@ inline void yield() {
 
 inline void wait_until_released() {
   while (!satisfied(self())) yield();
-  self().wait_kind = 0;
+  self().wait_on = nullptr;
 }
 
 inline int linear_tid() { return static_cast<int>(self().tid.x + self().tid.y * state().block_dim.x); }
@@ -272,7 +267,7 @@ inline int live_threads() {
 inline void syncthreads() {
   State& s = state();
   Fiber& me = self();
-  me.wait_kind = 1;
+  me.wait_on = &s.block_gen;
   me.wait_gen = s.block_gen + 1;
   if (++s.block_arrived == live_threads()) {
     s.block_arrived = 0;
@@ -281,21 +276,25 @@ inline void syncthreads() {
   wait_until_released();
 }
 
-// Lane `lane` of warp `w` deposits its operands for collective `op`; the last lane to arrive runs `compute` (all
-// lanes' results at once), then every lane reads its own.
-inline Warp& collective(const char* op, const std::function<void(Warp&)>& deposit,
-                        const std::function<void(Warp&)>& compute) {
-  State& s = state();
+// A .sync.aligned instruction across the kSize threads of a warp (32) or warpgroup (128): thread i of the group
+// deposits its operands for `op`; the last to arrive runs `compute` (every thread's results at once), then each
+// thread reads its own.
+template <int kSize, typename Group>
+inline Group& group_collective(std::vector<Group>& groups, const char* op,
+                               const std::function<void(Group&, int)>& deposit,
+                               const std::function<void(Group&)>& compute) {
   const int t = linear_tid();
-  Warp& w = s.warps[t / 32];
+  if (state().block_dim.x * state().block_dim.y % kSize != 0)
+    fail(std::string(op) + ": the block is not a whole number of groups of " + std::to_string(kSize) + " threads");
+  Group& w = groups[t / kSize];
   if (w.arrived == 0) w.op = op;
   if (w.op != op && std::strcmp(w.op, op) != 0)
-    fail(std::string("warp lanes at different collectives: ") + w.op + " and " + op);
-  deposit(w);
+    fail(std::string("threads of one group at different collective instructions: ") + w.op + " and " + op);
+  deposit(w, t % kSize);
   Fiber& me = self();
-  me.wait_kind = 2;
+  me.wait_on = &w.gen;
   me.wait_gen = w.gen + 1;
-  if (++w.arrived == 32) {
+  if (++w.arrived == kSize) {
     compute(w);
     w.arrived = 0;
     ++w.gen;
@@ -304,27 +303,13 @@ inline Warp& collective(const char* op, const std::function<void(Warp&)>& deposi
   return w;
 }
 
-// The warpgroup (4 warps, 128 threads) version of `collective`.
+inline Warp& collective(const char* op, const std::function<void(Warp&, int)>& deposit,
+                        const std::function<void(Warp&)>& compute) {
+  return group_collective<32>(state().warps, op, deposit, compute);
+}
 inline WarpGroup& wg_collective(const char* op, const std::function<void(WarpGroup&, int)>& deposit,
                                 const std::function<void(WarpGroup&)>& compute) {
-  State& s = state();
-  const int t = linear_tid();
-  if (s.block_dim.x * s.block_dim.y % 128 != 0) fail(std::string(op) + ": block is not whole warpgroups");
-  WarpGroup& w = s.warpgroups[t / 128];
-  if (w.arrived == 0) w.op = op;
-  if (w.op != op && std::strcmp(w.op, op) != 0)
-    fail(std::string("warpgroup threads at different instructions: ") + w.op + " and " + op);
-  deposit(w, t % 128);
-  Fiber& me = self();
-  me.wait_kind = 3;
-  me.wait_gen = w.gen + 1;
-  if (++w.arrived == 128) {
-    compute(w);
-    w.arrived = 0;
-    ++w.gen;
-  }
-  wait_until_released();
-  return w;
+  return group_collective<128>(state().warpgroups, op, deposit, compute);
 }
 
 inline void retire_oldest_group(Fiber& f) {
@@ -479,7 +464,7 @@ inline uint32_t lds32(uint32_t addr) {
 inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   const int lane = simt::linear_tid() % 32;
   simt::Warp& w = simt::collective(
-      "ldmatrix.x4", [&](simt::Warp& w) { w.u32[lane][0] = addr; },
+      "ldmatrix.x4", [&](simt::Warp& w, int l) { w.u32[l][0] = addr; },
       [](simt::Warp& w) {
         for (int l = 0; l < 32; ++l) {
           const int g = l / 4, t = l % 4;
@@ -528,14 +513,14 @@ inline void mma_sp_16832(float (&d)[4], const uint4& a, const uint32_t (&b)[4], 
   const int lane = simt::linear_tid() % 32;
   simt::Warp& w = simt::collective(
       "mma.sp.m16n8k32",
-      [&](simt::Warp& w) {
+      [&](simt::Warp& w, int l) {
         const uint32_t av[4] = {a.x, a.y, a.z, a.w};
         for (int i = 0; i < 4; ++i) {
-          w.u32[lane][i] = av[i];
-          w.u32[lane][4 + i] = b[i];
-          w.f32[lane][i] = d[i];
+          w.u32[l][i] = av[i];
+          w.u32[l][4 + i] = b[i];
+          w.f32[l][i] = d[i];
         }
-        w.u32[lane][8] = e;
+        w.u32[l][8] = e;
       },
       [](simt::Warp& w) {
         auto half = [](uint32_t word, int h) { return static_cast<uint16_t>(h ? word >> 16 : word & 0xFFFF); };
@@ -582,14 +567,6 @@ inline void wgmma_wait() {
       w.committed.erase(w.committed.begin());
     }
   });
-}
-
-inline uint64_t wgmma_desc_k_major_sw128(uint32_t smem_address) {
-  uint64_t desc = static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4);
-  desc |= static_cast<uint64_t>(1) << 16;
-  desc |= static_cast<uint64_t>(1024 >> 4) << 32;
-  desc |= static_cast<uint64_t>(1) << 62;
-  return desc;
 }
 
 // `a` and `e` are taken by reference: like the accumulators, the A registers are read when the operation runs,

@@ -34,7 +34,6 @@ bool sparse_conv24_supported(int device) {
 }
 
 bool sparse_conv24_variant_supported(int variant, int device) {
-  if (!sparse_conv24_supported(device)) return false;
   if (variant != kVariantWgmma && variant != kVariantWgmmaOverlap) return true;
   int major = 0, minor = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||

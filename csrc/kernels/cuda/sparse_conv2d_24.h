@@ -58,8 +58,8 @@ inline int sparse_conv24_k_blocks(int cin, int kh, int kw) { return kh * kw * ((
 // True when this build has the sparse tensor-core kernel for the device's architecture (sm_80 or newer).
 bool sparse_conv24_supported(int device);
 
-// True when `variant` can run on `device`: the wgmma variants need compute capability 9.0 (their code is built
-// for sm_90a); every other variant needs sparse_conv24_supported.
+// What `variant` needs beyond sparse_conv24_supported: the wgmma variants need compute capability 9.0 (their code
+// is built for sm_90a); the others nothing more.
 bool sparse_conv24_variant_supported(int variant, int device);
 
 // Launches the kernel; returns the launch error (cudaSuccess when fine). Does not synchronise.

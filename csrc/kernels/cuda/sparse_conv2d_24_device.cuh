@@ -167,18 +167,6 @@ __device__ __forceinline__ void wgmma_wait() {
 #endif
 }
 
-// Shared-memory matrix descriptor of a K-major operand in the canonical 128-byte-swizzle layout: rows of 128
-// bytes, 8-row groups 1024 bytes apart (stride byte offset), leading byte offset unused for this layout (1),
-// base offset 0 (the swizzle atoms are 1024-byte aligned). Bits: start address >> 4 in 0-13, leading byte offset
-// >> 4 in 16-29, stride byte offset >> 4 in 32-45, base offset in 49-51, layout type in 62-63 (1: 128B swizzle).
-__device__ __forceinline__ uint64_t wgmma_desc_k_major_sw128(uint32_t smem_address) {
-  uint64_t desc = static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4);
-  desc |= static_cast<uint64_t>(1) << 16;
-  desc |= static_cast<uint64_t>(1024 >> 4) << 32;
-  desc |= static_cast<uint64_t>(1) << 62;
-  return desc;
-}
-
 // d[128] += A(64 x 32, 2:4 sparse; this warp's 16 rows as the mma.sp m16n8k32 fragment `a` + metadata `e`,
 // selector 0) * B(32 x 256, K-major in shared memory, `desc_b`), fp32 accumulate, across the warpgroup.
 template <typename T>
@@ -241,9 +229,46 @@ __device__ __forceinline__ void wgmma_sp_m64n256k32<__nv_bfloat16>(float (&d)[12
 #undef SPARSEYOLO_WGMMA_SP
 #endif  // !SPARSEYOLO_SIMT_EMULATION
 
+// Shared-memory matrix descriptor (wgmma; plain arithmetic, shared with the emulator) of a K-major operand in the canonical 128-byte-swizzle layout: rows of 128
+// bytes, 8-row groups 1024 bytes apart (stride byte offset), leading byte offset unused for this layout (1),
+// base offset 0 (the swizzle atoms are 1024-byte aligned). Bits: start address >> 4 in 0-13, leading byte offset
+// >> 4 in 16-29, stride byte offset >> 4 in 32-45, base offset in 49-51, layout type in 62-63 (1: 128B swizzle).
+__device__ __forceinline__ uint64_t wgmma_desc_k_major_sw128(uint32_t smem_address) {
+  uint64_t desc = static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4);
+  desc |= static_cast<uint64_t>(1) << 16;
+  desc |= static_cast<uint64_t>(1024 >> 4) << 32;
+  desc |= static_cast<uint64_t>(1) << 62;
+  return desc;
+}
+
 __device__ __forceinline__ float epilogue(float v, float bias, bool silu) {
   v += bias;
   return silu ? v / (1.f + __expf(-v)) : v;
+}
+
+// Writes a block's staged [pixel][channel] tile (kBN rows of kBM channels, row stride kBM + 8 halves) to the NHWC
+// output: 16-byte stores along Cout, scalar ones where Cout % 8 != 0 (co + 8 <= cout when both are multiples of 8).
+template <typename T, int kBM, int kBN, int kThreads>
+__device__ __forceinline__ void store_output_tile(const SparseConv24Params& p, const T* tile, int tid, int64_t pix0,
+                                                  int cout0, int64_t npix) {
+  T* out = static_cast<T*>(p.output);
+  const bool vec = (p.cout & 7) == 0;
+  constexpr int kChunks = kBN * (kBM / 8);
+#pragma unroll 1
+  for (int i = tid; i < kChunks; i += kThreads) {
+    const int col = i / (kBM / 8), cc = (i % (kBM / 8)) * 8;
+    const int64_t pix = pix0 + col;
+    const int co = cout0 + cc;
+    if (pix >= npix || co >= p.cout) continue;
+    T* dst = out + pix * p.cout + co;
+    const T* src = tile + col * (kBM + 8) + cc;
+    if (vec) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+      const int n = min(8, p.cout - co);
+      for (int j = 0; j < n; ++j) dst[j] = src[j];
+    }
+  }
 }
 
 // ---- kVariantTile64: 64 x 128 tile, k-step 32, two stages ------------------------------------------------------
@@ -391,24 +416,7 @@ __global__ void __launch_bounds__(tile64::kThreads) sparse_conv24_tile64(SparseC
     }
   }
   __syncthreads();
-  T* out = static_cast<T*>(p.output);
-  const bool vec = (p.cout & 7) == 0;
-  constexpr int kChunks = kBN * (kBM / 8);
-#pragma unroll 1
-  for (int i = tid; i < kChunks; i += kThreads) {
-    const int col = i / (kBM / 8), cc = (i % (kBM / 8)) * 8;
-    const int64_t pix = pix0 + col;
-    const int co = cout0 + cc;
-    if (pix >= npix || co >= p.cout) continue;
-    T* dst = out + pix * p.cout + co;
-    const T* src = tile + col * kOutStride + cc;
-    if (vec) {  // co + 8 <= cout since both are multiples of 8
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-      const int n = min(8, p.cout - co);
-      for (int j = 0; j < n; ++j) dst[j] = src[j];
-    }
-  }
+  store_output_tile<T, kBM, kBN, kThreads>(p, tile, tid, pix0, cout0, npix);
 #endif
 }
 
@@ -541,27 +549,8 @@ struct BigTileStager {
     }
   }
 
-  // Writes the block's staged [pixel][channel] tile (row stride Cfg::kOutStride) to the NHWC output: 16-byte
-  // stores along Cout, scalar ones where Cout % 8 != 0.
   __device__ __forceinline__ void store(const T* tile) const {
-    T* out = static_cast<T*>(p.output);
-    const bool vec = (p.cout & 7) == 0;
-    constexpr int kChunks = Cfg::kBN * (Cfg::kBM / 8);
-#pragma unroll 1
-    for (int i = tid; i < kChunks; i += Cfg::kThreads) {
-      const int col = i / (Cfg::kBM / 8), cc = (i % (Cfg::kBM / 8)) * 8;
-      const int64_t pix = pix0 + col;
-      const int co = cout0 + cc;
-      if (pix >= npix || co >= p.cout) continue;
-      T* dst = out + pix * p.cout + co;
-      const T* src = tile + col * Cfg::kOutStride + cc;
-      if (vec) {
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-      } else {
-        const int n = min(8, p.cout - co);
-        for (int j = 0; j < n; ++j) dst[j] = src[j];
-      }
-    }
+    store_output_tile<T, Cfg::kBM, Cfg::kBN, Cfg::kThreads>(p, tile, tid, pix0, cout0, npix);
   }
 };
 
@@ -770,19 +759,26 @@ __global__ void __launch_bounds__(TileWgmma::kThreads, 1) sparse_conv24_wgmma(Sp
 
 // ---- dispatch ---------------------------------------------------------------------------------------------
 
-// The kernel of `variant` for `dtype` with its launch shape; `kernel` is null for a bad variant or dtype.
+// The kernel of `variant` for `dtype` with its launch shape; `kernel` is null for a bad variant or dtype. grid.x is
+// filled from blocks_x by dispatch, once it has checked the limit.
 struct Launch {
   void (*kernel)(SparseConv24Params) = nullptr;
+  int64_t blocks_x = 0;
   dim3 grid, block;
   int smem_bytes = 0;
   int stages = 0;
 };
 
+// Blocks of a bm x bn tile over the whole GEMM (the 1D grids of the big-tile kernels).
+inline int64_t tile_count(const SparseConv24Params& p, int bm, int bn) {
+  const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
+  return (npix + bn - 1) / bn * ((p.cout + bm - 1) / bm);
+}
+
 // The deepest pipeline (4, 3 or 2 stages) whose shared memory fits `max_smem_bytes` (the device's opt-in limit
 // per block: 227 KiB on sm_90, 163 KiB on sm_80, 99 KiB on sm_86/sm_89).
 template <typename T, typename Cfg>
 inline Launch big_tile_launch(const SparseConv24Params& p, int max_smem_bytes) {
-  const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
   Launch l;
   if (Cfg::smem_bytes(4) <= max_smem_bytes) {
     l.kernel = sparse_conv24_bigtile<T, Cfg, 4>;
@@ -794,8 +790,7 @@ inline Launch big_tile_launch(const SparseConv24Params& p, int max_smem_bytes) {
     l.kernel = sparse_conv24_bigtile<T, Cfg, 2>;
     l.stages = 2;
   }
-  const int64_t blocks = (npix + Cfg::kBN - 1) / Cfg::kBN * ((p.cout + Cfg::kBM - 1) / Cfg::kBM);
-  l.grid = dim3(static_cast<unsigned>(blocks));
+  l.blocks_x = tile_count(p, Cfg::kBM, Cfg::kBN);
   l.block = dim3(Cfg::kThreads);
   l.smem_bytes = Cfg::smem_bytes(l.stages);
   return l;
@@ -808,8 +803,8 @@ inline Launch launch_for(const SparseConv24Params& p, int variant, int max_smem_
   switch (variant) {
     case kVariantTile64:
       l.kernel = sparse_conv24_tile64<T>;
-      l.grid = dim3(static_cast<unsigned>((npix + tile64::kBN - 1) / tile64::kBN),
-                    static_cast<unsigned>((p.cout + tile64::kBM - 1) / tile64::kBM));
+      l.blocks_x = (npix + tile64::kBN - 1) / tile64::kBN;
+      l.grid.y = static_cast<unsigned>((p.cout + tile64::kBM - 1) / tile64::kBM);
       l.block = dim3(tile64::kThreads);
       l.smem_bytes = tile64::kSmemBytes;
       l.stages = 2;
@@ -828,8 +823,7 @@ inline Launch launch_for(const SparseConv24Params& p, int variant, int max_smem_
         l.kernel = l.stages == 5 ? sparse_conv24_wgmma<T, 5, true> : sparse_conv24_wgmma<T, 4, true>;
       else
         l.kernel = l.stages == 4 ? sparse_conv24_wgmma<T, 4, false> : sparse_conv24_wgmma<T, 3, false>;
-      l.grid = dim3(static_cast<unsigned>((npix + TileWgmma::kBN - 1) / TileWgmma::kBN *
-                                          ((p.cout + TileWgmma::kBM - 1) / TileWgmma::kBM)));
+      l.blocks_x = tile_count(p, TileWgmma::kBM, TileWgmma::kBN);
       l.block = dim3(TileWgmma::kThreads);
       l.smem_bytes = l.stages * TileWgmma::kStageBytes + kWgmmaAlign;
       break;
@@ -837,21 +831,6 @@ inline Launch launch_for(const SparseConv24Params& p, int variant, int max_smem_
     default: break;
   }
   return l;
-}
-
-// Number of blocks `variant` launches (checked against the grid limit before anything is instantiated).
-inline int64_t grid_blocks(const SparseConv24Params& p, int variant) {
-  const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
-  auto blocks = [&](int bm, int bn) { return (npix + bn - 1) / bn * ((p.cout + bm - 1) / bm); };
-  switch (variant) {
-    case kVariantTile64: return (npix + tile64::kBN - 1) / tile64::kBN;  // grid.x; grid.y = Cout tiles
-    case kVariantTile128: return blocks(Tile128::kBM, Tile128::kBN);
-    case kVariantTile128x256: return blocks(Tile128x256::kBM, Tile128x256::kBN);
-    case kVariantTile256x128: return blocks(Tile256x128::kBM, Tile256x128::kBN);
-    case kVariantWgmma:
-    case kVariantWgmmaOverlap: return blocks(TileWgmma::kBM, TileWgmma::kBN);
-    default: return 0;
-  }
 }
 
 // Checks the launch limits (grid size, `max_smem_bytes`: the device's opt-in shared memory per block; `arch`: its
@@ -864,7 +843,6 @@ inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, int max_sm
   if (npix == 0 || p.cout == 0) return cudaSuccess;
   const int variant = p.variant == kVariantDefault ? kVariantTile64 : p.variant;
   if ((variant == kVariantWgmma || variant == kVariantWgmmaOverlap) && arch != 90) return cudaErrorNotSupported;
-  if (grid_blocks(p, variant) > 0x7fffffff) return cudaErrorInvalidConfiguration;
   Launch l;
   switch (dtype) {
     case DType::kFloat16: l = launch_for<__half>(p, variant, max_smem_bytes); break;
@@ -872,7 +850,8 @@ inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, int max_sm
     default: return cudaErrorInvalidValue;
   }
   if (l.kernel == nullptr) return cudaErrorInvalidValue;
-  if (l.smem_bytes > max_smem_bytes) return cudaErrorInvalidConfiguration;
+  if (l.blocks_x > 0x7fffffff || l.smem_bytes > max_smem_bytes) return cudaErrorInvalidConfiguration;
+  l.grid.x = static_cast<unsigned>(l.blocks_x);
   return launch(l);
 }
 
