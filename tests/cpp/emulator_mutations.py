@@ -1,0 +1,118 @@
+"""How much the SIMT emulator test catches: break the 2:4 sparse-conv kernels on purpose, one bug at a time.
+
+Each mutation replaces text in a copy of csrc/kernels/cuda/, builds tests/cpp/test_sparse_conv24_emulated.cpp
+against the copy with g++, and runs it; the mutation is caught when the test fails (a wrong output, or an abort
+from the emulator's checks). The unchanged kernels must pass. Needs g++ and the CUDA headers (CUDA_HOME, default
+/usr/local/cuda); takes about 10 minutes on 2 cores:
+
+    python tests/cpp/emulator_mutations.py [-j 2] [names...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNEL = "kernels/cuda/sparse_conv2d_24_device.cuh"
+
+# name -> [(old, new), ...]: every `old` must occur in the kernel file; its first occurrence is replaced.
+MUTATIONS: dict[str, list[tuple[str, str]]] = {
+    "swizzle dropped on the ldmatrix side": [(" ^ b_swz) * 16", ") * 16")],
+    "swizzle dropped on the store side": [("const int chunk = (my_half * 4 + q) ^ (row & 7);",
+                                           "const int chunk = (my_half * 4 + q);")],
+    "big tiles: barrier before the next stage's copies removed": [
+        ("    __syncthreads();  // k-step ks is visible to all; every warp", "    // removed")],
+    "tile64: barrier after the MMAs removed": [("__syncthreads();  // the stage is overwritten", "// removed")],
+    "big tiles: barrier before the epilogue removed": [
+        ("  __syncthreads();  // all warps are done with the operand stages", "  // removed")],
+    "wgmma: barrier before the next stage's copies removed": [
+        ("    __syncthreads();\n    const int next = ks + kAhead;", "    const int next = ks + kAhead;")],
+    "big tiles: cp.async wait one group short": [("cp_async_wait<kStages - 2>();", "cp_async_wait<kStages - 1>();")],
+    "tile64: cp.async wait one group short": [("cp_async_wait<1>();", "cp_async_wait<2>();")],
+    "wgmma: per-step wait dropped": [("    wgmma_wait<kOverlap ? 1 : 0>();", "    // removed")],
+    "wgmma: per-step wait relaxed to one group in flight": [
+        ("    wgmma_wait<kOverlap ? 1 : 0>();", "    wgmma_wait<1>();")],
+    "wrong metadata lane": [("g * 2 + (t & 1)) * 4)", "g * 2) * 4)")],
+    "k-blocks past K loaded": [("const bool in = mt_block + mt < packed_tiles && kb < num_k;",
+                                "const bool in = mt_block + mt < packed_tiles;")],
+    "row tiles past the packed weight loaded": [("packed_tiles = (p.cout + 63) / 64 * 4;",
+                                                 "packed_tiles = (p.cout + 127) / 128 * 8;")],
+    "warp mapping transposed": [("const int wm = warp % kWarpsM, wn = warp / kWarpsM;",
+                                 "const int wm = warp / kWarpsM, wn = warp % kWarpsM;")],
+    "gather-job stride": [("const int row = (tid >> 1) + j * (Cfg::kThreads / 2);",
+                           "const int row = (tid >> 1) + j * (Cfg::kThreads / 4);")],
+    "metadata chunk count": [("if (tid < Cfg::kMetaChunks) {", "if (tid < 64) {")],
+    "wgmma: descriptor k offset": [("wgmma_desc_k_major_sw128(sb + sub * 64)", "wgmma_desc_k_major_sw128(sb + sub * 32)")],
+    "wgmma: stages not 1024-byte aligned": [
+        ("const uint32_t smem_base = (raw + kWgmmaAlign - 1) & ~static_cast<uint32_t>(kWgmmaAlign - 1);",
+         "const uint32_t smem_base = raw;")],
+    "wgmma: fragment row tile": [("const int frag = (wg * 4 + wq) * 2 + sub;", "const int frag = (wq * 2 + wg) * 2 + sub;")],
+    "wgmma: accumulator mapping": [("epilogue(acc[4 * nt + 2 * half + j]", "epilogue(acc[4 * nt + half + 2 * j]")],
+    "wgmma_overlap: one set of A registers": [
+        ("wgmma_sp_m64n256k32<T>(acc, a[P][sub], e[P][sub]", "wgmma_sp_m64n256k32<T>(acc, a[0][sub], e[0][sub]"),
+        ("      a[P][sub] = lds128(", "      a[0][sub] = lds128("),
+        ("      e[P][sub] = lds32(", "      e[0][sub] = lds32(")],
+    "wgmma_overlap: copies one stage too far ahead": [
+        ("constexpr int kAhead = kOverlap ? kStages - 2 : kStages - 1;", "constexpr int kAhead = kStages - 1;")],
+    "wgmma_overlap: two MMA groups in flight": [("wgmma_wait<kOverlap ? 1 : 0>();", "wgmma_wait<kOverlap ? 2 : 0>();")],
+}
+
+
+def run(name: str, edits: list[tuple[str, str]], work: Path, cuda_include: str) -> tuple[str, bool, str]:
+    """Builds and runs the emulated test against a mutated copy; returns (name, failed, first line of why)."""
+    src = work / name.replace(" ", "_").replace(":", "").replace("'", "").replace("/", "_")
+    shutil.copytree(ROOT / "csrc" / "kernels", src / "kernels")
+    path = src / KERNEL
+    text = path.read_text()
+    for old, new in edits:
+        if old not in text:
+            raise SystemExit(f"{name}: {old!r} not in {KERNEL} (the kernel changed: update this mutation)")
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+    exe = src / "test"
+    build = subprocess.run(["g++", "-std=c++17", "-O2", "-U_FORTIFY_SOURCE", "-Wno-unknown-pragmas", f"-I{src}",
+                            f"-I{ROOT / 'tests' / 'cpp'}", f"-I{cuda_include}",
+                            str(ROOT / "tests" / "cpp" / "test_sparse_conv24_emulated.cpp"), "-o", str(exe)],
+                           capture_output=True, text=True, check=False)
+    if build.returncode != 0:
+        return name, True, "does not compile: " + (build.stderr.strip().splitlines() or ["?"])[0]
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, check=False)
+    out = r.stdout + r.stderr
+    # The emulator's message goes to stderr and can land in the middle of an unfinished stdout line.
+    why = next((ln[ln.index("simt emulator"):] for ln in out.splitlines() if "simt emulator" in ln), "")
+    if not why:
+        fails = sum(ln.startswith("FAIL") for ln in out.splitlines())
+        why = f"{fails} cases with a wrong output" if fails else f"exit code {r.returncode}"
+    return name, r.returncode != 0, why
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-j", type=int, default=2, help="mutations built and run at once")
+    ap.add_argument("names", nargs="*", help="only these mutations (default: all)")
+    args = ap.parse_args()
+    cuda_include = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
+    chosen = {n: e for n, e in MUTATIONS.items() if not args.names or n in args.names}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        _, failed, why = run("unchanged", [], work, cuda_include)
+        if failed:
+            sys.exit(f"the unchanged kernels fail the emulated test ({why}); fix that first")
+        with ThreadPoolExecutor(args.j) as pool:
+            results = list(pool.map(lambda item: run(item[0], item[1], work, cuda_include), chosen.items()))
+    missed = [n for n, failed, _ in results if not failed]
+    for name, failed, why in results:
+        print(f"{'caught' if failed else 'MISSED'}  {name}: {why}")
+    print(f"{len(results) - len(missed)} of {len(results)} mutations caught")
+    sys.exit(1 if missed else 0)
+
+
+if __name__ == "__main__":
+    main()
