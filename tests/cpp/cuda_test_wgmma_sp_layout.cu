@@ -10,6 +10,9 @@
 //     16-byte chunk c of row n at c ^ (n & 7), SBO 1024, 1024-byte aligned) or the unswizzled canonical layout
 //     (8 x 16-byte core matrices: LBO = distance between core matrices along K, SBO along N), each with
 //     imm-trans-b 0 (the kernel's) and 1: 2 x 24 x 2 x 2 = 192 combinations.
+// Its last line, "SPARSEYOLO_WGMMA_FLAGS: -D...", gives the kernel's compile flags (SPARSEYOLO_WGMMA_META_SLOTS,
+// _A_SWAP12, _TRANS_B; see sparse_conv2d_24_device.cuh) for a combination that works with the kernel's B layout
+// (the assumed one when it works), or "none"; benchmarks/device_check.sh builds with them.
 // Exits 77 (ctest: skipped) without a GPU or on anything but sm_90; 0 when the kernel's combination is right.
 #include <cuda_fp16.h>
 
@@ -110,6 +113,7 @@ int main() {
 
   bool assumed_ok = false;
   int matches = 0;
+  char flags[160] = "";  // the first working combination with the kernel's (swizzled) B layout
   for (int a_alt = 0; a_alt < 2; ++a_alt) {
     for (const BLayout& bl : layouts) {
       CHECK_CUDA(cudaMemcpy(a_d, (a_alt ? a_swapped : a_h).data(), 128 * sizeof(uint4), cudaMemcpyHostToDevice));
@@ -149,6 +153,11 @@ int main() {
                         a_alt ? "regs 1/2 swapped" : "mma.sp order", bl.name, trans, perm[0], perm[1], perm[2],
                         perm[3], err, assumed ? "  <- the combination the kernel assumes" : "");
           if (assumed) assumed_ok = ok;
+          if (ok && bl.layout == 1 && flags[0] == '\0')
+            std::snprintf(flags, sizeof(flags),
+                          "-DSPARSEYOLO_WGMMA_META_SLOTS=0x%d%d%d%d -DSPARSEYOLO_WGMMA_A_SWAP12=%d "
+                          "-DSPARSEYOLO_WGMMA_TRANS_B=%d",
+                          perm[0], perm[1], perm[2], perm[3], a_alt, trans);
         } while (std::next_permutation(perm, perm + 4));
       }
     }
@@ -159,5 +168,10 @@ int main() {
   cudaFree(d_d);
   std::printf("cuda_test_wgmma_sp_layout: %d of 192 combinations give the right product; the kernel's %s\n", matches,
               assumed_ok ? "is one of them" : "is NOT");
+  if (assumed_ok)  // the defaults
+    std::snprintf(flags, sizeof(flags),
+                  "-DSPARSEYOLO_WGMMA_META_SLOTS=0x0213 -DSPARSEYOLO_WGMMA_A_SWAP12=0 -DSPARSEYOLO_WGMMA_TRANS_B=0");
+  std::printf("SPARSEYOLO_WGMMA_FLAGS: %s\n",
+              flags[0] ? flags : "none (no combination works with the kernel's 128-byte-swizzle B layout)");
   return assumed_ok ? 0 : 1;
 }

@@ -3,7 +3,7 @@
 Each mutation replaces text in a copy of csrc/kernels/cuda/, builds tests/cpp/test_sparse_conv24_emulated.cpp
 against the copy with g++, and runs it; the mutation is caught when the test fails (a wrong output, or an abort
 from the emulator's checks). The unchanged kernels must pass. Needs g++ and the CUDA headers (CUDA_HOME, default
-/usr/local/cuda); takes about 10 minutes on 2 cores:
+/usr/local/cuda); takes about 9 minutes on 2 cores:
 
     python tests/cpp/emulator_mutations.py [-j 2] [names...]
 """
@@ -56,9 +56,16 @@ MUTATIONS: dict[str, list[tuple[str, str]]] = {
     "wgmma: fragment row tile": [("const int frag = (wg * 4 + wq) * 2 + sub;", "const int frag = (wq * 2 + wg) * 2 + sub;")],
     "wgmma: accumulator mapping": [("epilogue(acc[4 * nt + 2 * half + j]", "epilogue(acc[4 * nt + half + 2 * j]")],
     "wgmma_overlap: one set of A registers": [
-        ("wgmma_sp_m64n256k32<T>(acc, a[P][sub], e[P][sub]", "wgmma_sp_m64n256k32<T>(acc, a[0][sub], e[0][sub]"),
-        ("      a[P][sub] = lds128(", "      a[0][sub] = lds128("),
-        ("      e[P][sub] = lds32(", "      e[0][sub] = lds32(")],
+        ("(acc, a[P][sub], e[P][sub]", "(acc, a[0][sub], e[0][sub]"),
+        ("      a[P][sub] = wgmma_a_fragment(", "      a[0][sub] = wgmma_a_fragment("),
+        ("      e[P][sub] = wgmma_meta_word(", "      e[0][sub] = wgmma_meta_word(")],
+    "wgmma: A registers 1 and 2 exchanged": [
+        ("SPARSEYOLO_WGMMA_A_SWAP12 ? make_uint4", "!SPARSEYOLO_WGMMA_A_SWAP12 ? make_uint4")],
+    "wgmma: metadata words of a quad's two lanes exchanged": [
+        ("wgmma_meta_word(lds32(quad_meta), lds32(quad_meta + 4), t)",
+         "wgmma_meta_word(lds32(quad_meta + 4), lds32(quad_meta), t)")],
+    "wgmma: metadata high half from the low slot": [("hi = (kWgmmaMetaSlots >> (4 * (2 - s)))",
+                                                     "hi = (kWgmmaMetaSlots >> (4 * (3 - s)))")],
     "wgmma_overlap: copies one stage too far ahead": [
         ("constexpr int kAhead = kOverlap ? kStages - 2 : kStages - 1;", "constexpr int kAhead = kStages - 1;")],
     "wgmma_overlap: two MMA groups in flight": [("wgmma_wait<kOverlap ? 1 : 0>();", "wgmma_wait<kOverlap ? 2 : 0>();")],

@@ -30,7 +30,8 @@
 //     shared memory and the threads' A registers when it runs, so a stage or a register set reused too early is
 //     caught. fence, commit_group and wait_group are warpgroup collectives; proxy fences are not modelled.
 //     Unlike the mma.sp layout, this reading of the ISA has not been checked on hardware yet
-//     (tests/cpp/cuda_test_wgmma_sp_layout.cu will).
+//     (tests/cpp/cuda_test_wgmma_sp_layout.cu will). SIMT_WGMMA_HW_META_SLOTS, _A_SWAP12 and _TRANS_B emulate a
+//     GPU that reads the A registers, the metadata or imm-trans-b otherwise (see wgmma_sp_m64n256k32 below).
 //   * Dynamic shared memory starts 144 bytes into the shared window, so alignment a kernel needs (1024 bytes for
 //     swizzle atoms) must be made by the kernel, as on a GPU.
 //   * Memory checks: shared-memory addresses of cp.async/ldmatrix/ld.shared are bounds- and alignment-checked;
@@ -569,10 +570,39 @@ inline void wgmma_wait() {
   });
 }
 
+// The emulated hardware's conventions for wgmma.sp operands (the kernel's are SPARSEYOLO_WGMMA_*, in
+// sparse_conv2d_24_device.cuh, where they are described). The defaults are the PTX ISA reading the kernel assumes;
+// ctest builds this test once more with other values on both sides (they must agree) and once with them on this
+// side only (it must fail), so that the flags device_check.sh may build with are tested too.
+#ifndef SIMT_WGMMA_HW_META_SLOTS
+#define SIMT_WGMMA_HW_META_SLOTS 0x0213
+#endif
+#ifndef SIMT_WGMMA_HW_A_SWAP12
+#define SIMT_WGMMA_HW_A_SWAP12 0
+#endif
+#ifndef SIMT_WGMMA_HW_TRANS_B
+#define SIMT_WGMMA_HW_TRANS_B 0  // the imm-trans-b that reads B K-major (the only B layout emulated)
+#endif
+
+// The metadata word lane 4g + t (t = 0, 1) would hold in mma.sp order (word t: half t in bits 0-15, half 2 + t
+// in bits 16-31; half 2 * (rows g + 8) + (dense columns 16-31)) from the hardware-order words hw0, hw1 of lanes
+// 4g, 4g + 1.
+inline uint32_t wgmma_meta_to_mma_order(uint32_t hw0, uint32_t hw1, int t) {
+  auto half = [&](int h) {
+    for (int s = 0; s < 4; ++s)
+      if (static_cast<int>((SIMT_WGMMA_HW_META_SLOTS >> (4 * (3 - s))) & 0xF) == h)
+        return ((s < 2 ? hw0 : hw1) >> (16 * (s & 1))) & 0xFFFFu;
+    simt::fail("SIMT_WGMMA_HW_META_SLOTS is not a permutation of 0-3");
+  };
+  return half(t) | half(2 + t) << 16;
+}
+
 // `a` and `e` are taken by reference: like the accumulators, the A registers are read when the operation runs,
 // so a kernel that reloads them before the wait_group is caught (in Mode::kEager).
-template <typename T>
+template <typename T, int kTransB>
 inline void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, const uint32_t& e, uint64_t desc_b) {
+  if (kTransB != SIMT_WGMMA_HW_TRANS_B)
+    simt::fail("wgmma: imm-trans-b " + std::to_string(kTransB) + " reads B MN-major here; only K-major B is emulated");
   simt::wg_collective(
       "wgmma.mma_async.sp.m64n256k32",
       [&](simt::WarpGroup& w, int i) {
@@ -599,11 +629,16 @@ inline void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, const uint32_t&
           auto A = std::make_shared<std::array<float[16][32], 4>>();  // registers are read when it runs
           for (int warp = 0; warp < 4; ++warp)
             decode_sparse_a<T>(
-                [&](int l) {
+                [&](int l) {  // hardware order -> mma.sp order
                   const uint4& v = *a_regs[32 * warp + l];
-                  return std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
+                  return SIMT_WGMMA_HW_A_SWAP12 ? std::array<uint32_t, 4>{v.x, v.z, v.y, v.w}
+                                                : std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
                 },
-                [&](int l) { return *e_regs[32 * warp + l]; }, (*A)[warp]);
+                [&](int l) {
+                  const int quad = 32 * warp + (l & ~3);
+                  return wgmma_meta_to_mma_order(*e_regs[quad], *e_regs[quad + 1], l & 1);
+                },
+                (*A)[warp]);
           const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
           const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
           std::vector<float> B(32 * 256);  // shared memory is read when the operation runs

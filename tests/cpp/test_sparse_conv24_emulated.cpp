@@ -7,6 +7,8 @@
 // cp.async copies landing at once and landing only at their wait, under different fiber schedules.
 // This checks the kernels' indexing, pipelining and fragment handling, not the hardware: the GPU test of the
 // same kernels is cuda_test_sparse_conv.cpp, run by benchmarks/device_check.sh.
+#include <string>
+
 #include "simt_emulator.h"
 
 #include "kernels/cuda/sparse_conv2d_24_device.cuh"
@@ -55,7 +57,9 @@ int run(const Case& c, int variant, simt::Mode mode, std::mt19937& rng, int max_
 
 }  // namespace
 
-int main() {
+// With the argument "wgmma", only the wgmma kernels run (the ctest builds with other wgmma operand conventions).
+int main(int argc, char** argv) {
+  const bool wgmma_only = argc > 1 && std::string(argv[1]) == "wgmma";
   const Case cases[] = {
       {2, 40, 13, 11, 72, 3, 3, 2, 1, true},     // padded k-block, stride 2, Cout % 64 != 0
       {1, 64, 9, 7, 75, 1, 1, 1, 0, false},      // Cout % 8 != 0 (scalar stores)
@@ -70,13 +74,14 @@ int main() {
   int failures = 0, n = 0;
   for (const Case& c : cases)
     for (int variant : kVariants) {
+      const bool wgmma = variant == k::kVariantWgmma || variant == k::kVariantWgmmaOverlap;
+      if (wgmma_only && !wgmma) continue;
       simt::state().rng.seed(1000 + n);
       failures += run<__half>(c, variant, simt::Mode::kEager, rng);
       failures += run<__half>(c, variant, simt::Mode::kLazy, rng);
       failures += run<__nv_bfloat16>(c, variant, (n & 1) ? simt::Mode::kEager : simt::Mode::kLazy, rng);
       // Shallower pipelines where a block gets less shared memory: sm_80 (163 KiB), sm_86/sm_89 (99 KiB). The
       // wgmma kernels are sm_90 only (227 KiB a block): the plain one at 3 stages stands in for that case.
-      const bool wgmma = variant == k::kVariantWgmma || variant == k::kVariantWgmmaOverlap;
       if (!wgmma || variant == k::kVariantWgmma) {
         failures += run<__half>(c, variant, simt::Mode::kLazy, rng, 163 * 1024);
         ++n;

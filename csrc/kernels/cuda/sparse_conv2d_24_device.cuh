@@ -167,9 +167,10 @@ __device__ __forceinline__ void wgmma_wait() {
 #endif
 }
 
-// d[128] += A(64 x 32, 2:4 sparse; this warp's 16 rows as the mma.sp m16n8k32 fragment `a` + metadata `e`,
-// selector 0) * B(32 x 256, K-major in shared memory, `desc_b`), fp32 accumulate, across the warpgroup.
-template <typename T>
+// d[128] += A(64 x 32, 2:4 sparse; this warp's 16 rows as register fragment `a` + metadata `e`, selector 0, in
+// the order wgmma_a_fragment / wgmma_meta_word give) * B(32 x 256 in shared memory, `desc_b`; imm-trans-b
+// kTransB), fp32 accumulate, across the warpgroup.
+template <typename T, int kTransB>
 __device__ __forceinline__ void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, uint32_t e, uint64_t desc_b);
 
 #define SPARSEYOLO_WGMMA_SP(TY)                                                                                       \
@@ -187,7 +188,7 @@ __device__ __forceinline__ void wgmma_sp_m64n256k32(float (&d)[128], const uint4
       "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, "                                          \
       "%108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, "                                      \
       "%120, %121, %122, %123, %124, %125, %126, %127}, "                                                             \
-      "{%128, %129, %130, %131}, %132, %133, 0, p, 1, 1, 0;\n}\n"                                                     \
+      "{%128, %129, %130, %131}, %132, %133, 0, p, 1, 1, %135;\n}\n"                                                     \
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),                                       \
         "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),                                     \
         "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),                                 \
@@ -210,27 +211,76 @@ __device__ __forceinline__ void wgmma_sp_m64n256k32(float (&d)[128], const uint4
         "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),                           \
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]),                           \
         "+f"(d[126]), "+f"(d[127])                                                                                    \
-      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc_b), "r"(e), "r"(1))
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc_b), "r"(e), "r"(1), "n"(kTransB))
 
-template <>
-__device__ __forceinline__ void wgmma_sp_m64n256k32<__half>(float (&d)[128], const uint4& a, uint32_t e,
-                                                           uint64_t desc_b) {
+template <typename T, int kTransB>
+__device__ __forceinline__ void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, uint32_t e, uint64_t desc_b) {
 #ifdef SPARSEYOLO_WGMMA
-  SPARSEYOLO_WGMMA_SP("f16");
-#endif
-}
-template <>
-__device__ __forceinline__ void wgmma_sp_m64n256k32<__nv_bfloat16>(float (&d)[128], const uint4& a, uint32_t e,
-                                                                  uint64_t desc_b) {
-#ifdef SPARSEYOLO_WGMMA
-  SPARSEYOLO_WGMMA_SP("bf16");
+  if constexpr (std::is_same_v<T, __half>) {
+    SPARSEYOLO_WGMMA_SP("f16");
+  } else {
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "wgmma.sp: fp16 or bf16");
+    SPARSEYOLO_WGMMA_SP("bf16");
+  }
 #endif
 }
 #undef SPARSEYOLO_WGMMA_SP
 #endif  // !SPARSEYOLO_SIMT_EMULATION
 
-// Shared-memory matrix descriptor (wgmma; plain arithmetic, shared with the emulator) of a K-major operand in the canonical 128-byte-swizzle layout: rows of 128
-// bytes, 8-row groups 1024 bytes apart (stride byte offset), leading byte offset unused for this layout (1),
+// ---- wgmma.sp operand conventions --------------------------------------------------------------------------
+// How the kernel hands wgmma.mma_async.sp its register A fragment and its metadata, and which imm-trans-b reads
+// the K-major B. The defaults are this project's reading of the PTX ISA: per warp, the mma.sp m16n8k32 A fragment
+// and metadata layout (the packed weight's order, checked on an H200 for mma.sp), and imm-trans-b 0. They have
+// not run on hardware. tests/cpp/cuda_test_wgmma_sp_layout.cu tries the alternatives on an sm_90 GPU and prints
+// the -D flags of one that works; benchmarks/device_check.sh builds with those flags when they differ from these
+// defaults, so that a single device run tests and times the kernel either way. Change a default only to what the
+// probe reported (and the emulator's SIMT_WGMMA_HW_* with it).
+//   SPARSEYOLO_WGMMA_META_SLOTS  four hex digits, for the 16-bit slots {lane t = 0 bits 0-15, t = 0 bits 16-31,
+//                                t = 1 bits 0-15, t = 1 bits 16-31} of each quad's metadata: which half goes
+//                                there, numbered 2 * (rows g + 8) + (dense columns 16-31). mma.sp's is 0x0213.
+//   SPARSEYOLO_WGMMA_A_SWAP12    1: A registers 1 and 2 exchanged (rows g + 8 <-> compressed columns + 8).
+//   SPARSEYOLO_WGMMA_TRANS_B     the imm-trans-b operand.
+#ifndef SPARSEYOLO_WGMMA_META_SLOTS
+#define SPARSEYOLO_WGMMA_META_SLOTS 0x0213
+#endif
+#ifndef SPARSEYOLO_WGMMA_A_SWAP12
+#define SPARSEYOLO_WGMMA_A_SWAP12 0
+#endif
+#ifndef SPARSEYOLO_WGMMA_TRANS_B
+#define SPARSEYOLO_WGMMA_TRANS_B 0
+#endif
+constexpr uint32_t kWgmmaMetaSlots = SPARSEYOLO_WGMMA_META_SLOTS;
+constexpr int kWgmmaTransB = SPARSEYOLO_WGMMA_TRANS_B;
+constexpr bool wgmma_meta_slots_valid(uint32_t slots) {
+  uint32_t seen = 0;
+  for (int s = 0; s < 4; ++s) seen |= 1u << ((slots >> (4 * (3 - s))) & 0xF);
+  return seen == 0xF && slots <= 0xFFFF;
+}
+static_assert(wgmma_meta_slots_valid(kWgmmaMetaSlots),
+              "SPARSEYOLO_WGMMA_META_SLOTS: four hex digits, a permutation of 0-3, e.g. 0x0213");
+static_assert(SPARSEYOLO_WGMMA_A_SWAP12 == 0 || SPARSEYOLO_WGMMA_A_SWAP12 == 1, "SPARSEYOLO_WGMMA_A_SWAP12: 0 or 1");
+static_assert(kWgmmaTransB == 0 || kWgmmaTransB == 1, "SPARSEYOLO_WGMMA_TRANS_B: 0 or 1");
+
+// A warp's register A fragment for wgmma from its packed (mma.sp m16n8k32 order) fragment.
+__device__ __forceinline__ uint4 wgmma_a_fragment(const uint4& packed) {
+  return SPARSEYOLO_WGMMA_A_SWAP12 ? make_uint4(packed.x, packed.z, packed.y, packed.w) : packed;
+}
+
+// The metadata word of a lane with t = `t` (t & 1 counts: selector 0 reads lanes 0 and 1 of each quad) from its
+// quad's packed words w0, w1 (mma.sp order: word t holds half t in bits 0-15 and half 2 + t in bits 16-31).
+__device__ __forceinline__ uint32_t wgmma_meta_word(uint32_t w0, uint32_t w1, int t) {
+  const uint64_t both = static_cast<uint64_t>(w1) << 32 | w0;
+  const int s = 2 * (t & 1);  // this lane's low slot
+  const uint32_t lo = (kWgmmaMetaSlots >> (4 * (3 - s))) & 0xF, hi = (kWgmmaMetaSlots >> (4 * (2 - s))) & 0xF;
+  const auto half = [both](uint32_t h) {  // half h is in word h & 1, bits 16 (h >> 1)
+    return static_cast<uint32_t>(both >> (32 * (h & 1) + 16 * (h >> 1))) & 0xFFFFu;
+  };
+  return half(lo) | half(hi) << 16;
+}
+
+// Shared-memory matrix descriptor (wgmma; plain arithmetic, shared with the emulator) of a K-major operand in
+// the canonical 128-byte-swizzle layout: rows of 128 bytes, 8-row groups 1024 bytes apart (stride byte offset),
+// leading byte offset unused for this layout (1),
 // base offset 0 (the swizzle atoms are 1024-byte aligned). Bits: start address >> 4 in 0-13, leading byte offset
 // >> 4 in 16-29, stride byte offset >> 4 in 32-45, base offset in 49-51, layout type in 62-63 (1: 128B swizzle).
 __device__ __forceinline__ uint64_t wgmma_desc_k_major_sw128(uint32_t smem_address) {
@@ -650,9 +700,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_
 //
 // Same block tile (128 x 256), stage layout and loads as sparse_conv24_bigtile<Tile128x256>, but the math is two
 // warpgroups, each issuing one wgmma.mma_async.sp.m64n256k32 per k-block for its 64 output channels:
-//   * A (weights) from registers: warp w of a warpgroup holds row tile 4 * wg + w in exactly the mma.sp
-//     m16n8k32 fragment order of the packed weight (wgmma's register A fragment is the per-warp m16 fragment,
-//     stacked by warp), one LDS.128 + one metadata word (the same per-warp metadata layout, selector 0).
+//   * A (weights) from registers: warp w of a warpgroup holds row tile 4 * wg + w, one LDS.128 of the packed
+//     weight (mma.sp m16n8k32 fragment order) + its quad's two metadata words, put into the order the
+//     "wgmma.sp operand conventions" above define (by default the same: wgmma's register A fragment read as the
+//     per-warp m16 fragment, stacked by warp, with mma.sp's metadata layout, selector 0).
 //   * B (activations) from shared memory through a matrix descriptor: the stage's [256 pixels][64 channels]
 //     rows are the canonical K-major layout with 128-byte swizzle (8-row groups 1024 bytes apart: SBO = 1024;
 //     16-byte chunk c of row r at c ^ (r & 7), which is the hardware's XOR of address bits 4-6 with 7-9 when the
@@ -714,14 +765,15 @@ __global__ void __launch_bounds__(TileWgmma::kThreads, 1) sparse_conv24_wgmma(Sp
 #pragma unroll
     for (int sub = 0; sub < 2; ++sub) {
       const int frag = (wg * 4 + wq) * 2 + sub;
-      a[P][sub] = lds128(sb + kBBytes + (frag * 32 + lane) * 16);
-      e[P][sub] = lds32(sb + kBBytes + kAValBytes + (frag * 16 + g * 2 + (t & 1)) * 4);
+      a[P][sub] = wgmma_a_fragment(lds128(sb + kBBytes + (frag * 32 + lane) * 16));
+      const uint32_t quad_meta = sb + kBBytes + kAValBytes + (frag * 16 + g * 2) * 4;
+      e[P][sub] = wgmma_meta_word(lds32(quad_meta), lds32(quad_meta + 4), t);
     }
     wgmma_fence();
 #pragma unroll
     for (int sub = 0; sub < 2; ++sub) {
       if (2 * ks + sub >= num_k) break;  // odd K: the last step has one k-block (same for the whole block)
-      wgmma_sp_m64n256k32<T>(acc, a[P][sub], e[P][sub], wgmma_desc_k_major_sw128(sb + sub * 64));
+      wgmma_sp_m64n256k32<T, kWgmmaTransB>(acc, a[P][sub], e[P][sub], wgmma_desc_k_major_sw128(sb + sub * 64));
     }
     wgmma_commit();
     wgmma_wait<kOverlap ? 1 : 0>();
