@@ -8,6 +8,10 @@ Configuration (environment variables):
   TORCH_CUDA_ARCH_LIST  e.g. "8.0;9.0a" (the default); arches the installed nvcc cannot build are dropped.
   MAX_JOBS           parallel compile jobs (ninja).
   DEBUG=1            -O0 -g.
+  SPARSEYOLO_NO_CUSPARSELT=1  build without the cuSPARSELt backend (it is built when torch's wheel ships
+                     nvidia/cusparselt, headers and library).
+  SPARSEYOLO_NVCC_FLAGS  extra nvcc flags, split on whitespace; benchmarks/device_check.sh passes the wgmma.sp
+                     operand conventions the device's layout probe found (-DSPARSEYOLO_WGMMA_...) this way.
 
 CUDA sources are built when torch was built with CUDA and nvcc is found, whether or not a GPU is present, so
 that CI compiles them on machines without one.
@@ -97,6 +101,23 @@ def _wheel_cuda_includes() -> list[str]:
     return dirs
 
 
+def _cusparselt() -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) for the cuSPARSELt that ships with torch (nvidia/cusparselt), or ([], []).
+
+    torch's CUDA library already loads libcusparseLt.so.0, so linking against it adds no new dependency; the
+    rpath is for a process that loads sparseyolo._C before torch's CUDA library.
+    """
+    if _env_flag("SPARSEYOLO_NO_CUSPARSELT"):
+        return [], []
+    site = Path(torch.__file__).resolve().parent.parent
+    header = site / "nvidia" / "cusparselt" / "include" / "cusparseLt.h"
+    libs = sorted((site / "nvidia" / "cusparselt" / "lib").glob("libcusparseLt.so*"))
+    if not header.is_file() or not libs:
+        return [], []
+    lib = libs[0]
+    return ["-DSPARSEYOLO_WITH_CUSPARSELT"], [f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}"]
+
+
 def _sources(*patterns: str) -> list[str]:
     out: list[str] = []
     for p in patterns:
@@ -135,17 +156,21 @@ def make_extension():
     nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"] + system_includes
     if debug:
         nvcc += ["-G"]
+    nvcc += os.environ.get("SPARSEYOLO_NVCC_FLAGS", "").split()
     n_cu = sum(s.endswith(".cu") for s in cuda_sources)
+    cslt_cflags, cslt_ldflags = _cusparselt()
     print(
         f"sparseyolo: building CPU+CUDA extension: CUDA_HOME={_cuda_home}, torch CUDA {torch.version.cuda}, "
         f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, sources: "
         f"{len(cpu_sources) + len(cuda_sources) - n_cu} C++, {n_cu} CUDA; extra includes: {_wheel_cuda_includes()}"
+        f"; SPARSEYOLO_NVCC_FLAGS={os.environ.get('SPARSEYOLO_NVCC_FLAGS', '')!r}"
+        f"; cuSPARSELt: {cslt_ldflags[1][3:] if cslt_ldflags else 'not found (the cusparselt backend is off)'}"
     )
     return CUDAExtension(
         "sparseyolo._C",
         cpu_sources + cuda_sources,
-        extra_compile_args={"cxx": cxx + ["-DSPARSEYOLO_WITH_CUDA"] + system_includes, "nvcc": nvcc},
-        extra_link_args=["-fopenmp"],
+        extra_compile_args={"cxx": cxx + ["-DSPARSEYOLO_WITH_CUDA"] + cslt_cflags + system_includes, "nvcc": nvcc},
+        extra_link_args=["-fopenmp"] + cslt_ldflags,
         define_macros=define_macros,
     )
 

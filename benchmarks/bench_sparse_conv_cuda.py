@@ -138,10 +138,19 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
 
     row["dense_ms"] = time_ms(dense, xs, reps) if "dense" in methods else NAN
     row["cusparselt_ms"] = NAN
-    if "cusparselt" in methods and k == 1 and st == 1 and pd == 0 and cin % 4 == 0 and not cusparselt_status():
+    row["cusparselt_first_call_ms"] = NAN
+    cslt_ok = k == 1 and st == 1 and pd == 0 and cin % 16 == 0 and cout % 16 == 0
+    if "cusparselt" in methods and cslt_ok and not cusparselt_status():
         try:
             cs = CusparseLtConv1x1(wd, bias)
+            t0 = time.perf_counter()  # the first call builds and caches cuSPARSELt's plan for this shape
+            cs(xs[0][0], "silu")
+            torch.cuda.synchronize()
+            row["cusparselt_first_call_ms"] = (time.perf_counter() - t0) * 1e3
             row["cusparselt_ms"] = time_ms(lambda x: cs(x, "silu"), xs, reps)
+            y = cs(xs[0][0][:1], "silu").float()  # correctness on the timed shape (one image), vs fp32 cuDNN
+            ref = F.silu(F.conv2d(xs[0][0][:1].float(), wd.float(), bias))
+            row["cusparselt_rel_err"] = float((y - ref).norm() / ref.norm())
         except Exception as e:  # noqa: BLE001
             LOGGER.warning("cuSPARSELt %s: %s", s, e)
     p = pack_mma_sp_weight(wt, dtype=dtype).to("cuda") if cin % 8 == 0 else None
@@ -163,7 +172,7 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
     for m in METHODS:
         t = row[f"{m}_ms"]
         row[f"{m}_TFLOPs"] = flops / (t * 1e-3) / 1e12 if t == t else NAN
-    for m in MMA_SP_METHODS:
+    for m in ("cusparselt", *MMA_SP_METHODS):
         row[f"speedup_{m}"] = row["dense_ms"] / row[f"{m}_ms"] if row[f"{m}_ms"] == row[f"{m}_ms"] else NAN
     del xs
     torch.cuda.empty_cache()
@@ -219,7 +228,7 @@ def end_to_end(model_name: str, batch: int, size: int, dtype: torch.dtype, reps:
 def speedup_summary(layers: list[dict]) -> list[str]:
     """Median speedup over cuDNN of each kernel, on all measured layers and on the large ones (Cin, Cout >= 256)."""
     out = []
-    for m, kernel in MMA_SP_METHODS.items():
+    for m, kernel in {"cusparselt": "cuSPARSELt", **MMA_SP_METHODS}.items():
         for label, keep in (("all layers", lambda r: True), ("Cin, Cout >= 256", lambda r: min(r["cin"], r["cout"]) >= 256)):
             v = [r[f"speedup_{m}"] for r in layers if keep(r) and r.get(f"speedup_{m}", NAN) == r.get(f"speedup_{m}")]
             if v:
@@ -241,8 +250,9 @@ def markdown(res: dict) -> str:
     lines += ["| Cin | Cout | k | s | in HxW | n | dense ms | cuSPARSELt ms | "
               + "".join(f"{k} ms | " for k in names) + "dense TF/s | cuSPARSELt TF/s | "
               + "".join(f"{k} TF/s | " for k in names) + "".join(f"{k} speedup | " for k in names)
-              + "rel err " + " / ".join(names) + " |",
-              "|" + "---|" * (11 + 3 * len(names))]
+              + "rel err " + " / ".join(names) + " | cuSPARSELt speedup | cuSPARSELt rel err | "
+              "cuSPARSELt first call ms |",
+              "|" + "---|" * (14 + 3 * len(names))]
     for r in res["layers"]:
         lines.append(
             f"| {r['cin']} | {r['cout']} | {r['k']} | {r['stride']} | {r['h']}x{r['w']} | {r['count']} | "
@@ -251,7 +261,9 @@ def markdown(res: dict) -> str:
             + f"{r['dense_TFLOPs']:.0f} | {r['cusparselt_TFLOPs']:.0f} | "
             + "".join(f"{r.get(f'{m}_TFLOPs', NAN):.0f} | " for m in ran)
             + "".join(f"{r.get(f'speedup_{m}', NAN):.2f} | " for m in ran)
-            + " / ".join(f"{r.get(f'{m}_rel_err', NAN):.1e}" for m in ran) + " |")
+            + " / ".join(f"{r.get(f'{m}_rel_err', NAN):.1e}" for m in ran)
+            + f" | {r.get('speedup_cusparselt', NAN):.2f} | {r.get('cusparselt_rel_err', NAN):.1e} | "
+            f"{r.get('cusparselt_first_call_ms', NAN):.1f} |")
     lines += [""] + speedup_summary(res["layers"])
     if res["end_to_end"]:
         lines += ["", "| model | dense infer ms | dense NMS ms | 2:4 infer ms | 2:4 NMS ms | infer speedup | "

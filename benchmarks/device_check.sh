@@ -6,15 +6,18 @@
 #
 # Stages (each one's failure is recorded and the next still runs; every stage has a time limit and the whole
 # run a deadline of DEADLINE_S seconds, default 470):
-#   1. build   FORCE_CUDA=1 MAX_JOBS=16 python3 setup.py build_ext --inplace (the machine's own python3/torch)
-#   2. ctest   the torch-free kernels' CUDA tests (CMake), first the one-instruction mma.sp and wgmma.sp layout
-#              probes (each prints which fragment/metadata/descriptor layouts give the right product)
+#   1. probes  the one-instruction mma.sp and wgmma.sp layout probes (CMake; each prints which fragment/metadata/
+#              descriptor layouts give the right product); the wgmma one names the kernel's -D flags for a layout
+#              that works, and the rest is built with them if they are not the defaults (SPARSEYOLO_NVCC_FLAGS)
+#   2. build   FORCE_CUDA=1 MAX_JOBS=16 python3 setup.py build_ext --inplace (the machine's own python3/torch);
+#              ctest: the torch-free kernels' CUDA tests
 #   3. pytest  every CUDA-marked test (-m "cuda and not wgmma"): NMS, box_iou, N:M masks/compress, the 2:4
 #              sparse conv, ...; then, in their own process, the wgmma-marked ones (sm_90a kernel not yet run on
 #              a GPU: a fault there poisons the process's CUDA context)
 #   4. bench   benchmarks/bench_sparse_conv_cuda.py (batch 32, fp16): dense vs the four mma.sp kernels + end to
-#              end; then the wgmma kernels in their own process; benchmarks/bench_nms.py --device cuda;
-#              benchmarks/probe_cusparselt.py (which cuSPARSELt calls run here); cuSPARSELt in its own process
+#              end; then the wgmma kernels in their own process; then cuSPARSELt (sparseyolo's binding, plans
+#              cached) on the 1x1 layers + yolov5x end to end, in its own process; benchmarks/bench_nms.py
+#              --device cuda; benchmarks/probe_cusparselt.py (which of PyTorch's cuSPARSELt calls run here)
 # SKIP_STAGES="ctest_cuda bench_nms" skips stages by name (a rerun after a fix).
 # Files under $OUT (the device tool returns at most 8): log.txt (everything), summary.md (stage table + every
 # benchmark table), results.tgz (the benchmarks' .json and .md files). Pytest failures are in log.txt (-rfE).
@@ -23,6 +26,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/device_out}"
 mkdir -p "$OUT"
 RES="$OUT/results"  # packed into results.tgz at the end
+rm -rf "$RES"
 mkdir -p "$RES"
 LOG="$OUT/log.txt"
 DEADLINE_S="${DEADLINE_S:-470}"
@@ -54,7 +58,8 @@ run_stage() {
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   rc=$?
   local dt=$(($(date +%s) - t0)) status="ok"
-  if ((rc == 124 || rc == 137)); then status="TIMEOUT"; elif ((rc != 0)); then status="FAILED (rc $rc)"; fi
+  if ((rc == 124 || rc == 137)); then status="TIMEOUT"; elif ((rc == 77)); then status="skipped (rc 77: no suitable GPU)"
+  elif ((rc != 0)); then status="FAILED (rc $rc)"; fi
   STAGES+=("| $name | $status | ${dt}s |")
   log "END $name: $status in ${dt}s"
   return 0
@@ -99,25 +104,57 @@ fi
 if [[ -z "${KEEP_CC:-}" && -x /usr/bin/g++ && -x /usr/bin/gcc ]]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 log "CC=${CC:-unset} CXX=${CXX:-unset}: $(${CXX:-c++} --version 2>&1 | head -1)"
 
-# --- 1. build ---------------------------------------------------------------------------------------------
+# --- 1. layout probes ------------------------------------------------------------------------------------
+# One instruction each: the mma.sp probe (checked on an H200) and the wgmma.sp one (not yet run on a GPU). Both
+# print which operand layouts give the right product. The wgmma probe's last line names the kernel's compile flags
+# for a layout that works (SPARSEYOLO_WGMMA_FLAGS: -D...); when they differ from the kernel's defaults (the PTX
+# reading, sparse_conv2d_24_device.cuh), everything below is built with them, so that this one run still tests
+# and times the wgmma kernels. A SPARSEYOLO_NVCC_FLAGS set by the caller wins.
+CMAKE_ARGS=(-S . -B build/device_cmake -DSPARSEYOLO_CUDA=ON -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc"
+            -DCMAKE_CUDA_ARCHITECTURES=90a)
+probe_layouts() {
+  cmake "${CMAKE_ARGS[@]}" -DCMAKE_CUDA_FLAGS= >/dev/null &&
+    cmake --build build/device_cmake -j "$MAX_JOBS" --target cuda_test_mma_sp_layout cuda_test_wgmma_sp_layout \
+      >/dev/null || return 1
+  ./build/device_cmake/cuda_test_mma_sp_layout
+  ./build/device_cmake/cuda_test_wgmma_sp_layout | tee "$RES/wgmma_layout_probe.txt"
+}
+run_stage probe_layouts 90 bash -o pipefail -c "$(declare -f probe_layouts); \
+  CMAKE_ARGS=($(printf '%q ' "${CMAKE_ARGS[@]}")); RES='$RES' MAX_JOBS='$MAX_JOBS' probe_layouts"
+WGMMA_DEFAULT_FLAGS="-DSPARSEYOLO_WGMMA_META_SLOTS=0x0213 -DSPARSEYOLO_WGMMA_A_SWAP12=0 -DSPARSEYOLO_WGMMA_TRANS_B=0"
+probe_flags=$(grep -a '^SPARSEYOLO_WGMMA_FLAGS: ' "$RES/wgmma_layout_probe.txt" 2>/dev/null | tail -1 |
+  sed 's/^SPARSEYOLO_WGMMA_FLAGS: //')
+if [[ -n "${SPARSEYOLO_NVCC_FLAGS:-}" ]]; then
+  log "wgmma layout: building with the caller's SPARSEYOLO_NVCC_FLAGS=$SPARSEYOLO_NVCC_FLAGS" \
+    "(probe: ${probe_flags:-no answer})"
+elif [[ "$probe_flags" == -D* && "$probe_flags" != "$WGMMA_DEFAULT_FLAGS" ]]; then
+  export SPARSEYOLO_NVCC_FLAGS="$probe_flags"
+  log "wgmma layout: NOT the kernel's default. Building with the probe's $probe_flags;" \
+    "make them the defaults in csrc/kernels/cuda/sparse_conv2d_24_device.cuh" \
+    "(and SIMT_WGMMA_HW_* in tests/cpp/simt_emulator.h)"
+else
+  log "wgmma layout: ${probe_flags:-no answer from the probe} (the kernel's defaults are built)"
+fi
+WGMMA_LAYOUT_NOTE="wgmma layout probe: ${probe_flags:-no answer}; built with: ${SPARSEYOLO_NVCC_FLAGS:-the defaults}"
+
+# --- 2. build ---------------------------------------------------------------------------------------------
 # build_ext --inplace: the tests and benchmarks import sparseyolo from the checkout; no pip metadata needed.
 run_stage build 300 env FORCE_CUDA=1 MAX_JOBS="$MAX_JOBS" CUDA_HOME="$CUDA_HOME" \
+  SPARSEYOLO_NVCC_FLAGS="${SPARSEYOLO_NVCC_FLAGS:-}" \
   TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" "$PY" setup.py -q build_ext --inplace
 "$PY" -c "import sparseyolo._C, torch; print('ops:', sorted(n for n in dir(torch.ops.sparseyolo) if not n.startswith('_')))" \
   2>&1 | tee -a "$LOG"
 
-# --- 2. ctest (torch-free kernels) ------------------------------------------------------------------------
+# --- 2b. ctest (torch-free kernels) -----------------------------------------------------------------------
+# Every CUDA ctest (the probes again, then the kernels; the sparse conv's covers every kernel, wgmma last), built
+# with the same flags as the extension.
 ctest_all() {
-  cmake -S . -B build/device_cmake -DSPARSEYOLO_CUDA=ON -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" \
-    -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null &&
+  cmake "${CMAKE_ARGS[@]}" -DCMAKE_CUDA_FLAGS="${SPARSEYOLO_NVCC_FLAGS:-}" >/dev/null &&
     cmake --build build/device_cmake -j "$MAX_JOBS" >/dev/null || return 1
-  # The layout probes print which layouts work, pass or fail: the mma.sp one (checked on an H200) and the wgmma.sp
-  # one (not yet run on a GPU).
-  ./build/device_cmake/cuda_test_mma_sp_layout
-  ./build/device_cmake/cuda_test_wgmma_sp_layout
   ctest --test-dir build/device_cmake --output-on-failure -R cuda_test
 }
-run_stage ctest_cuda 120 bash -c "$(declare -f ctest_all); CUDA_HOME='$CUDA_HOME' MAX_JOBS='$MAX_JOBS' ctest_all"
+run_stage ctest_cuda 120 bash -c "$(declare -f ctest_all); CMAKE_ARGS=($(printf '%q ' "${CMAKE_ARGS[@]}")); \
+  MAX_JOBS='$MAX_JOBS' SPARSEYOLO_NVCC_FLAGS='${SPARSEYOLO_NVCC_FLAGS:-}' ctest_all"
 
 # --- 3. CUDA tests ----------------------------------------------------------------------------------------
 # pytest-timeout and pytest-xdist when the machine has them: 4 workers, and a crashing test (a segfault) takes
@@ -130,10 +167,9 @@ run_stage pytest_cuda 180 "$PY" -m pytest -q -m "cuda and not wgmma" -p no:cache
 run_stage pytest_wgmma 60 "$PY" -m pytest -q -m wgmma -p no:cacheprovider -rfE tests/test_sparse_conv_cuda.py
 
 # --- 4. benchmarks ----------------------------------------------------------------------------------------
-# Most informative first, so that the deadline cuts what is already known (NMS, cuSPARSELt were measured on the
-# H200 before).
+# Most informative first, so that the deadline cuts what is already known (NMS was measured on the H200 before).
 # The mma.sp kernels with cuSPARSELt off: on the H200 (torch 2.11) a failing cuSPARSELt call has left the CUDA
-# context unusable, which would end this benchmark; cuSPARSELt gets its own process at the end.
+# context unusable, which would end this benchmark; cuSPARSELt gets its own process.
 run_stage bench_sparse_conv 300 env SPARSEYOLO_CUSPARSELT=0 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 \
   --dtype fp16 --reps 10 --methods dense mma_sp mma_sp_tile128 mma_sp_tile128x256 mma_sp_tile256x128 \
   --out "$RES" --name sparse_conv_cuda
@@ -142,11 +178,13 @@ run_stage bench_sparse_conv 300 env SPARSEYOLO_CUSPARSELT=0 "$PY" benchmarks/ben
 run_stage bench_wgmma 120 env SPARSEYOLO_CUSPARSELT=0 SPARSEYOLO_AUTO_WGMMA=1 "$PY" benchmarks/bench_sparse_conv_cuda.py \
   --batch 32 --dtype fp16 --reps 10 --methods dense mma_sp_wgmma mma_sp_wgmma_overlap --out "$RES" \
   --name sparse_conv_cuda_wgmma
+# cuSPARSELt through sparseyolo's own binding (plans cached; PyTorch 2.11's binding took 170-210 ms per call here),
+# in its own process: the 1x1 layers, and yolov5x end to end with `auto` free to pick it next to the mma.sp kernels.
+run_stage bench_cusparselt 150 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
+  --methods dense cusparselt --models yolov5x --out "$RES" --name sparse_conv_cuda_cslt
 run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 --min-run-time 0.3 \
   --json "$RES/nms_cuda.json" --markdown "$RES/nms_cuda.md"
 run_stage probe_cusparselt 60 "$PY" benchmarks/probe_cusparselt.py
-run_stage bench_cusparselt 90 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
-  --methods dense cusparselt --models --out "$RES" --name sparse_conv_cuda_cslt
 
 # --- summary ----------------------------------------------------------------------------------------------
 {
@@ -155,6 +193,8 @@ run_stage bench_cusparselt 90 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch
   echo "| stage | status | time |"
   echo "|---|---|---|"
   printf '%s\n' "${STAGES[@]}"
+  echo
+  echo "$WGMMA_LAYOUT_NOTE"
   echo
   grep -E "passed|failed|error" "$LOG" | grep -E "^[=]* ?[0-9]+ (passed|failed)" | tail -2
   for f in sparse_conv_cuda sparse_conv_cuda_wgmma sparse_conv_cuda_cslt nms_cuda; do

@@ -248,3 +248,31 @@ def _sparse_conv2d_24_fake(
     ho, wo = _conv_out_hw(op, input, kernel_size, stride, padding)
     return torch.empty((input.shape[0], out_channels, ho, wo), dtype=input.dtype, device=input.device,
                        memory_format=torch.channels_last)
+
+
+def _check_cusparselt_half(op: str, t: torch.Tensor, name: str) -> None:
+    torch._check(t.dtype in (torch.float16, torch.bfloat16),
+                 lambda: f"{op}: {name} must be float16 or bfloat16 (cuSPARSELt's 2:4 tensor-core types), got {t.dtype}")
+
+
+@torch.library.register_fake("sparseyolo::cusparselt_compress")
+def _cusparselt_compress_fake(weight: torch.Tensor) -> torch.Tensor:
+    op = "sparseyolo::cusparselt_compress"
+    _check_cusparselt_half(op, weight, "weight")
+    torch._check(weight.dim() == 2, lambda: f"{op}: weight must be [out_features, in_features], got {list(weight.shape)}")
+    size = torch.library.get_ctx().new_dynamic_size()  # cuSPARSELt decides it
+    return weight.new_empty((size,), dtype=torch.uint8)
+
+
+@torch.library.register_fake("sparseyolo::cusparselt_linear")
+def _cusparselt_linear_fake(compressed: torch.Tensor, input: torch.Tensor, out_features: int,
+                            bias: torch.Tensor | None = None, alg_id: int = 0) -> torch.Tensor:
+    op = "sparseyolo::cusparselt_linear"
+    _check_cusparselt_half(op, input, "input")
+    torch._check(input.dim() == 2, lambda: f"{op}: input must be [P, in_features], got {list(input.shape)}")
+    torch._check(compressed.dtype == torch.uint8 and compressed.dim() == 1,
+                 lambda: f"{op}: compressed must be the uint8 CUDA tensor sparseyolo::cusparselt_compress returned")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == out_features and bias.dtype == input.dtype,
+                     lambda: f"{op}: bias must be a [{out_features}] {input.dtype} tensor")
+    return input.new_empty((input.shape[0], out_features))

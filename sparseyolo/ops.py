@@ -315,3 +315,43 @@ def sparse_conv2d_24(
     """
     return torch.ops.sparseyolo.sparse_conv2d_24.default(input, values, meta, out_channels, _pair(kernel_size), bias,
                                                          _pair(stride), _pair(padding), activation, kernel)
+
+
+def cusparselt_version() -> int:
+    """The cuSPARSELt version sparseyolo was built with (``major * 1000 + minor * 100 + patch``), 0 without it."""
+    return int(torch.ops.sparseyolo.cusparselt_version.default())
+
+
+def cusparselt_compress(weight: torch.Tensor) -> torch.Tensor:
+    """Compress a 2:4 sparse weight for :func:`cusparselt_linear` (NVIDIA cuSPARSELt; once per layer).
+
+    Args:
+        weight (Tensor[out_features, in_features]): CUDA, float16 or bfloat16, 2:4 sparse along ``in_features``
+            (checked: a weight that is not raises), both dimensions multiples of 16.
+
+    Returns:
+        Tensor[bytes] uint8: cuSPARSELt's compressed form (opaque; its size depends on the shape and dtype).
+    """
+    return torch.ops.sparseyolo.cusparselt_compress.default(weight.detach())
+
+
+def cusparselt_linear(compressed: torch.Tensor, input: torch.Tensor, out_features: int,
+                      bias: torch.Tensor | None = None, alg_id: int = 0) -> torch.Tensor:
+    """``input @ W^T + bias`` with the 2:4 weight ``W`` that :func:`cusparselt_compress` compressed (cuSPARSELt).
+
+    cuSPARSELt's matmul plan is built at the first call for each (shape, dtype, bias tensor, ``alg_id``) and cached
+    in the process, so later calls run only the matmul. A 1x1 convolution over a channels_last activation is this
+    op on ``x.permute(0, 2, 3, 1).reshape(-1, Cin)``, without a copy (the ``"cusparselt"`` GPU backend).
+
+    Args:
+        compressed (Tensor uint8): from :func:`cusparselt_compress`, on the input's device.
+        input (Tensor[P, in_features]): CUDA, float16 or bfloat16, in the compressed weight's dtype; any P (the
+            last ``P % 8`` rows go through a small zero-padded copy).
+        out_features: ``W``'s rows.
+        bias (Tensor[out_features], optional): in the input's dtype.
+        alg_id: cuSPARSELt's algorithm configuration (0, its default, unless a measurement says otherwise).
+
+    Returns:
+        Tensor[P, out_features] in the input's dtype (fp32 accumulation).
+    """
+    return torch.ops.sparseyolo.cusparselt_linear.default(compressed, input, out_features, bias, alg_id)

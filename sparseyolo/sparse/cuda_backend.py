@@ -10,9 +10,9 @@ For a CUDA input, :func:`cuda_forward` runs the layer on one of:
   (``kernel="wgmma"``, ``"wgmma_overlap"``), sm_90 only. Not yet
   run on a GPU, so ``auto`` does not try it (a fault there would end the process's CUDA context, which the output
   check below cannot undo) unless ``SPARSEYOLO_AUTO_WGMMA=1``; or ask for it by name;
-* ``"cusparselt"``: 1x1, stride 1, unpadded convs as one GEMM over NHWC through PyTorch's cuSPARSELt binding
-  (``torch._cslt_compress`` / ``torch._cslt_sparse_mm``), the weight compressed once, at the first call, and
-  only where :func:`cusparselt_status` found the binding working (a check in a subprocess);
+* ``"cusparselt"``: 1x1, stride 1, unpadded convs as one GEMM over NHWC through NVIDIA cuSPARSELt
+  (:func:`sparseyolo.ops.cusparselt_linear`), the weight compressed once, cuSPARSELt's plan built once per input
+  shape and cached, and only where :func:`cusparselt_status` found it working (a check in a subprocess);
 * ``"dense"``: cuDNN ``F.conv2d`` on the cached dense weight (channels_last).
 
 The module's ``gpu_backend`` picks one; ``"auto"`` (the default) times the applicable ones once per layer shape
@@ -69,70 +69,86 @@ class _GpuState:
 class CusparseLtConv1x1:
     """A 1x1, stride-1, unpadded 2:4 conv as ``Y[P, Cout] = X[P, Cin] @ W^T`` through cuSPARSELt.
 
-    The weight is compressed once (``torch._cslt_compress``) and cuSPARSELt's default algorithm (0) is used, with
-    no search: on an H200 with torch 2.11, ``torch._cslt_sparse_mm_search`` with ``bias`` and
-    ``transpose_result`` was followed by an internal error and an illegal instruction that broke the process's
-    CUDA context, while algorithm 0 ran correctly. Raises at construction when this PyTorch build has no
-    cuSPARSELt binding.
+    Runs :func:`sparseyolo.ops.cusparselt_linear` (our binding of cuSPARSELt, not PyTorch's: ``torch._cslt_sparse_mm``
+    in PyTorch 2.11 builds cuSPARSELt's plan on every call, and took 170-210 ms per call on an H200). The weight is
+    compressed once, here, at conversion; the op builds the plan at the first call for each input shape and caches
+    it, so later calls run only the matmul. The activation is read in place (channels_last is ``[P, Cin]``
+    row-major) and the output is written channels_last. Algorithm configuration 0 (cuSPARSELt's default), no
+    search: on an H200 with torch 2.11, cuSPARSELt's search (through ``torch._cslt_sparse_mm_search``) was followed
+    by an internal error and an illegal instruction that broke the process's CUDA context. Raises at construction
+    when the extension has no cuSPARSELt or cuSPARSELt rejects the layer (e.g. Cout not a multiple of 8).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        if not hasattr(torch, "_cslt_compress"):
-            raise RuntimeError("this PyTorch build has no cuSPARSELt binding")
-        self.cout, self.cin = weight.shape[:2]
-        self.compressed = torch._cslt_compress(weight.reshape(self.cout, self.cin).contiguous())
-        self.bias = None if bias is None else bias.to(weight.dtype).contiguous()
-        self.alg_id = 0
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, alg_id: int = 0) -> None:
+        from sparseyolo import ops
 
-    def _dense_operand(self, x: torch.Tensor) -> torch.Tensor:
-        # channels_last [N, Cin, H, W] is [N*H*W, Cin] row-major; its transpose is the column-major B.
-        return x.permute(0, 2, 3, 1).reshape(-1, self.cin).t()
+        if ops.cusparselt_version() == 0:
+            raise RuntimeError(_NOT_BUILT)
+        self.cout, self.cin = weight.shape[:2]
+        self.compressed = ops.cusparselt_compress(weight.reshape(self.cout, self.cin))
+        self.bias = None if bias is None else bias.to(weight.dtype).contiguous()
+        self.alg_id = alg_id
 
     def __call__(self, x: torch.Tensor, activation: str) -> torch.Tensor:
+        from sparseyolo import ops
+
         n, _, h, w = x.shape
         x = x.contiguous(memory_format=torch.channels_last)
-        y = torch._cslt_sparse_mm(self.compressed, self._dense_operand(x), bias=self.bias, transpose_result=True,
-                                  alg_id=self.alg_id)  # [N*H*W, Cout]
+        rows = x.permute(0, 2, 3, 1).reshape(-1, self.cin)  # a view: [N*H*W, Cin] row-major
+        y = ops.cusparselt_linear(self.compressed, rows, self.cout, self.bias, self.alg_id)  # [N*H*W, Cout]
         if activation == "silu":
             y = F.silu(y, inplace=True)
         return y.reshape(n, h, w, self.cout).permute(0, 3, 1, 2)  # channels_last view
 
 
+_NOT_BUILT = ("sparseyolo was built without cuSPARSELt (setup.py looks for the torch wheel's nvidia/cusparselt; "
+              "rebuild with it to use the cusparselt backend)")
+# Run in a subprocess by cusparselt_status(): our ops on a small problem, twice (the second call reuses the plan).
 _CSLT_PROBE = r"""
 import torch
+from sparseyolo import ops
+torch.manual_seed(0)
 a = torch.randn(256, 128, device="cuda", dtype=torch.float16)
 a = a * (torch.arange(128, device="cuda") % 4 < 2)  # 2:4 along K
-b = torch.randn(128, 512, device="cuda", dtype=torch.float16)
+x = torch.randn(520, 128, device="cuda", dtype=torch.float16)
 bias = torch.randn(256, device="cuda", dtype=torch.float16)
-c = torch._cslt_compress(a)
-y = torch._cslt_sparse_mm(c, b.t().contiguous().t(), bias=bias, transpose_result=True)
-torch.cuda.synchronize()
-ref = (a.float() @ b.float() + bias.float()[:, None]).t()
-err = float((y.float() - ref).norm() / ref.norm())
-assert err < 1e-2, f"wrong result: relative error {err:.2e}"
+c = ops.cusparselt_compress(a)
+ref = x.float() @ a.float().t() + bias.float()
+for _ in range(2):
+    y = ops.cusparselt_linear(c, x, 256, bias)
+    torch.cuda.synchronize()
+    err = float((y.float() - ref).norm() / ref.norm())
+    assert err < 1e-2, f"wrong result: relative error {err:.2e}"
 print("ok")
 """
 _CSLT_STATUS: dict[str, str] = {}
 
 
 def cusparselt_status() -> str:
-    """"" when PyTorch's cuSPARSELt binding runs correctly on this GPU, else why not (checked once per process).
+    """"" when sparseyolo's cuSPARSELt ops run correctly on this GPU, else why not (checked once per process).
 
-    The check runs in a subprocess: on an H200 with torch 2.11 the binding failed with an internal error and then an
-    illegal instruction, which leaves the calling process's CUDA context unusable. A layer never uses cuSPARSELt
-    unless this check passed.
+    The check runs in a subprocess: on an H200 with torch 2.11, a failing cuSPARSELt call (PyTorch's search) was
+    followed by an illegal instruction, which leaves the calling process's CUDA context unusable. A layer never
+    uses cuSPARSELt unless this check passed. ``SPARSEYOLO_CUSPARSELT=0`` turns the backend off.
     """
     if os.environ.get("SPARSEYOLO_CUSPARSELT", "1") == "0":
         return "disabled (SPARSEYOLO_CUSPARSELT=0)"
     if "status" not in _CSLT_STATUS:
         import subprocess
         import sys
+        from pathlib import Path
 
-        if not hasattr(torch, "_cslt_compress"):
-            _CSLT_STATUS["status"] = "this PyTorch build has no cuSPARSELt binding"
+        from sparseyolo import ops
+
+        if ops.cusparselt_version() == 0:
+            _CSLT_STATUS["status"] = _NOT_BUILT
         else:
+            env = dict(os.environ)  # the subprocess imports this sparseyolo, installed or not
+            root = str(Path(__file__).resolve().parents[2])
+            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
             try:
-                r = subprocess.run([sys.executable, "-c", _CSLT_PROBE], capture_output=True, text=True, timeout=120)
+                r = subprocess.run([sys.executable, "-c", _CSLT_PROBE], capture_output=True, text=True, timeout=120,
+                                   env=env)
                 ok = r.returncode == 0 and r.stdout.strip().endswith("ok")
                 tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
                 _CSLT_STATUS["status"] = "" if ok else f"cuSPARSELt check failed (rc {r.returncode}): {tail}"
