@@ -117,7 +117,7 @@ def conv_shapes(model_name: str, size: int) -> list[dict]:
 
 
 def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
-                methods: tuple[str, ...] = METHODS) -> dict:
+                methods: tuple[str, ...] = METHODS, cslt_algs: int = 1) -> dict:
     cin, cout, k, st, pd, h, w = s["cin"], s["cout"], s["k"], s["stride"], s["pad"], s["h"], s["w"]
     ho, wo = (h + 2 * pd - k) // st + 1, (w + 2 * pd - k) // st + 1
     flops = 2.0 * batch * ho * wo * cout * cin * k * k
@@ -151,6 +151,15 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
             y = cs(xs[0][0][:1], "silu").float()  # correctness on the timed shape (one image), vs fp32 cuDNN
             ref = F.silu(F.conv2d(xs[0][0][:1].float(), wd.float(), bias))
             row["cusparselt_rel_err"] = float((y - ref).norm() / ref.norm())
+            # cuSPARSELt's other algorithm configurations (the backend uses 0): ms per alg_id, until one is refused.
+            row["cusparselt_alg_ms"] = {0: row["cusparselt_ms"]}
+            for alg in range(1, cslt_algs):
+                try:
+                    ca = CusparseLtConv1x1(wd, bias, alg_id=alg)
+                    row["cusparselt_alg_ms"][alg] = time_ms(lambda x, ca=ca: ca(x, "silu"), xs, reps)
+                except Exception as e:  # noqa: BLE001 - past cuSPARSELt's last configuration
+                    LOGGER.info("cuSPARSELt alg_id %d %s: %s", alg, s, e)
+                    break
         except Exception as e:  # noqa: BLE001
             LOGGER.warning("cuSPARSELt %s: %s", s, e)
     p = pack_mma_sp_weight(wt, dtype=dtype).to("cuda") if cin % 8 == 0 else None
@@ -228,6 +237,12 @@ def end_to_end(model_name: str, batch: int, size: int, dtype: torch.dtype, reps:
 def speedup_summary(layers: list[dict]) -> list[str]:
     """Median speedup over cuDNN of each kernel, on all measured layers and on the large ones (Cin, Cout >= 256)."""
     out = []
+    algs = [r["cusparselt_alg_ms"] for r in layers if len(r.get("cusparselt_alg_ms", {})) > 1]
+    if algs:  # JSON turns the alg ids into strings
+        ratios = [min(a.values()) / next(v for k, v in a.items() if str(k) == "0") for a in algs]
+        out.append(f"- cuSPARSELt: the best of its first {max(len(a) for a in algs)} algorithm configurations takes "
+                   f"a median {statistics.median(ratios):.2f}x the time of configuration 0 (the one used) over "
+                   f"{len(algs)} shapes")
     for m, kernel in {"cusparselt": "cuSPARSELt", **MMA_SP_METHODS}.items():
         for label, keep in (("all layers", lambda r: True), ("Cin, Cout >= 256", lambda r: min(r["cin"], r["cout"]) >= 256)):
             v = [r[f"speedup_{m}"] for r in layers if keep(r) and r.get(f"speedup_{m}", NAN) == r.get(f"speedup_{m}")]
@@ -288,6 +303,8 @@ def main() -> None:
                     help="indices of the layer shapes to run (default all); --layers with no index: none")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for .json and .md")
     ap.add_argument("--name", default="sparse_conv_cuda")
+    ap.add_argument("--cslt-algs", type=int, default=4,
+                    help="also time cuSPARSELt algorithm configurations 1..N-1 (the backend uses 0)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not torch.cuda.is_available():
@@ -320,7 +337,7 @@ def main() -> None:
     if "cusparselt" in args.methods and not set(MMA_SP_METHODS) & set(args.methods):  # cuSPARSELt only: 1x1 layers
         shapes = [s for s in shapes if s["k"] == 1 and s["stride"] == 1 and s["pad"] == 0]
     for s in shapes:
-        r = bench_layer(s, args.batch, dtype, l2, args.reps, tuple(args.methods))
+        r = bench_layer(s, args.batch, dtype, l2, args.reps, tuple(args.methods), args.cslt_algs)
         res["layers"].append(r)
         kernels = " ".join(f"{k} {r[f'{m}_ms']:.3f} ({r[f'speedup_{m}']:.2f}x, err {r.get(f'{m}_rel_err', NAN):.1e})"
                            for m, k in MMA_SP_METHODS.items() if m in args.methods)

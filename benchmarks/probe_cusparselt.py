@@ -23,7 +23,8 @@ ref = a.float() @ b.float()
 # f() returns [512, 256] = (a @ b + bias)^T; prints the error and the wall time of the first and second call.
 TWO_CALLS = ("import time; ts = []; r = (ref + bias.float()[:, None]).t()\n"
              "for _ in range(2):\n"
-             "    t0 = time.perf_counter(); y = f(); torch.cuda.synchronize(); ts.append((time.perf_counter() - t0) * 1e3)\n"
+             "    t0 = time.perf_counter(); y = f(); torch.cuda.synchronize()\n"
+             "    ts.append((time.perf_counter() - t0) * 1e3)\n"
              "print('ok', float((y.float() - r).norm() / r.norm()), 'first call %.2f ms, second %.2f ms' % tuple(ts))")
 VARIANTS = {
     "compress only": "c = torch._cslt_compress(a); torch.cuda.synchronize(); print('ok')",

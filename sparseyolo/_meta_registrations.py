@@ -252,14 +252,16 @@ def _sparse_conv2d_24_fake(
 
 def _check_cusparselt_half(op: str, t: torch.Tensor, name: str) -> None:
     torch._check(t.dtype in (torch.float16, torch.bfloat16),
-                 lambda: f"{op}: {name} must be float16 or bfloat16 (cuSPARSELt's 2:4 tensor-core types), got {t.dtype}")
+                 lambda: f"{op}: {name} must be float16 or bfloat16 (cuSPARSELt's 2:4 tensor-core types), "
+                         f"got {t.dtype}")
 
 
 @torch.library.register_fake("sparseyolo::cusparselt_compress")
 def _cusparselt_compress_fake(weight: torch.Tensor) -> torch.Tensor:
     op = "sparseyolo::cusparselt_compress"
     _check_cusparselt_half(op, weight, "weight")
-    torch._check(weight.dim() == 2, lambda: f"{op}: weight must be [out_features, in_features], got {list(weight.shape)}")
+    torch._check(weight.dim() == 2,
+                 lambda: f"{op}: weight must be [out_features, in_features], got {list(weight.shape)}")
     size = torch.library.get_ctx().new_dynamic_size()  # cuSPARSELt decides it
     return weight.new_empty((size,), dtype=torch.uint8)
 

@@ -3,9 +3,9 @@
 
 CPU-runnable: the ops' errors on CPU tensors, the build's cuSPARSELt version, the backend's status. CUDA-marked
 (skipped without a GPU): the op vs an fp64 reference (error at most 2x PyTorch's own fp16/bf16 matmul error),
-awkward shapes (rows not a multiple of 8: the padded tail), bias or none, plan reuse across calls and bias tensors, clear errors for a weight that is not
-2:4, shapes cuSPARSELt cannot take, a compressed weight of another shape, an alg_id out of range; opcheck; the
-1x1-conv backend vs cuDNN.
+awkward shapes (rows not a multiple of 8: the padded tail), bias or none, plan reuse across calls and bias
+tensors, clear errors for a weight that is not 2:4, shapes cuSPARSELt cannot take, a compressed weight of another
+shape, an alg_id out of range; opcheck; the 1x1-conv backend vs cuDNN.
 """
 
 from __future__ import annotations
