@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import math
@@ -77,6 +78,45 @@ def rotations(bytes_one: int, l2: int, cap: int = 8) -> int:
     return max(1, min(cap, math.ceil(3 * l2 / max(bytes_one, 1))))
 
 
+@functools.cache
+def _reread_kernel():
+    """Triton kernel: each program sums its chunk of ``x`` PASSES times with .cg loads (L2, not L1)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def reread(x_ptr, out_ptr, n_per_prog, PASSES: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        base = pid.to(tl.int64) * n_per_prog
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for _ in range(PASSES):
+            for off in range(0, n_per_prog, BLOCK):
+                acc += tl.load(x_ptr + base + off + tl.arange(0, BLOCK), cache_modifier=".cg")
+        tl.store(out_ptr + pid * BLOCK + tl.arange(0, BLOCK), acc)
+
+    return reread
+
+
+def l2_read_GBps(l2: int, reps: int, passes: int = 16, block: int = 1024) -> float:
+    """L2-resident read bandwidth, a lower bound: float32 data of half the L2 re-read ``passes`` times by 4 programs
+    per SM (the first pass comes from DRAM and is counted as if from L2). Checked against torch's sum."""
+    programs = 4 * torch.cuda.get_device_properties(0).multi_processor_count
+    n_per_prog = max(block, l2 // 2 // 4 // programs // block * block)
+    x = torch.randn(programs * n_per_prog, device="cuda")
+    out = torch.empty(programs * block, device="cuda")
+    kernel = _reread_kernel()
+
+    def run():
+        kernel[(programs,)](x, out, n_per_prog, PASSES=passes, BLOCK=block, num_warps=8)
+
+    run()
+    ref = passes * x.view(programs, n_per_prog // block, block).sum(1).reshape(-1)
+    if not torch.allclose(out, ref, rtol=1e-3, atol=1e-2):
+        raise RuntimeError("the L2 re-read kernel summed wrong")
+    ms = time_ms(run, [()], reps)
+    return passes * x.numel() * 4 / (ms * 1e-3) / 1e9
+
+
 def ceilings(reps: int) -> dict:
     out = {}
     n = 1 << 30  # 1 GiB per buffer
@@ -90,6 +130,12 @@ def ceilings(reps: int) -> dict:
     y = torch.randn(m, m, device="cuda", dtype=torch.float16)
     ms = time_ms(lambda: x @ y, [()], reps)
     out["gemm_fp16_TFLOPs"] = 2 * m**3 / (ms * 1e-3) / 1e12
+    del x, y
+    try:  # what feeds the sparse kernels' cp.async stages: their tiles come mostly from L2
+        out["l2_read_GBps"] = l2_read_GBps(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20),
+                                           reps)
+    except Exception as e:  # noqa: BLE001 - no Triton: no L2 figure
+        LOGGER.warning("L2 read bandwidth: %s: %s", type(e).__name__, e)
     return out
 
 
@@ -256,7 +302,8 @@ def markdown(res: dict) -> str:
     env, c = res["environment"], res["ceilings"]
     lines = [f"## 2:4 sparse convolution on {env['gpu']} ({res['dtype']}, batch {res['batch']})", "",
              f"torch {env['torch']}, CUDA {env['cuda']}, {env['date']}. Ceilings: copy "
-             f"{c.get('copy_GBps', NAN):.0f} GB/s, dense fp16 GEMM {c.get('gemm_fp16_TFLOPs', NAN):.0f} TFLOP/s. "
+             f"{c.get('copy_GBps', NAN):.0f} GB/s, dense fp16 GEMM {c.get('gemm_fp16_TFLOPs', NAN):.0f} TFLOP/s, "
+             f"L2-resident read {c.get('l2_read_GBps', NAN):.0f} GB/s (a lower bound). "
              f"cuSPARSELt: {res.get('cusparselt_status', '?')}.",
              ""]
     # One column group per mma.sp kernel that ran in this file.
