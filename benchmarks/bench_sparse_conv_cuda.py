@@ -183,6 +183,16 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
         return F.silu(F.conv2d(x, wd, bias_d, st, pd), inplace=True)
 
     row["dense_ms"] = time_ms(dense, xs, reps) if "dense" in methods else NAN
+    row["dense_nchw_ms"] = NAN
+    if "dense" in methods and cin < 8:  # the stem: cuDNN's channels_last path pads 3 channels; NCHW in, NHWC out
+        wn = wd.contiguous()
+        xn = [(x.contiguous(),) for (x,) in xs]
+        def dense_nchw(x):
+            y = F.silu(F.conv2d(x, wn, bias_d, st, pd), inplace=True)
+            return y.contiguous(memory_format=torch.channels_last)
+
+        row["dense_nchw_ms"] = time_ms(dense_nchw, xn, reps)
+        del xn
     row["cusparselt_ms"] = NAN
     row["cusparselt_first_call_ms"] = NAN
     cslt_ok = k == 1 and st == 1 and pd == 0 and cin % 16 == 0 and cout % 16 == 0
@@ -327,6 +337,11 @@ def markdown(res: dict) -> str:
             + f" | {r.get('speedup_cusparselt', NAN):.2f} | {r.get('cusparselt_rel_err', NAN):.1e} | "
             f"{r.get('cusparselt_first_call_ms', NAN):.1f} |")
     lines += [""] + speedup_summary(res["layers"])
+    for r in res["layers"]:
+        if r.get("dense_nchw_ms", NAN) == r.get("dense_nchw_ms"):
+            lines.append(f"- {r['cin']} -> {r['cout']} {r['k']}x{r['k']} s{r['stride']} (the stem) in cuDNN: "
+                         f"{r['dense_ms']:.3f} ms channels_last, {r['dense_nchw_ms']:.3f} ms NCHW in and "
+                         "channels_last out")
     if res["end_to_end"]:
         lines += ["", "| model | dense infer ms | dense NMS ms | 2:4 infer ms | 2:4 NMS ms | infer speedup | "
                   "infer+NMS speedup | 2:4 layer backends |", "|" + "---|" * 8]
