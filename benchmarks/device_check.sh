@@ -176,7 +176,7 @@ run_stage bench_sparse_conv 300 env SPARSEYOLO_CUSPARSELT=0 "$PY" benchmarks/ben
 # The wgmma kernels in their own process: per layer, and end to end with `auto` allowed to pick them
 # (SPARSEYOLO_AUTO_WGMMA=1, this process only).
 run_stage bench_wgmma 120 env SPARSEYOLO_CUSPARSELT=0 SPARSEYOLO_AUTO_WGMMA=1 "$PY" benchmarks/bench_sparse_conv_cuda.py \
-  --batch 32 --dtype fp16 --reps 10 --methods dense mma_sp_wgmma mma_sp_wgmma_overlap --out "$RES" \
+  --batch 32 --dtype fp16 --reps 10 --methods dense mma_sp_wgmma mma_sp_wgmma_overlap mma_sp_wgmma64 --out "$RES" \
   --name sparse_conv_cuda_wgmma
 # cuSPARSELt through sparseyolo's own binding (plans cached; PyTorch 2.11's binding took 170-210 ms per call here),
 # in its own process: the 1x1 layers, and yolov5x end to end with `auto` free to pick it next to the mma.sp kernels.

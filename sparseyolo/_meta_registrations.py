@@ -208,7 +208,8 @@ def _sparse_conv2d_fake(
     return input.new_empty((input.shape[0], cout, ho, wo))
 
 
-SPARSE_CONV2D_24_KERNELS = ("default", "tile64", "tile128", "tile128x256", "tile256x128", "wgmma", "wgmma_overlap")
+SPARSE_CONV2D_24_KERNELS = ("default", "tile64", "tile128", "tile128x256", "tile256x128", "wgmma", "wgmma_overlap",
+                            "wgmma64")
 
 
 @torch.library.register_fake("sparseyolo::sparse_conv2d_24")

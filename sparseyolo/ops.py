@@ -301,7 +301,8 @@ def sparse_conv2d_24(
             pixels): ``"tile64"`` (64 x 128, two stages; checked on an H200), ``"tile128"`` (128 x 128),
             ``"tile128x256"``, ``"tile256x128"`` (64-channel k-step, up to 4-stage cp.async pipeline), ``"wgmma"``
             (the 128 x 256 pipeline on Hopper's ``wgmma.mma_async.sp``; sm_90 only, built for sm_90a),
-            ``"wgmma_overlap"`` (the same with one k-step of MMAs kept in flight), or
+            ``"wgmma_overlap"`` (the same with one k-step of MMAs kept in flight), ``"wgmma64"`` (a 64 x 256 tile,
+            one warpgroup, two blocks per SM; sm_90 only), or
             ``"default"`` (``"tile64"``). All but ``tile64`` have so far been checked only under the CPU SIMT
             emulator. All give the same results up to fp32 summation order. The CPU backend checks the name and
             ignores it.

@@ -22,6 +22,7 @@ from sparseyolo.sparse.mma_sp import is_24_sparse
 DTYPES = [torch.float16, torch.bfloat16]
 WGMMA = pytest.param("wgmma", marks=pytest.mark.wgmma)
 WGMMA_OVERLAP = pytest.param("wgmma_overlap", marks=pytest.mark.wgmma)
+WGMMA64 = pytest.param("wgmma64", marks=pytest.mark.wgmma)
 
 
 def _weight_24(cout: int, cin: int, k: int, seed: int, dtype=torch.float32) -> torch.Tensor:
@@ -117,7 +118,7 @@ class TestSparseConv2d24CPU:
         wt = _weight_24(72, 40, 3, seed=5)
         packed = pack_mma_sp_weight(wt)
         x = torch.randn(1, 40, 9, 7).half().contiguous(memory_format=torch.channels_last)
-        for kernel in ("default", "tile128", "tile128x256", "tile256x128", "wgmma", "wgmma_overlap"):
+        for kernel in ("default", "tile128", "tile128x256", "tile256x128", "wgmma", "wgmma_overlap", "wgmma64"):
             torch.library.opcheck(torch.ops.sparseyolo.sparse_conv2d_24.default,
                                   (x, packed.values, packed.meta, 72, [3, 3], torch.randn(72), [2, 2], [1, 1], "silu",
                                    kernel))
@@ -153,7 +154,8 @@ class TestSparseConv2d24CUDA:
     @pytest.mark.parametrize("cin,cout,k,stride,padding,h,w", CASES)
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("activation", ["identity", "silu"])
-    @pytest.mark.parametrize("kernel", ["tile64", "tile128", "tile128x256", "tile256x128", WGMMA, WGMMA_OVERLAP])
+    @pytest.mark.parametrize("kernel", ["tile64", "tile128", "tile128x256", "tile256x128", WGMMA, WGMMA_OVERLAP,
+                                        WGMMA64])
     def test_kernel_vs_fp64(self, cin, cout, k, stride, padding, h, w, dtype, activation, kernel):
         if torch.cuda.get_device_capability() < (8, 0):
             pytest.skip("needs sm_80+")
@@ -188,7 +190,8 @@ class TestSparseConv2d24CUDA:
         ref = _reference(x.cpu(), wt, None, 1, 1, "identity")
         assert _rel(y.cpu(), ref) < 2e-3
 
-    @pytest.mark.parametrize("kernel", ["tile64", "tile128", "tile128x256", "tile256x128", WGMMA, WGMMA_OVERLAP])
+    @pytest.mark.parametrize("kernel", ["tile64", "tile128", "tile128x256", "tile256x128", WGMMA, WGMMA_OVERLAP,
+                                        WGMMA64])
     def test_large_layer_many_blocks(self, kernel):
         if kernel.startswith("wgmma") and torch.cuda.get_device_capability() != (9, 0):
             pytest.skip("the wgmma kernels need sm_90")

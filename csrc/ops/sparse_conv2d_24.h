@@ -17,14 +17,14 @@ inline int64_t sparse_conv2d_24_k_blocks(int64_t cin, int64_t kh, int64_t kw) { 
 
 // The CUDA kernel named by the op's `kernel` argument: its index is kernels::kVariant* (kernels/cuda/
 // sparse_conv2d_24.h), in this order.
-constexpr const char* kSparseConv2d24Kernels[] = {"default",     "tile64", "tile128",      "tile128x256",
-                                                  "tile256x128", "wgmma",  "wgmma_overlap"};
+constexpr const char* kSparseConv2d24Kernels[] = {"default",     "tile64", "tile128",       "tile128x256",
+                                                  "tile256x128", "wgmma",  "wgmma_overlap", "wgmma64"};
 
 inline int sparse_conv2d_24_variant(c10::string_view kernel) {
-  for (int i = 0; i < 7; ++i)
+  for (int i = 0; i < 8; ++i)
     if (kernel == kSparseConv2d24Kernels[i]) return i;
   TORCH_CHECK(false, "sparseyolo::sparse_conv2d_24: kernel should be one of 'default', 'tile64', 'tile128', "
-              "'tile128x256', 'tile256x128', 'wgmma', 'wgmma_overlap', got '", std::string(kernel), "'");
+              "'tile128x256', 'tile256x128', 'wgmma', 'wgmma_overlap', 'wgmma64', got '", std::string(kernel), "'");
   return 0;
 }
 

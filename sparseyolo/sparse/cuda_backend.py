@@ -6,8 +6,8 @@ For a CUDA input, :func:`cuda_forward` runs the layer on one of:
   any stride/padding, fused bias + SiLU), for fp16/bf16 inputs of a 2:4 layer with ``Cin % 8 == 0``;
 * ``"mma_sp_tile128"``, ``"mma_sp_tile128x256"``, ``"mma_sp_tile256x128"``: the same op with its big-tile kernels
   (``kernel="tile128"`` ...: 64-channel k-steps, multi-stage pipeline), same conditions;
-* ``"mma_sp_wgmma"``, ``"mma_sp_wgmma_overlap"``: the same op on Hopper's ``wgmma.mma_async.sp``
-  (``kernel="wgmma"``, ``"wgmma_overlap"``), sm_90 only. Not yet
+* ``"mma_sp_wgmma"``, ``"mma_sp_wgmma_overlap"``, ``"mma_sp_wgmma64"``: the same op on Hopper's
+  ``wgmma.mma_async.sp`` (``kernel="wgmma"``, ``"wgmma_overlap"``, ``"wgmma64"``), sm_90 only. Not yet
   run on a GPU, so ``auto`` does not try it (a fault there would end the process's CUDA context, which the output
   check below cannot undo) unless ``SPARSEYOLO_AUTO_WGMMA=1``; or ask for it by name;
 * ``"cusparselt"``: 1x1, stride 1, unpadded convs as one GEMM over NHWC through NVIDIA cuSPARSELt
@@ -40,10 +40,10 @@ LOGGER = logging.getLogger(__name__)
 # Backend name -> sparseyolo.ops.sparse_conv2d_24's kernel argument.
 MMA_SP_BACKENDS = {"mma_sp": "default", "mma_sp_tile128": "tile128", "mma_sp_tile128x256": "tile128x256",
                    "mma_sp_tile256x128": "tile256x128", "mma_sp_wgmma": "wgmma",
-                   "mma_sp_wgmma_overlap": "wgmma_overlap"}
+                   "mma_sp_wgmma_overlap": "wgmma_overlap", "mma_sp_wgmma64": "wgmma64"}
 GPU_BACKENDS = ("auto", *MMA_SP_BACKENDS, "cusparselt", "dense")
 # Backends `auto` does not try until a device run has shown them correct (see the module docstring).
-_NOT_IN_AUTO = {"mma_sp_wgmma", "mma_sp_wgmma_overlap"}
+_NOT_IN_AUTO = {"mma_sp_wgmma", "mma_sp_wgmma_overlap", "mma_sp_wgmma64"}
 # Largest relative L2 difference from cuDNN's output that `auto` accepts: both round the same fp32-accumulated
 # sums to the output dtype (~3e-4 fp16, ~2e-3 bf16 relative), so a correct backend stays far below; a wrong one is
 # off by O(1).

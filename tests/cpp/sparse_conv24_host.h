@@ -118,7 +118,8 @@ void pack(const std::vector<float>& w, const Case& c, std::vector<T>& values, st
 }
 
 constexpr int kVariants[] = {k::kVariantTile64,      k::kVariantTile128, k::kVariantTile128x256,
-                             k::kVariantTile256x128, k::kVariantWgmma,   k::kVariantWgmmaOverlap};
+                             k::kVariantTile256x128, k::kVariantWgmma,   k::kVariantWgmmaOverlap,
+                             k::kVariantWgmma64};
 
 inline const char* variant_name(int variant) {
   switch (variant) {
@@ -128,6 +129,7 @@ inline const char* variant_name(int variant) {
     case k::kVariantTile256x128: return "tile256x128";
     case k::kVariantWgmma: return "wgmma";
     case k::kVariantWgmmaOverlap: return "wgmma_overlap";
+    case k::kVariantWgmma64: return "wgmma64";
     default: return "?";
   }
 }

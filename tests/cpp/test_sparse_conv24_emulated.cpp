@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
   int failures = 0, n = 0;
   for (const Case& c : cases)
     for (int variant : kVariants) {
-      const bool wgmma = variant == k::kVariantWgmma || variant == k::kVariantWgmmaOverlap;
+      const bool wgmma = k::is_wgmma_variant(variant);
       if (wgmma_only && !wgmma) continue;
       simt::state().rng.seed(1000 + n);
       failures += run<__half>(c, variant, simt::Mode::kEager, rng);

@@ -34,7 +34,7 @@ bool sparse_conv24_supported(int device) {
 }
 
 bool sparse_conv24_variant_supported(int variant, int device) {
-  if (variant != kVariantWgmma && variant != kVariantWgmmaOverlap) return true;
+  if (!is_wgmma_variant(variant)) return true;
   int major = 0, minor = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)

@@ -49,6 +49,12 @@ constexpr int kVariantTile128x256 = 3;  // the same with a 128 (Cout) x 256 (pix
 constexpr int kVariantTile256x128 = 4;  // the same with a 256 (Cout) x 128 (pixel) tile
 constexpr int kVariantWgmma = 5;        // 128 x 256 tile on wgmma.mma_async.sp (sm_90 only, built for sm_90a)
 constexpr int kVariantWgmmaOverlap = 6; // the same, one k-step of MMAs in flight while the next is issued
+constexpr int kVariantWgmma64 = 7;      // 64 x 256 tile, one warpgroup, two blocks per SM (sm_90 only)
+
+// The variants built on wgmma (compute capability 9.0 only).
+constexpr bool is_wgmma_variant(int variant) {
+  return variant == kVariantWgmma || variant == kVariantWgmmaOverlap || variant == kVariantWgmma64;
+}
 
 // Row tiles of 16 output channels the packed weight must have for `cout` (a multiple of the 64-channel
 // block tile, so a block never reads past the weight).

@@ -20,6 +20,9 @@
 //                    running at once share their activation tile in L2.
 //   kVariantWgmma, kVariantWgmmaOverlap: the 128 x 256 pipeline feeding wgmma.mma_async.sp (sparse_conv24_wgmma),
 //                    waiting for each k-step's MMAs or keeping one k-step in flight.
+//   kVariantWgmma64: the same kernel with a 64 x 256 tile, one warpgroup, 3 stages, two blocks per SM (one
+//                    block's barriers and loads overlap the other's MMAs; Cout = 160 fills 3 tiles of 64 better
+//                    than 2 of 128).
 //   All but kVariantTile64 have so far run only under the emulator.
 #pragma once
 
@@ -698,8 +701,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_
 
 // ---- kVariantWgmma: the Tile128x256 pipeline feeding wgmma.mma_async.sp (sm_90a) ------------------------------
 //
-// Same block tile (128 x 256), stage layout and loads as sparse_conv24_bigtile<Tile128x256>, but the math is two
-// warpgroups, each issuing one wgmma.mma_async.sp.m64n256k32 per k-block for its 64 output channels:
+// Same block tile (128 x 256, or 64 x 256), stage layout and loads as sparse_conv24_bigtile<Tile128x256>, but the
+// math is two warpgroups (one), each issuing one wgmma.mma_async.sp.m64n256k32 per k-block for its 64 output
+// channels:
 //   * A (weights) from registers: warp w of a warpgroup holds row tile 4 * wg + w, one LDS.128 of the packed
 //     weight (mma.sp m16n8k32 fragment order) + its quad's two metadata words, put into the order the
 //     "wgmma.sp operand conventions" above define (by default the same: wgmma's register A fragment read as the
@@ -713,20 +717,28 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) sparse_conv24_
 // Each k-step: wait for its cp.async group, fence.proxy.async (the copies are generic-proxy writes that wgmma
 // reads through the async proxy), barrier, issue the next stage's copies, wgmma.fence, the wgmmas, commit, and
 // wait for them before the next barrier lets anyone overwrite this stage.
-using TileWgmma = Tile128x256;
+using TileWgmma = Tile128x256;             // two warpgroups
+using TileWgmma64 = BigTile<1, 4, 4, 8>;   // 64 x 256, one warpgroup
 constexpr int kWgmmaAlign = 1024;  // 128-byte swizzle atoms must start 1024-byte aligned
+// A wgmma pipeline's stages, padded to the swizzle-atom alignment, and its shared memory (+ alignment slack).
+template <typename Cfg>
+struct WgmmaStages {
+  static constexpr int kStride = (Cfg::kStageBytes + kWgmmaAlign - 1) / kWgmmaAlign * kWgmmaAlign;
+  static constexpr int smem_bytes(int stages) { return stages * kStride + kWgmmaAlign; }
+};
 
-template <typename T, int kStages, bool kOverlap>
-__global__ void __launch_bounds__(TileWgmma::kThreads, 1) sparse_conv24_wgmma(SparseConv24Params p) {
+template <typename T, typename Cfg, int kStages, bool kOverlap>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBM == 64 ? 2 : 1) sparse_conv24_wgmma(SparseConv24Params p) {
 #if defined(SPARSEYOLO_SIMT_EMULATION) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
-  using Cfg = TileWgmma;
+  static_assert(Cfg::kBM == 64 * (Cfg::kThreads / 128) && Cfg::kBN == 256, "one warpgroup per 64 x 256 of tile");
   // kOverlap keeps one k-step's MMAs in flight while the next is issued: the stage they read is then free only a
   // step later, so copies run kStages - 2 steps ahead instead of kStages - 1, and the A registers alternate
   // between two sets (a wgmma may read its registers until its wait_group).
   constexpr int kAhead = kOverlap ? kStages - 2 : kStages - 1;
   static_assert(kAhead >= 1, "at least one stage ahead");
-  static_assert(Cfg::kStageBytes % kWgmmaAlign == 0, "every stage must stay 1024-byte aligned");
-  constexpr int kBBytes = Cfg::kBBytes, kAValBytes = Cfg::kAValBytes, kStageBytes = Cfg::kStageBytes;
+  static_assert(Cfg::kBBytes % kWgmmaAlign == 0, "B must stay 1024-byte aligned in every stage");
+  static_assert(Cfg::kBN * Cfg::kOutStride * 2 <= kStages * WgmmaStages<Cfg>::kStride, "epilogue tile must fit");
+  constexpr int kBBytes = Cfg::kBBytes, kAValBytes = Cfg::kAValBytes, kStageBytes = WgmmaStages<Cfg>::kStride;
   SPARSEYOLO_DYNAMIC_SMEM(smem);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -866,20 +878,29 @@ inline Launch launch_for(const SparseConv24Params& p, int variant, int max_smem_
     case kVariantTile256x128: l = big_tile_launch<T, Tile256x128>(p, max_smem_bytes); break;
     case kVariantWgmma:
     case kVariantWgmmaOverlap: {
-      // 1024 bytes of slack to align the stages. kVariantWgmma: 4 stages (165 KiB) where allowed, else 3;
-      // kVariantWgmmaOverlap: 5 (206 KiB), else 4, so that as many stages are loading ahead.
+      // kVariantWgmma: 4 stages (165 KiB) where allowed, else 3; kVariantWgmmaOverlap: 5 (206 KiB), else 4, so
+      // that as many stages are loading ahead.
       const bool overlap = variant == kVariantWgmmaOverlap;
       const int deep = overlap ? 5 : 4;
-      l.stages = deep * TileWgmma::kStageBytes + kWgmmaAlign <= max_smem_bytes ? deep : deep - 1;
+      l.stages = WgmmaStages<TileWgmma>::smem_bytes(deep) <= max_smem_bytes ? deep : deep - 1;
       if (overlap)
-        l.kernel = l.stages == 5 ? sparse_conv24_wgmma<T, 5, true> : sparse_conv24_wgmma<T, 4, true>;
+        l.kernel = l.stages == 5 ? sparse_conv24_wgmma<T, TileWgmma, 5, true> : sparse_conv24_wgmma<T, TileWgmma, 4, true>;
       else
-        l.kernel = l.stages == 4 ? sparse_conv24_wgmma<T, 4, false> : sparse_conv24_wgmma<T, 3, false>;
+        l.kernel = l.stages == 4 ? sparse_conv24_wgmma<T, TileWgmma, 4, false>
+                                 : sparse_conv24_wgmma<T, TileWgmma, 3, false>;
       l.blocks_x = tile_count(p, TileWgmma::kBM, TileWgmma::kBN);
       l.block = dim3(TileWgmma::kThreads);
-      l.smem_bytes = l.stages * TileWgmma::kStageBytes + kWgmmaAlign;
+      l.smem_bytes = WgmmaStages<TileWgmma>::smem_bytes(l.stages);
       break;
     }
+    case kVariantWgmma64:
+      // 3 stages (112 KiB): two blocks fit an SM's 228 KiB.
+      l.stages = 3;
+      l.kernel = sparse_conv24_wgmma<T, TileWgmma64, 3, false>;
+      l.blocks_x = tile_count(p, TileWgmma64::kBM, TileWgmma64::kBN);
+      l.block = dim3(TileWgmma64::kThreads);
+      l.smem_bytes = WgmmaStages<TileWgmma64>::smem_bytes(l.stages);
+      break;
     default: break;
   }
   return l;
@@ -894,7 +915,7 @@ inline cudaError_t dispatch(const SparseConv24Params& p, DType dtype, int max_sm
   const int64_t npix = static_cast<int64_t>(p.n) * p.ho * p.wo;
   if (npix == 0 || p.cout == 0) return cudaSuccess;
   const int variant = p.variant == kVariantDefault ? kVariantTile64 : p.variant;
-  if ((variant == kVariantWgmma || variant == kVariantWgmmaOverlap) && arch != 90) return cudaErrorNotSupported;
+  if (is_wgmma_variant(variant) && arch != 90) return cudaErrorNotSupported;
   Launch l;
   switch (dtype) {
     case DType::kFloat16: l = launch_for<__half>(p, variant, max_smem_bytes); break;
