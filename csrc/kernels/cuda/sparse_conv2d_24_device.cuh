@@ -191,7 +191,7 @@ __device__ __forceinline__ void wgmma_sp_m64n256k32(float (&d)[128], const uint4
       "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, "                                          \
       "%108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, "                                      \
       "%120, %121, %122, %123, %124, %125, %126, %127}, "                                                             \
-      "{%128, %129, %130, %131}, %132, %133, 0, p, 1, 1, %135;\n}\n"                                                     \
+      "{%128, %129, %130, %131}, %132, %133, 0, p, 1, 1, %135;\n}\n"                                                  \
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),                                       \
         "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),                                     \
         "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),                                 \
@@ -283,9 +283,9 @@ __device__ __forceinline__ uint32_t wgmma_meta_word(uint32_t w0, uint32_t w1, in
 
 // Shared-memory matrix descriptor (wgmma; plain arithmetic, shared with the emulator) of a K-major operand in
 // the canonical 128-byte-swizzle layout: rows of 128 bytes, 8-row groups 1024 bytes apart (stride byte offset),
-// leading byte offset unused for this layout (1),
-// base offset 0 (the swizzle atoms are 1024-byte aligned). Bits: start address >> 4 in 0-13, leading byte offset
-// >> 4 in 16-29, stride byte offset >> 4 in 32-45, base offset in 49-51, layout type in 62-63 (1: 128B swizzle).
+// leading byte offset unused for this layout (set to 1), base offset 0 (the swizzle atoms are 1024-byte aligned).
+// Bits: start address >> 4 in 0-13, leading byte offset >> 4 in 16-29, stride byte offset >> 4 in 32-45, base
+// offset in 49-51, layout type in 62-63 (1: 128B swizzle).
 __device__ __forceinline__ uint64_t wgmma_desc_k_major_sw128(uint32_t smem_address) {
   uint64_t desc = static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4);
   desc |= static_cast<uint64_t>(1) << 16;
@@ -884,7 +884,8 @@ inline Launch launch_for(const SparseConv24Params& p, int variant, int max_smem_
       const int deep = overlap ? 5 : 4;
       l.stages = WgmmaStages<TileWgmma>::smem_bytes(deep) <= max_smem_bytes ? deep : deep - 1;
       if (overlap)
-        l.kernel = l.stages == 5 ? sparse_conv24_wgmma<T, TileWgmma, 5, true> : sparse_conv24_wgmma<T, TileWgmma, 4, true>;
+        l.kernel = l.stages == 5 ? sparse_conv24_wgmma<T, TileWgmma, 5, true>
+                                 : sparse_conv24_wgmma<T, TileWgmma, 4, true>;
       else
         l.kernel = l.stages == 4 ? sparse_conv24_wgmma<T, TileWgmma, 4, false>
                                  : sparse_conv24_wgmma<T, TileWgmma, 3, false>;
