@@ -3,7 +3,7 @@
 Each mutation replaces text in a copy of csrc/kernels/cuda/, builds tests/cpp/test_sparse_conv24_emulated.cpp
 against the copy with g++, and runs it; the mutation is caught when the test fails (a wrong output, or an abort
 from the emulator's checks). The unchanged kernels must pass. Needs g++ and the CUDA headers (CUDA_HOME, default
-/usr/local/cuda); takes about 9 minutes on 2 cores:
+/usr/local/cuda); takes about 7 minutes on 2 cores:
 
     python tests/cpp/emulator_mutations.py [-j 2] [names...]
 """
