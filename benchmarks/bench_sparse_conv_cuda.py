@@ -305,7 +305,53 @@ def speedup_summary(layers: list[dict]) -> list[str]:
             if v:
                 out.append(f"- {kernel}, {label}: median speedup {statistics.median(v):.2f}x over {len(v)} shapes "
                            f"(range {min(v):.2f}x-{max(v):.2f}x)")
+    out += projection(layers)
     return out
+
+
+def projection(layers: list[dict]) -> list[str]:
+    """The conv time of the whole model (each shape times its count) with cuDNN, and with the fastest correct
+    method per shape: what a perfect per-layer `auto` could give, before the parts no conv method changes."""
+    def ok(r, m):
+        t, err = r.get(f"{m}_ms", NAN), r.get(f"{m}_rel_err", 0.0)
+        return t == t and err == err and err < 1e-2  # measured, and matched the fp32 reference
+
+    methods = [m for m in METHODS if m != "dense"]
+    dense = best = 0.0
+    wins: dict[str, float] = {}
+    for r in layers:
+        if r.get("dense_ms", NAN) != r.get("dense_ms"):
+            return []
+        cands = {m: r[f"{m}_ms"] for m in methods if ok(r, m)}
+        m_best = min(cands, key=cands.get) if cands and min(cands.values()) < r["dense_ms"] else "dense"
+        t_best = cands.get(m_best, r["dense_ms"])
+        dense += r["count"] * r["dense_ms"]
+        best += r["count"] * t_best
+        if m_best != "dense":
+            wins[m_best] = wins.get(m_best, 0.0) + r["count"] * (r["dense_ms"] - t_best)
+    if dense == 0 or not wins:
+        return []
+    saved = ", ".join(f"{MMA_SP_METHODS.get(m, 'cuSPARSELt')} {v:.2f} ms" for m, v in sorted(wins.items()))
+    return [f"- All convs of the model, each shape times its count: {dense:.2f} ms with cuDNN, {best:.2f} ms with "
+            f"the fastest correct method per shape ({dense / best:.2f}x; saved: {saved})"]
+
+
+def merged_projection(paths: list[Path]) -> list[str]:
+    """`projection` over several runs' .json files (e.g. the mma.sp, wgmma and cuSPARSELt runs of device_check):
+    per shape, every method any of them measured; cuDNN's time from the first file that has the shape."""
+    merged: dict[tuple, dict] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        for r in json.loads(path.read_text())["layers"]:
+            key = (r["cin"], r["cout"], r["k"], r["stride"], r["h"], r["w"])
+            row = merged.setdefault(key, dict(r))
+            for m in METHODS:
+                t = r.get(f"{m}_ms", NAN)
+                if m != "dense" and t == t and not row.get(f"{m}_ms", NAN) == row.get(f"{m}_ms", NAN):
+                    row[f"{m}_ms"], row[f"{m}_rel_err"] = t, r.get(f"{m}_rel_err", 0.0)
+    lines = projection(list(merged.values()))
+    return [f"Merged from {', '.join(p.name for p in paths if p.is_file())}:", *lines] if lines else []
 
 
 def markdown(res: dict) -> str:
@@ -367,8 +413,13 @@ def main() -> None:
     ap.add_argument("--name", default="sparse_conv_cuda")
     ap.add_argument("--cslt-algs", type=int, default=4,
                     help="also time cuSPARSELt algorithm configurations 1..N-1 (the backend uses 0)")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                    help="no run: merge the layer tables of earlier runs' .json files and print their projection")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.merge:
+        print("\n".join(merged_projection(args.merge)))
+        return
     if not torch.cuda.is_available():
         sys.exit("bench_sparse_conv_cuda: needs a CUDA device")
     dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16

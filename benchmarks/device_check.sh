@@ -200,6 +200,9 @@ run_stage probe_cusparselt 60 "$PY" benchmarks/probe_cusparselt.py
   for f in sparse_conv_cuda sparse_conv_cuda_wgmma sparse_conv_cuda_cslt nms_cuda; do
     [[ -f "$RES/$f.md" ]] && { echo; cat "$RES/$f.md"; }
   done
+  echo  # the best correct method per layer over all three sparse-conv runs: what a perfect `auto` could reach
+  "$PY" benchmarks/bench_sparse_conv_cuda.py --merge "$RES/sparse_conv_cuda.json" "$RES/sparse_conv_cuda_wgmma.json" \
+    "$RES/sparse_conv_cuda_cslt.json" 2>&1 | tail -3
 } >"$OUT/summary.md"
 tar czf "$OUT/results.tgz" -C "$RES" . && rm -rf "$RES"
 log "done in $(($(date +%s) - START))s"
