@@ -68,6 +68,10 @@ MUTATIONS: dict[str, list[tuple[str, str]]] = {
                                                      "hi = (kWgmmaMetaSlots >> (4 * (3 - s)))")],
     "wgmma_overlap: copies one stage too far ahead": [
         ("constexpr int kAhead = kOverlap ? kStages - 2 : kStages - 1;", "constexpr int kAhead = kStages - 1;")],
+    "weights of the padding k-block (odd K) not zero-filled": [
+        ("      cp_async16(sb + Cfg::kBBytes + i * 16, in ? static_cast<const void*>(vals + frag * 32 + ln) : p.values,\n"
+         "                 in ? 16 : 0);",
+         "      if (in) cp_async16(sb + Cfg::kBBytes + i * 16, static_cast<const void*>(vals + frag * 32 + ln), 16);")],
     "wgmma_overlap: two MMA groups in flight": [("wgmma_wait<kOverlap ? 1 : 0>();", "wgmma_wait<kOverlap ? 2 : 0>();")],
 }
 

@@ -33,7 +33,8 @@
 //     (tests/cpp/cuda_test_wgmma_sp_layout.cu will). SIMT_WGMMA_HW_META_SLOTS, _A_SWAP12 and _TRANS_B emulate a
 //     GPU that reads the A registers, the metadata or imm-trans-b otherwise (see wgmma_sp_m64n256k32 below).
 //   * Dynamic shared memory starts 144 bytes into the shared window, so alignment a kernel needs (1024 bytes for
-//     swizzle atoms) must be made by the kernel, as on a GPU.
+//     swizzle atoms) must be made by the kernel, as on a GPU. It starts filled with 0xFF bytes (NaN in fp16, bf16
+//     and fp32), so data an MMA reads that no copy wrote shows up in the output, even when multiplied by zero.
 //   * Memory checks: shared-memory addresses of cp.async/ldmatrix/ld.shared are bounds- and alignment-checked;
 //     global sources of cp.async and __ldg must lie in a buffer registered with simt::Buffer, which puts an
 //     inaccessible page right after each buffer (and after shared memory), so a plain load or store past the end
@@ -359,7 +360,9 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
       s.block_idx = uint3{bx, by, 0};
       s.smem = GuardedMemory(State::kSmemOffset + std::max<size_t>(smem_bytes, 16));
       std::memset(s.smem.data(), 0x5A, State::kSmemOffset);  // canary below the block's shared memory
-      std::memset(s.smem.data() + State::kSmemOffset, 0xA5, s.smem.size() - State::kSmemOffset);  // garbage
+      // Garbage that is NaN in fp16, bf16 and fp32: an MMA that reads shared memory no copy wrote, even times a
+      // zero, shows in the output (on a GPU it holds whatever the last block left).
+      std::memset(s.smem.data() + State::kSmemOffset, 0xFF, s.smem.size() - State::kSmemOffset);
       s.warpgroups.assign((nthreads + 127) / 128, WarpGroup{});
       s.fibers.assign(nthreads, Fiber{});
       s.warps.assign(nthreads / 32, Warp{});

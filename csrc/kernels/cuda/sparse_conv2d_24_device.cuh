@@ -745,7 +745,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBM == 64 ? 2 : 1) sparse_
   const int g = lane >> 2, t = lane & 3;
   const int wg = warp >> 2, wq = warp & 3;  // warpgroup (64 channels each), warp within it (16 channels)
   const BigTileStager<T, Cfg> st(p, tid);
-  const int num_k = st.num_k, num_steps = st.num_steps;
+  const int num_steps = st.num_steps;
   const uint32_t raw = smem_addr(smem);
   const uint32_t smem_base = (raw + kWgmmaAlign - 1) & ~static_cast<uint32_t>(kWgmmaAlign - 1);
 
@@ -784,7 +784,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBM == 64 ? 2 : 1) sparse_
     wgmma_fence();
 #pragma unroll
     for (int sub = 0; sub < 2; ++sub) {
-      if (2 * ks + sub >= num_k) break;  // odd K: the last step has one k-block (same for the whole block)
+      // Both k-blocks, also when K is odd: the stager zero-filled the last step's second one (values, metadata and
+      // activations), so it adds 0, and both wgmmas stay unconditional for ptxas.
       wgmma_sp_m64n256k32<T, kWgmmaTransB>(acc, a[P][sub], e[P][sub], wgmma_desc_k_major_sw128(sb + sub * 64));
     }
     wgmma_commit();
