@@ -745,7 +745,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBM == 64 ? 2 : 1) sparse_
   const int g = lane >> 2, t = lane & 3;
   const int wg = warp >> 2, wq = warp & 3;  // warpgroup (64 channels each), warp within it (16 channels)
   const BigTileStager<T, Cfg> st(p, tid);
-  const int num_steps = st.num_steps;
+  const int num_k = st.num_k, num_steps = st.num_steps;
   const uint32_t raw = smem_addr(smem);
   const uint32_t smem_base = (raw + kWgmmaAlign - 1) & ~static_cast<uint32_t>(kWgmmaAlign - 1);
 
@@ -780,12 +780,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBM == 64 ? 2 : 1) sparse_
       a[P][sub] = wgmma_a_fragment(lds128(sb + kBBytes + (frag * 32 + lane) * 16));
       const uint32_t quad_meta = sb + kBBytes + kAValBytes + (frag * 16 + g * 2) * 4;
       e[P][sub] = wgmma_meta_word(lds32(quad_meta), lds32(quad_meta + 4), t);
+      // Odd K's padding k-block: its zero-filled metadata would name position 0 twice in every group; give it a
+      // valid pattern (positions 0 and 1) so that its zero weights add exactly 0 whatever the hardware does.
+      if (2 * ks + sub >= num_k) e[P][sub] = 0x44444444u;
     }
     wgmma_fence();
 #pragma unroll
     for (int sub = 0; sub < 2; ++sub) {
-      // Both k-blocks, also when K is odd: the stager zero-filled the last step's second one (values, metadata and
-      // activations), so it adds 0, and both wgmmas stay unconditional for ptxas.
+      // Without kOverlap, both k-blocks, also when K is odd: the stager zero-filled the last step's second one
+      // (values and activations), so it adds 0, and ptxas chains the two wgmmas (with the branch it injected a
+      // warpgroup.arrive before each, and a dummy HGMMA at the commit). With kOverlap the branch stays: without
+      // it ptxas serializes every wgmma (C7513), which costs the overlap.
+      if (kOverlap && 2 * ks + sub >= num_k) break;
       wgmma_sp_m64n256k32<T, kWgmmaTransB>(acc, a[P][sub], e[P][sub], wgmma_desc_k_major_sw128(sb + sub * 64));
     }
     wgmma_commit();
