@@ -101,21 +101,22 @@ def _wheel_cuda_includes() -> list[str]:
     return dirs
 
 
-def _cusparselt() -> tuple[list[str], list[str]]:
-    """(compile flags, link flags) for the cuSPARSELt that ships with torch (nvidia/cusparselt), or ([], []).
+def _cusparselt() -> tuple[list[str], list[str], str]:
+    """(compile flags, link flags, what was found) for the cuSPARSELt that ships with torch (nvidia/cusparselt).
 
     torch's CUDA library already loads libcusparseLt.so.0, so linking against it adds no new dependency; the
     rpath is for a process that loads sparseyolo._C before torch's CUDA library.
     """
+    off = "not found (the cusparselt backend is off)"
     if _env_flag("SPARSEYOLO_NO_CUSPARSELT"):
-        return [], []
+        return [], [], "off (SPARSEYOLO_NO_CUSPARSELT=1)"
     site = Path(torch.__file__).resolve().parent.parent
     header = site / "nvidia" / "cusparselt" / "include" / "cusparseLt.h"
     libs = sorted((site / "nvidia" / "cusparselt" / "lib").glob("libcusparseLt.so*"))
     if not header.is_file() or not libs:
-        return [], []
+        return [], [], off
     lib = libs[0]
-    return ["-DSPARSEYOLO_WITH_CUSPARSELT"], [f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}"]
+    return ["-DSPARSEYOLO_WITH_CUSPARSELT"], [f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}"], lib.name
 
 
 def _sources(*patterns: str) -> list[str]:
@@ -158,13 +159,13 @@ def make_extension():
         nvcc += ["-G"]
     nvcc += os.environ.get("SPARSEYOLO_NVCC_FLAGS", "").split()
     n_cu = sum(s.endswith(".cu") for s in cuda_sources)
-    cslt_cflags, cslt_ldflags = _cusparselt()
+    cslt_cflags, cslt_ldflags, cslt_found = _cusparselt()
     print(
         f"sparseyolo: building CPU+CUDA extension: CUDA_HOME={_cuda_home}, torch CUDA {torch.version.cuda}, "
         f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, sources: "
         f"{len(cpu_sources) + len(cuda_sources) - n_cu} C++, {n_cu} CUDA; extra includes: {_wheel_cuda_includes()}"
         f"; SPARSEYOLO_NVCC_FLAGS={os.environ.get('SPARSEYOLO_NVCC_FLAGS', '')!r}"
-        f"; cuSPARSELt: {cslt_ldflags[1][3:] if cslt_ldflags else 'not found (the cusparselt backend is off)'}"
+        f"; cuSPARSELt: {cslt_found}"
     )
     return CUDAExtension(
         "sparseyolo._C",

@@ -110,33 +110,25 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
   return v;
 }
 
-// d += A(16x32, 2:4 sparse: 16x16 stored + metadata) * B(32x8), fp32 accumulate, sparsity selector 0.
-template <typename T>
-__device__ __forceinline__ void mma_sp_16832(float (&d)[4], const uint4& a, const uint32_t (&b)[4], uint32_t e);
-
 // The ordered-metadata form (PTX 8.5; our positions are ascending and distinct by construction), which ptxas
 // advises for every target: plain `.sp` "is expected to have substantially reduced performance on some future
 // architectures".
-#define SPARSEYOLO_MMA_SP "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32"
+#define SPARSEYOLO_MMA_SP(TY)                                                                                       \
+  asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32." TY "." TY ".f32 "                    \
+               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9, %10, %11}, {%0, %1, %2, %3}, %12, 0x0;\n"          \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                               \
+               : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e))
 
-template <>
-__device__ __forceinline__ void mma_sp_16832<__half>(float (&d)[4], const uint4& a, const uint32_t (&b)[4],
-                                                    uint32_t e) {
+// d += A(16x32, 2:4 sparse: 16x16 stored + metadata) * B(32x8), fp32 accumulate, sparsity selector 0.
+template <typename T>
+__device__ __forceinline__ void mma_sp_16832(float (&d)[4], const uint4& a, const uint32_t (&b)[4], uint32_t e) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(SPARSEYOLO_MMA_SP ".f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9, %10, %11}, "
-               "{%0, %1, %2, %3}, %12, 0x0;\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e));
-#endif
-}
-template <>
-__device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4], const uint4& a, const uint32_t (&b)[4],
-                                                           uint32_t e) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(SPARSEYOLO_MMA_SP ".bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9, %10, %11}, "
-               "{%0, %1, %2, %3}, %12, 0x0;\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e));
+  if constexpr (std::is_same_v<T, __half>) {
+    SPARSEYOLO_MMA_SP("f16");
+  } else {
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "mma.sp: fp16 or bf16");
+    SPARSEYOLO_MMA_SP("bf16");
+  }
 #endif
 }
 #undef SPARSEYOLO_MMA_SP

@@ -70,13 +70,19 @@ const cusparseLtHandle_t* handle_for(c10::DeviceIndex device, const char* op) {
   return h.get();
 }
 
-// The structured descriptor of a [out x in] row-major 2:4 weight; destroyed with the object.
+// The structured descriptor of a [out x in] row-major 2:4 weight, as compress and every plan describe it.
+void init_weight_descriptor(const cusparseLtHandle_t* h, cusparseLtMatDescriptor_t* desc, int64_t out, int64_t in,
+                            at::ScalarType dtype, const char* op) {
+  check(cusparseLtStructuredDescriptorInit(h, desc, out, in, in, kAlignment, value_type(dtype), CUSPARSE_ORDER_ROW,
+                                           CUSPARSELT_SPARSITY_50_PERCENT),
+        op, "cusparseLtStructuredDescriptorInit", describe(out, in, -1, dtype));
+}
+
+// init_weight_descriptor's result, destroyed with the object.
 struct WeightDescriptor {
   cusparseLtMatDescriptor_t desc;
   WeightDescriptor(const cusparseLtHandle_t* h, int64_t out, int64_t in, at::ScalarType dtype, const char* op) {
-    check(cusparseLtStructuredDescriptorInit(h, &desc, out, in, in, kAlignment, value_type(dtype), CUSPARSE_ORDER_ROW,
-                                             CUSPARSELT_SPARSITY_50_PERCENT),
-          op, "cusparseLtStructuredDescriptorInit", describe(out, in, -1, dtype));
+    init_weight_descriptor(h, &desc, out, in, dtype, op);
   }
   ~WeightDescriptor() { cusparseLtMatDescriptorDestroy(&desc); }
   WeightDescriptor(const WeightDescriptor&) = delete;
@@ -112,9 +118,7 @@ std::shared_ptr<Plan> build_plan(const cusparseLtHandle_t* h, int64_t out, int64
   const std::string problem = describe(out, in, p, dtype);
   const cudaDataType type = value_type(dtype);
   auto plan = std::make_shared<Plan>();
-  check(cusparseLtStructuredDescriptorInit(h, &plan->a, out, in, in, kAlignment, type, CUSPARSE_ORDER_ROW,
-                                           CUSPARSELT_SPARSITY_50_PERCENT),
-        kLinear, "cusparseLtStructuredDescriptorInit", problem);
+  init_weight_descriptor(h, &plan->a, out, in, dtype, kLinear);
   plan->built = 1;
   check(cusparseLtDenseDescriptorInit(h, &plan->b, in, p, in, kAlignment, type, CUSPARSE_ORDER_COL), kLinear,
         "cusparseLtDenseDescriptorInit (input)", problem);
