@@ -72,6 +72,10 @@ MUTATIONS: dict[str, list[tuple[str, str]]] = {
         ("      cp_async16(sb + Cfg::kBBytes + i * 16, in ? static_cast<const void*>(vals + frag * 32 + ln) : p.values,\n"
          "                 in ? 16 : 0);",
          "      if (in) cp_async16(sb + Cfg::kBBytes + i * 16, static_cast<const void*>(vals + frag * 32 + ln), 16);")],
+    "metadata of row tiles past the packed weight zero-filled": [
+        ("p.meta + frag * 16 + q * 4, 16);", "p.meta + frag * 16 + q * 4, mt_block + mt < packed_tiles ? 16 : 0);")],
+    "metadata of the padding k-block (odd K) zero-filled": [
+        ("p.meta + frag * 16 + q * 4, 16);", "p.meta + frag * 16 + q * 4, 2 * ks + sub < num_k ? 16 : 0);")],
     "wgmma_overlap: two MMA groups in flight": [("wgmma_wait<kOverlap ? 1 : 0>();", "wgmma_wait<kOverlap ? 2 : 0>();")],
 }
 

@@ -506,6 +506,12 @@ inline void decode_sparse_a(Regs regs, Meta meta, float (&A)[16][32]) {
       const int grp = col / 2;  // dense group of 4 columns
       const uint32_t codes = (meta(4 * (row % 8) + (grp / 4)) >> (row < 8 ? 0 : 16)) & 0xFFFF;
       const uint32_t code = (codes >> (4 * (grp % 4))) & 0xF;
+      // PTX allows only two distinct ascending positions per group of 4 (0b0100, 0b1000, 0b1100, 0b1001, 0b1101,
+      // 0b1110; ::ordered_metadata demands the order); anything else is undefined on hardware, so stop here.
+      if ((code & 3) >= (code >> 2))
+        simt::fail("sparse MMA metadata names positions " + std::to_string(code & 3) + ", " +
+                   std::to_string(code >> 2) + " in a group of 4 (row " + std::to_string(row) + "): undefined "
+                   "on hardware; give unused rows and k-blocks a valid pattern such as 0x4");
       const int pos = (col & 1) ? static_cast<int>(code >> 2) : static_cast<int>(code & 3);
       A[row][4 * grp + pos] += emu_to_float<T>(half(regs(l)[el / 2], el & 1));
     }

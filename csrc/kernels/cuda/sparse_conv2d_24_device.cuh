@@ -475,7 +475,7 @@ __global__ void __launch_bounds__(tile64::kThreads) sparse_conv24_tile64(SparseC
 //      32-channel block), 4-7 k-block 2ks+1; a gather job is one pixel's half row (4 cp.async).
 //   A  [BM/16 row tiles][2 k-blocks][32 lanes] uint4: the packed fragments, copied as they are (16 contiguous
 //      bytes per lane), then meta [BM/16][2][16] words. Row tiles past the packed weight (Cout rounded to 64) and
-//      k-blocks past K are zero-filled.
+//      k-blocks past K get zero-filled values and a real fragment's (valid) metadata.
 // Per k-block a warp issues kTilesM x kTilesN mma.sp between kTilesM A loads (LDS.128 + LDS.32) and kTilesN
 // ldmatrix.x4. One __syncthreads per k-step. Blocks are ordered Cout-tile-fastest, so the blocks resident at
 // once share their activation tile in L2.
@@ -582,15 +582,14 @@ struct BigTileStager {
       cp_async16(sb + Cfg::kBBytes + i * 16, in ? static_cast<const void*>(vals + frag * 32 + ln) : p.values,
                  in ? 16 : 0);
     }
-    // Metadata: chunk i = (row tile i / 8, k-block (i / 4) & 1, words 4 (i & 3) .. +3).
+    // Metadata: chunk i = (row tile i / 8, k-block (i / 4) & 1, words 4 (i & 3) .. +3). Row tiles past the packed
+    // weight and the padding k-block take a real fragment's metadata instead of zeros: zero metadata names position
+    // 0 twice, which PTX leaves undefined, while a valid pattern times their zero-filled values adds exactly 0.
     if (tid < Cfg::kMetaChunks) {
       const int mt = tid >> 3, sub = (tid >> 2) & 1, q = tid & 3;
-      const int kb = 2 * ks + sub;
-      const bool in = mt_block + mt < packed_tiles && kb < num_k;
-      const int64_t frag = static_cast<int64_t>(mt_block + mt) * num_k + kb;
-      cp_async16(sb + Cfg::kBBytes + Cfg::kAValBytes + tid * 16,
-                 in ? static_cast<const void*>(p.meta + frag * 16 + q * 4) : static_cast<const void*>(p.meta),
-                 in ? 16 : 0);
+      const int mt_src = min(mt_block + mt, packed_tiles - 1), kb_src = min(2 * ks + sub, num_k - 1);
+      const int64_t frag = static_cast<int64_t>(mt_src) * num_k + kb_src;
+      cp_async16(sb + Cfg::kBBytes + Cfg::kAValBytes + tid * 16, p.meta + frag * 16 + q * 4, 16);
     }
   }
 
@@ -771,10 +770,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBM == 64 ? 2 : 1) sparse_
       const int frag = (wg * 4 + wq) * 2 + sub;
       a[P][sub] = wgmma_a_fragment(lds128(sb + kBBytes + (frag * 32 + lane) * 16));
       const uint32_t quad_meta = sb + kBBytes + kAValBytes + (frag * 16 + g * 2) * 4;
-      e[P][sub] = wgmma_meta_word(lds32(quad_meta), lds32(quad_meta + 4), t);
-      // Odd K's padding k-block: its zero-filled metadata would name position 0 twice in every group; give it a
-      // valid pattern (positions 0 and 1) so that its zero weights add exactly 0 whatever the hardware does.
-      if (2 * ks + sub >= num_k) e[P][sub] = 0x44444444u;
+      e[P][sub] = wgmma_meta_word(lds32(quad_meta), lds32(quad_meta + 4), t);  // valid also past K (stager)
     }
     wgmma_fence();
 #pragma unroll
