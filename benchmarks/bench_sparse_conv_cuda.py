@@ -14,8 +14,11 @@
    separately, dense (cuDNN) vs 2:4 (``SparseConv2d`` with GPU ``auto`` per layer: each layer's backend is
    chosen once by timing, before the timed runs).
 
-Timing (benchmarks/../.library METHOD): CUDA events around each call, warm-up first, the median of ``--reps``;
-inputs rotated among enough buffers that they exceed 3x the L2 cache. A failing method records NaN.
+Timing (``sparseyolo.utils.torch_utils.cuda_median_ms``): warm-up first, then ``--reps`` samples, each one
+untimed lead call and then at least 4 back-to-back calls between two CUDA events; the median per-call time. So
+the host's dispatch overlaps device work, as in a forward pass (the first H200 run, 2026-11-30 01:05, timed one
+call per event pair, which adds the dispatch of every call). Inputs rotate among enough buffers that they exceed
+3x the L2 cache. A failing method records NaN.
 
   python benchmarks/bench_sparse_conv_cuda.py --out benchmarks/results   # writes .json and .md
 """
@@ -43,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from sparseyolo import ops  # noqa: E402
 from sparseyolo.sparse import SparseConv2d, pack_mma_sp_weight, sparsify  # noqa: E402
 from sparseyolo.sparse.cuda_backend import MMA_SP_BACKENDS, CusparseLtConv1x1, cusparselt_status  # noqa: E402
+from sparseyolo.utils.torch_utils import cuda_median_ms  # noqa: E402
 
 LOGGER = logging.getLogger("bench_sparse_conv_cuda")
 NAN = float("nan")
@@ -53,21 +57,10 @@ METHODS = ("dense", "cusparselt", *MMA_SP_METHODS)
 
 
 def time_ms(fn, args_list: list, reps: int, warmup: int = 3) -> float:
-    """Median ms of ``fn(*args)`` over ``reps`` calls, rotating through ``args_list``; NaN if it fails."""
+    """Median device ms per call of ``fn(*args)``, rotating through ``args_list`` (``cuda_median_ms``: samples of
+    back-to-back calls after a lead call); NaN if it fails."""
     try:
-        for i in range(warmup):
-            fn(*args_list[i % len(args_list)])
-        torch.cuda.synchronize()
-        times = []
-        for i in range(reps):
-            a = args_list[i % len(args_list)]
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(*a)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
+        return cuda_median_ms(fn, args_list, reps=reps, warmup=warmup)
     except Exception as e:  # noqa: BLE001 - a failing method is recorded as NaN
         LOGGER.warning("method failed: %s: %s", type(e).__name__, e)
         torch.cuda.synchronize()
@@ -359,7 +352,9 @@ def markdown(res: dict) -> str:
              f"torch {env['torch']}, CUDA {env['cuda']}, {env['date']}. Ceilings: copy "
              f"{c.get('copy_GBps', NAN):.0f} GB/s, dense fp16 GEMM {c.get('gemm_fp16_TFLOPs', NAN):.0f} TFLOP/s, "
              f"L2-resident read {c.get('l2_read_GBps', NAN):.0f} GB/s (a lower bound). "
-             f"cuSPARSELt: {res.get('cusparselt_status', '?')}.",
+             f"cuSPARSELt: {res.get('cusparselt_status', '?')}. "
+             f"cudnn.benchmark: {res.get('cudnn_benchmark', 'off (not recorded)')}. "
+             f"Timing: {res.get('timing', 'one call per event pair (includes host dispatch)')}.",
              ""]
     # One column group per mma.sp kernel that ran in this file.
     ran = [m for m in MMA_SP_METHODS if any(r.get(f"{m}_ms", NAN) == r.get(f"{m}_ms") for r in res["layers"])]
@@ -412,6 +407,9 @@ def main() -> None:
     ap.add_argument("--name", default="sparse_conv_cuda")
     ap.add_argument("--cslt-algs", type=int, default=4,
                     help="also time cuSPARSELt algorithm configurations 1..N-1 (the backend uses 0)")
+    ap.add_argument("--cudnn-benchmark", type=int, default=1, choices=[0, 1],
+                    help="torch.backends.cudnn.benchmark for the whole run (1: cuDNN times its algorithms on the "
+                         "first call of each shape and keeps the fastest, the strongest dense baseline)")
     ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                     help="no run: merge the layer tables of earlier runs' .json files and print their projection")
     args = ap.parse_args()
@@ -422,9 +420,12 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_sparse_conv_cuda: needs a CUDA device")
     dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     res = {"batch": args.batch, "size": args.size, "dtype": args.dtype, "reps": args.reps,
+           "timing": "cuda_median_ms: median of --reps samples, each a lead call + >= 4 back-to-back calls",
+           "cudnn_benchmark": bool(args.cudnn_benchmark),
            "environment": {"gpu": props.name, "sms": props.multi_processor_count, "l2_bytes": l2,
                            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
                            "date": time.strftime("%Y-%m-%d %H:%M")},

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from sparseyolo.sparse.mma_sp import MmaSpWeight, is_24_sparse, pack_mma_sp_weight
+from sparseyolo.utils.torch_utils import cuda_median_ms
 
 LOGGER = logging.getLogger(__name__)
 
@@ -157,20 +157,6 @@ def cusparselt_status() -> str:
     return _CSLT_STATUS["status"]
 
 
-def _median_ms_cuda(fn, reps: int = 10, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def _disagreement(y: torch.Tensor, ref: torch.Tensor) -> str:
     """"" when ``y`` matches the dense output ``ref`` (float32) up to rounding, else how it differs."""
     if not bool(torch.isfinite(y).all()):
@@ -277,7 +263,7 @@ def cuda_forward(module, x: torch.Tensor) -> torch.Tensor:
                                        module.extra_repr(), b, why)
                         times[b] = float("inf")
                     else:
-                        times[b] = _median_ms_cuda(lambda b=b: _run(module, st, b, x))
+                        times[b] = cuda_median_ms(lambda b=b: _run(module, st, b, x), [()], reps=5, calls=3)
                 except Exception as e:  # noqa: BLE001 - a failing backend is never chosen
                     LOGGER.warning("SparseConv2d(%s): backend %s failed (%s)", module.extra_repr(), b, e)
                     times[b] = float("inf")
