@@ -67,6 +67,16 @@ def time_ms(fn, args_list: list, reps: int, warmup: int = 3) -> float:
         return NAN
 
 
+def stem_im2col(x: torch.Tensor, w2: torch.Tensor, bias: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
+    """A conv with few input channels as im2col + one GEMM: ``w2`` is the weight as [Cin*K*K, Cout] in
+    ``F.unfold``'s (c, kh, kw) row order; bias + SiLU; returns NCHW-shaped channels_last output."""
+    n, _, h, w = x.shape
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    cols = F.unfold(x.contiguous(), k, padding=pad, stride=stride)  # [N, Cin*K*K, L]
+    y = torch.addmm(bias, cols.transpose(1, 2).reshape(n * ho * wo, -1), w2)  # [N*L, Cout]
+    return F.silu(y, inplace=True).view(n, ho, wo, -1).permute(0, 3, 1, 2)
+
+
 def rotations(bytes_one: int, l2: int, cap: int = 8) -> int:
     return max(1, min(cap, math.ceil(3 * l2 / max(bytes_one, 1))))
 
@@ -185,6 +195,12 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
 
         row["dense_nchw_ms"] = time_ms(dense_nchw, xn, reps)
         del xn
+        # The same conv as an explicit im2col GEMM: unfold (NCHW) -> [N*L, Cin*K*K] @ [Cin*K*K, Cout], NHWC out.
+        w2 = wd.permute(1, 2, 3, 0).reshape(cin * k * k, cout).contiguous()  # rows in unfold's (c, kh, kw) order
+        row["dense_im2col_ms"] = time_ms(lambda x: stem_im2col(x, w2, bias_d, k, st, pd), xs, reps)
+        y = stem_im2col(xs[0][0][:1], w2, bias_d, k, st, pd).float()
+        ref = F.silu(F.conv2d(xs[0][0][:1].float(), wd.float(), bias, st, pd))
+        row["dense_im2col_rel_err"] = float((y - ref).norm() / ref.norm())
     row["cusparselt_ms"] = NAN
     row["cusparselt_first_call_ms"] = NAN
     cslt_ok = k == 1 and st == 1 and pd == 0 and cin % 16 == 0 and cout % 16 == 0
@@ -381,7 +397,8 @@ def markdown(res: dict) -> str:
         if r.get("dense_nchw_ms", NAN) == r.get("dense_nchw_ms"):
             lines.append(f"- {r['cin']} -> {r['cout']} {r['k']}x{r['k']} s{r['stride']} (the stem) in cuDNN: "
                          f"{r['dense_ms']:.3f} ms channels_last, {r['dense_nchw_ms']:.3f} ms NCHW in and "
-                         "channels_last out")
+                         f"channels_last out, {r.get('dense_im2col_ms', NAN):.3f} ms as im2col + GEMM (rel err "
+                         f"{r.get('dense_im2col_rel_err', NAN):.1e})")
     if res["end_to_end"]:
         lines += ["", "| model | dense infer ms | dense NMS ms | 2:4 infer ms | 2:4 NMS ms | infer speedup | "
                   "infer+NMS speedup | 2:4 layer backends |", "|" + "---|" * 8]
