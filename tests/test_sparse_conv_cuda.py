@@ -295,3 +295,91 @@ class TestAutoRejectsWrongOutputs:
         st = mod._gpu_states[(x.device, x.dtype)]
         assert st.choice[tuple(x.shape)] == "dense"
         assert any("never chosen" in r.message for r in caplog.records)
+
+
+class TestAutoSelectionLogicCPU:
+    """``cuda_forward``'s choice logic on the CPU, with the GPU faked: each backend's output and time are the
+    test's, so this checks what ``auto`` does with them (the GPU tests above check the real backends)."""
+
+    @pytest.fixture
+    def fake_gpu(self, monkeypatch):
+        from sparseyolo.sparse import cuda_backend
+
+        state = {"ms": {}, "wrong": set(), "runs": [], "timed": [], "capability": (9, 0)}
+
+        def run(module, st, backend, x):
+            state["runs"].append(backend)
+            y = F.conv2d(x.float(), st.dense_w.float(), None, module.stride, module.padding)
+            return (torch.zeros_like(y) if backend in state["wrong"] else y).to(x.dtype)
+
+        def median_ms(fn, args_list, reps=10, warmup=3, calls=None):
+            fn(*args_list[0])
+            state["timed"].append(state["runs"][-1])
+            return state["ms"].get(state["runs"][-1], 1.0)
+
+        monkeypatch.setattr(cuda_backend, "_run", run)
+        monkeypatch.setattr(cuda_backend, "cuda_median_ms", median_ms)
+        monkeypatch.setattr(cuda_backend, "cusparselt_status", lambda: "disabled in this test")
+        monkeypatch.setattr(cuda_backend, "_GPU_TIMING_CACHE", {})
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: state["capability"])
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake GPU")
+        monkeypatch.delenv("SPARSEYOLO_AUTO_WGMMA", raising=False)
+        return state
+
+    @staticmethod
+    def _module(cin=32, cout=16, k=3):
+        conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(_weight_24(cout, cin, k, seed=21))
+        return SparseConv2d.from_dense(conv, pattern="2:4")
+
+    def test_fastest_correct_backend_then_straight_to_it(self, fake_gpu):
+        from sparseyolo.sparse.cuda_backend import cuda_forward
+
+        fake_gpu["ms"] = {"dense": 1.0, "mma_sp": 0.8, "mma_sp_tile128": 0.5, "mma_sp_tile128x256": 0.3}
+        fake_gpu["wrong"] = {"mma_sp_tile128x256"}  # fastest, but wrong: never chosen
+        mod = self._module()
+        x = torch.randn(2, 32, 10, 10, dtype=torch.bfloat16)
+        cuda_forward(mod, x)
+        st = mod._gpu_states[(x.device, x.dtype)]
+        assert st.choice[tuple(x.shape)] == "mma_sp_tile128"
+        assert st.timings[tuple(x.shape)]["mma_sp_tile128x256"] == float("inf")
+        # wgmma kernels are not tried by default, even on an sm_90 device
+        assert not any("wgmma" in b for b in fake_gpu["timed"])
+        fake_gpu["runs"].clear()
+        n_timed = len(fake_gpu["timed"])
+        for _ in range(3):
+            cuda_forward(mod, x)
+        assert fake_gpu["runs"] == ["mma_sp_tile128"] * 3 and len(fake_gpu["timed"]) == n_timed
+        # a new input shape is timed afresh; an identical layer reuses the timing of the same shape
+        cuda_forward(mod, torch.randn(1, 32, 7, 9, dtype=torch.bfloat16))
+        assert len(fake_gpu["timed"]) > n_timed
+        n_timed = len(fake_gpu["timed"])
+        twin = self._module()
+        cuda_forward(twin, x)
+        assert len(fake_gpu["timed"]) == n_timed
+        assert twin._gpu_states[(x.device, x.dtype)].choice[tuple(x.shape)] == "mma_sp_tile128"
+
+    def test_wgmma_only_on_opt_in_and_sm90(self, fake_gpu, monkeypatch):
+        from sparseyolo.sparse.cuda_backend import cuda_forward
+
+        fake_gpu["ms"] = {"dense": 1.0, "mma_sp_wgmma64": 0.2}
+        monkeypatch.setenv("SPARSEYOLO_AUTO_WGMMA", "1")
+        x = torch.randn(1, 32, 8, 8, dtype=torch.float16)
+        mod = self._module()
+        cuda_forward(mod, x)
+        assert mod._gpu_states[(x.device, x.dtype)].choice[tuple(x.shape)] == "mma_sp_wgmma64"
+        fake_gpu["capability"] = (8, 0)
+        fake_gpu["timed"].clear()
+        other = self._module(cout=24)  # another weight shape: timed afresh
+        cuda_forward(other, x)
+        assert fake_gpu["timed"] and not any("wgmma" in b for b in fake_gpu["timed"])
+
+    def test_dense_when_the_layer_cannot_run_sparse(self, fake_gpu):
+        from sparseyolo.sparse.cuda_backend import cuda_forward
+
+        mod = self._module()
+        x = torch.randn(1, 32, 8, 8)  # float32: the sparse tensor cores take fp16/bf16 only
+        cuda_forward(mod, x)
+        cuda_forward(mod, x)
+        assert fake_gpu["runs"] == ["dense", "dense"] and not fake_gpu["timed"]
