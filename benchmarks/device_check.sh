@@ -16,8 +16,9 @@
 #              a GPU: a fault there poisons the process's CUDA context)
 #   4. bench   benchmarks/bench_sparse_conv_cuda.py (batch 32, fp16): dense vs the four mma.sp kernels + end to
 #              end; then the wgmma kernels in their own process; then cuSPARSELt (sparseyolo's binding, plans
-#              cached) on the 1x1 layers + yolov5x end to end, in its own process; benchmarks/bench_nms.py
-#              --device cuda; benchmarks/probe_cusparselt.py (which of PyTorch's cuSPARSELt calls run here)
+#              cached) on the 1x1 layers + yolov5x end to end, in its own process; Nsight Compute counters of
+#              cuDNN and every 2:4 kernel on two layers (benchmarks/profile_sparse_conv_ncu.py); benchmarks/
+#              bench_nms.py --device cuda; benchmarks/probe_cusparselt.py (which of PyTorch's cuSPARSELt calls run)
 # SKIP_STAGES="ctest_cuda bench_nms" skips stages by name (a rerun after a fix).
 # Files under $OUT (the device tool returns at most 8): log.txt (everything), summary.md (stage table + every
 # benchmark table), results.tgz (the benchmarks' .json and .md files). Pytest failures are in log.txt (-rfE).
@@ -182,6 +183,23 @@ run_stage bench_wgmma 120 env SPARSEYOLO_CUSPARSELT=0 SPARSEYOLO_AUTO_WGMMA=1 "$
 # in its own process: the 1x1 layers, and yolov5x end to end with `auto` free to pick it next to the mma.sp kernels.
 run_stage bench_cusparselt 150 "$PY" benchmarks/bench_sparse_conv_cuda.py --batch 32 --dtype fp16 --reps 10 \
   --methods dense cusparselt --models yolov5x --out "$RES" --name sparse_conv_cuda_cslt
+# Hardware counters (Nsight Compute) of cuDNN and every 2:4 kernel on two yolov5x layers: why a kernel is slow
+# (tensor pipe, L2, DRAM, occupancy, warp stalls), for the sessions that tune without a device.
+profile_ncu() {
+  local ncu rc
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu "$CUDA_HOME"/bin/ncu 2>/dev/null | tail -1)
+  [[ -n "$ncu" && -x "$ncu" ]] || { echo "ncu not found: no hardware counters"; return 77; }
+  "$ncu" --clock-control none --profile-from-start off --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section Occupancy --section WarpStateStats --section LaunchStats --section ComputeWorkloadAnalysis \
+    --export "$RES/ncu_sparse_conv" --force-overwrite "$PY" benchmarks/profile_sparse_conv_ncu.py --wgmma
+  rc=$?  # a fault in the last (wgmma) kernels still leaves the report of the ones before
+  "$ncu" --import "$RES/ncu_sparse_conv.ncu-rep" --csv --page raw --print-units base >"$RES/ncu_sparse_conv.csv" &&
+    rm -f "$RES/ncu_sparse_conv.ncu-rep" || return 1
+  "$PY" benchmarks/profile_sparse_conv_ncu.py --summarize "$RES/ncu_sparse_conv.csv" | tee "$RES/ncu_sparse_conv.md"
+  return $rc
+}
+run_stage profile_ncu 90 bash -o pipefail -c "$(declare -f profile_ncu); RES='$RES' PY='$PY' CUDA_HOME='$CUDA_HOME' \
+  profile_ncu"
 run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 --min-run-time 0.3 \
   --json "$RES/nms_cuda.json" --markdown "$RES/nms_cuda.md"
 run_stage probe_cusparselt 60 "$PY" benchmarks/probe_cusparselt.py
@@ -197,7 +215,7 @@ run_stage probe_cusparselt 60 "$PY" benchmarks/probe_cusparselt.py
   echo "$WGMMA_LAYOUT_NOTE"
   echo
   grep -E "passed|failed|error" "$LOG" | grep -E "^[=]* ?[0-9]+ (passed|failed)" | tail -2
-  for f in sparse_conv_cuda sparse_conv_cuda_wgmma sparse_conv_cuda_cslt nms_cuda; do
+  for f in sparse_conv_cuda sparse_conv_cuda_wgmma sparse_conv_cuda_cslt ncu_sparse_conv nms_cuda; do
     [[ -f "$RES/$f.md" ]] && { echo; cat "$RES/$f.md"; }
   done
   echo  # the best correct method per layer over all three sparse-conv runs: what a perfect `auto` could reach
