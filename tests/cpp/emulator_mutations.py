@@ -76,6 +76,10 @@ MUTATIONS: dict[str, list[tuple[str, str]]] = {
         ("p.meta + frag * 16 + q * 4, 16);", "p.meta + frag * 16 + q * 4, mt_block + mt < packed_tiles ? 16 : 0);")],
     "metadata of the padding k-block (odd K) zero-filled": [
         ("p.meta + frag * 16 + q * 4, 16);", "p.meta + frag * 16 + q * 4, 2 * ks + sub < num_k ? 16 : 0);")],
+    "wgmma: proxy fence removed": [("    fence_proxy_async_shared();\n    // k-step ks is visible", "    // k-step ks is visible")],
+    "wgmma: proxy fence before the cp.async wait": [
+        ("    cp_async_wait<kAhead - 1>();\n    fence_proxy_async_shared();",
+         "    fence_proxy_async_shared();\n    cp_async_wait<kAhead - 1>();")],
     "wgmma_overlap: two MMA groups in flight": [("wgmma_wait<kOverlap ? 1 : 0>();", "wgmma_wait<kOverlap ? 2 : 0>();")],
 }
 

@@ -28,7 +28,10 @@
 //     element (k, n) at start + (n / 8) SBO + (n % 8) 128 + 2k, address bits 4-6 XOR 7-9). It runs at its
 //     wgmma.wait_group in Mode::kEager and at issue in Mode::kLazy: the opposite extreme of the copies. It reads
 //     shared memory and the threads' A registers when it runs, so a stage or a register set reused too early is
-//     caught. fence, commit_group and wait_group are warpgroup collectives; proxy fences are not modelled.
+//     caught. fence, commit_group and wait_group are warpgroup collectives. Every shared chunk it reads must
+//     have been covered by a fence.proxy.async of the thread whose cp.async wrote it, issued after the copy
+//     landed (cp.async writes through the generic proxy, wgmma reads through the async one); plain stores to
+//     shared memory are not tracked.
 //     Unlike the mma.sp layout, this reading of the ISA has not been checked on hardware yet
 //     (tests/cpp/cuda_test_wgmma_sp_layout.cu will). SIMT_WGMMA_HW_META_SLOTS, _A_SWAP12 and _TRANS_B emulate a
 //     GPU that reads the A registers, the metadata or imm-trans-b otherwise (see wgmma_sp_m64n256k32 below).
@@ -134,6 +137,8 @@ struct Fiber {
   uint64_t wait_gen = 0;
   std::vector<Copy> open_group;
   std::vector<std::vector<Copy>> groups;  // committed, not yet retired, oldest first
+  std::vector<uint32_t> unfenced;         // 16-byte shared chunks its landed cp.async copies wrote since its last
+                                          // fence.proxy.async
 };
 
 struct Warp {
@@ -173,6 +178,9 @@ struct State {
   // window offsets, as on a GPU), so a kernel that needs more alignment than 16 bytes has to make it itself.
   static constexpr size_t kSmemOffset = 144;
   GuardedMemory smem;  // the window: kSmemOffset bytes (canary-filled) + the block's dynamic shared memory
+  // Per 16-byte chunk of the window: 1 + the thread whose cp.async wrote it last, while no fence.proxy.async of
+  // that thread has followed the write (0: visible to the async proxy, i.e. to wgmma).
+  std::vector<int32_t> smem_unfenced_by;
   std::vector<struct WarpGroup> warpgroups;
   uint3 block_idx{0, 0, 0};
   dim3 grid_dim, block_dim;
@@ -314,8 +322,16 @@ inline WarpGroup& wg_collective(const char* op, const std::function<void(WarpGro
   return group_collective<128>(state().warpgroups, op, deposit, compute);
 }
 
-inline void retire_oldest_group(Fiber& f) {
-  for (const Copy& c : f.groups.front()) std::memcpy(state().smem.data() + c.dst, c.bytes, 16);
+// A cp.async copy of thread `tid` lands: the generic proxy wrote the chunk, and the async proxy (wgmma) may not
+// read it until that thread has run a fence.proxy.async.
+inline void land(const Copy& c, Fiber& f, int tid) {
+  std::memcpy(state().smem.data() + c.dst, c.bytes, 16);
+  state().smem_unfenced_by[c.dst / 16] = 1 + tid;
+  f.unfenced.push_back(c.dst / 16);
+}
+
+inline void retire_oldest_group(Fiber& f, int tid) {
+  for (const Copy& c : f.groups.front()) land(c, f, tid);
   f.groups.erase(f.groups.begin());
 }
 
@@ -359,6 +375,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
     for (unsigned bx = 0; bx < grid.x; ++bx) {
       s.block_idx = uint3{bx, by, 0};
       s.smem = GuardedMemory(State::kSmemOffset + std::max<size_t>(smem_bytes, 16));
+      s.smem_unfenced_by.assign(s.smem.size() / 16 + 1, 0);
       std::memset(s.smem.data(), 0x5A, State::kSmemOffset);  // canary below the block's shared memory
       // Garbage that is NaN in fp16, bf16 and fp32: an MMA that reads shared memory no copy wrote, even times a
       // zero, shows in the output (on a GPU it holds whatever the last block left).
@@ -432,14 +449,14 @@ inline uint32_t smem_addr(const void* p) {
 inline void cp_async16(uint32_t dst, const void* src, int src_bytes) {
   if (src_bytes != 0 && src_bytes != 16) simt::fail("cp_async16: src_bytes must be 0 or 16");
   if (reinterpret_cast<uintptr_t>(src) % 16 != 0) simt::fail("cp.async: misaligned global source");
-  unsigned char* d = simt::smem_ptr(dst, 16, 16, "cp.async");
+  simt::smem_ptr(dst, 16, 16, "cp.async");  // bounds and alignment
   simt::Copy c{dst, {}};
   if (src_bytes) {
     simt::check_global(src, 16, "cp.async");
     std::memcpy(c.bytes, src, 16);
   }
   if (simt::state().mode == simt::Mode::kEager)
-    std::memcpy(d, c.bytes, 16);
+    simt::land(c, simt::self(), simt::linear_tid());
   else
     simt::self().open_group.push_back(c);
 }
@@ -451,7 +468,7 @@ inline void cp_async_commit() {
 template <int N>
 inline void cp_async_wait() {
   simt::Fiber& f = simt::self();
-  while (static_cast<int>(f.groups.size()) > N) simt::retire_oldest_group(f);
+  while (static_cast<int>(f.groups.size()) > N) simt::retire_oldest_group(f, simt::linear_tid());
 }
 
 inline uint4 lds128(uint32_t addr) {
@@ -557,9 +574,17 @@ inline void mma_sp_16832(float (&d)[4], const uint4& a, const uint32_t (&b)[4], 
 // ---- wgmma (sm_90a) -------------------------------------------------------------------------------------------
 // The shared-memory operand is read through its matrix descriptor as the PTX ISA defines the canonical K-major
 // 128-byte-swizzle layout: element (k, n) of a 16-bit B at start + (n / 8) * SBO + (n % 8) * 128 + 2 k, then
-// address bits 4-6 XOR bits 7-9. Proxy fences are not modelled (every access here is ordered).
+// address bits 4-6 XOR bits 7-9. It must read only chunks that every thread whose cp.async wrote them has since
+// fenced (fence.proxy.async.shared::cta, after its wait_group: a copy that lands after the fence is not covered).
+// Plain stores to shared memory are not tracked.
 
-inline void fence_proxy_async_shared() {}
+inline void fence_proxy_async_shared() {
+  simt::Fiber& f = simt::self();
+  const int32_t me = 1 + simt::linear_tid();
+  for (uint32_t chunk : f.unfenced)
+    if (simt::state().smem_unfenced_by[chunk] == me) simt::state().smem_unfenced_by[chunk] = 0;
+  f.unfenced.clear();
+}
 inline void wgmma_fence() {
   simt::wg_collective("wgmma.fence", [](simt::WarpGroup&, int) {}, [](simt::WarpGroup&) {});
 }
@@ -657,6 +682,10 @@ inline void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, const uint32_t&
               addr ^= ((addr >> 7) & 7) << 4;
               uint16_t bits;
               std::memcpy(&bits, simt::smem_ptr(addr, 2, 2, "wgmma B"), 2);
+              if (const int32_t by = simt::state().smem_unfenced_by[addr / 16])
+                simt::fail("wgmma B: shared address " + std::to_string(addr) + " was written by thread " +
+                           std::to_string(by - 1) + "'s cp.async with no fence.proxy.async after it landed "
+                           "(the async proxy may read stale data)");
               B[k * 256 + n] = emu_to_float<T>(bits);
             }
           for (int i = 0; i < 128; ++i) {
