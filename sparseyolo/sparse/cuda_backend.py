@@ -16,7 +16,8 @@ For a CUDA input, :func:`cuda_forward` runs the layer on one of:
 * ``"dense"``: cuDNN ``F.conv2d`` on the cached dense weight (channels_last).
 
 The module's ``gpu_backend`` picks one; ``"auto"`` (the default) times the applicable ones once per layer shape
-and input shape (CUDA events, median) and keeps the fastest, cached per process like the CPU ``auto`` of
+and input shape (:func:`~sparseyolo.utils.torch_utils.cuda_median_ms`: CUDA events around back-to-back calls,
+median) and keeps the fastest, cached per process like the CPU ``auto`` of
 :func:`~sparseyolo.sparse.sparsify`. While timing, ``auto`` also compares every candidate's output with cuDNN's on
 the same input and never picks one that disagrees (non-finite, or a relative difference above
 ``AUTO_MAX_REL_DIFF``), logging why. Anything that does not apply falls back to ``"dense"``, logging the reason
