@@ -80,6 +80,7 @@ MUTATIONS: dict[str, list[tuple[str, str]]] = {
     "wgmma: proxy fence before the cp.async wait": [
         ("    cp_async_wait<kAhead - 1>();\n    fence_proxy_async_shared();",
          "    fence_proxy_async_shared();\n    cp_async_wait<kAhead - 1>();")],
+    "wgmma: wgmma.fence removed": [("    wgmma_fence();\n", "")],
     "wgmma_overlap: two MMA groups in flight": [("wgmma_wait<kOverlap ? 1 : 0>();", "wgmma_wait<kOverlap ? 2 : 0>();")],
 }
 

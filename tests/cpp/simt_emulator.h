@@ -168,6 +168,11 @@ struct WarpGroup {
   const uint32_t* e_ptr[128];
   std::vector<WgmmaOp> open;
   std::vector<std::vector<WgmmaOp>> committed;
+  // A wgmma.fence since the warpgroup's last wgmma.wait_group (or its start): after a wait the threads may touch
+  // accumulator and A-fragment registers, and PTX requires a wgmma.fence between such register writes and the
+  // next wgmma.mma_async that uses them. (Register writes themselves are not tracked, so a fence issued before the
+  // A fragments are loaded passes here.)
+  bool fenced = false;
 };
 
 struct State {
@@ -586,7 +591,7 @@ inline void fence_proxy_async_shared() {
   f.unfenced.clear();
 }
 inline void wgmma_fence() {
-  simt::wg_collective("wgmma.fence", [](simt::WarpGroup&, int) {}, [](simt::WarpGroup&) {});
+  simt::wg_collective("wgmma.fence", [](simt::WarpGroup&, int) {}, [](simt::WarpGroup& w) { w.fenced = true; });
 }
 inline void wgmma_commit() {
   simt::wg_collective("wgmma.commit_group", [](simt::WarpGroup&, int) {}, [](simt::WarpGroup& w) {
@@ -601,6 +606,7 @@ inline void wgmma_wait() {
       for (simt::WgmmaOp& op : w.committed.front()) op.run();
       w.committed.erase(w.committed.begin());
     }
+    w.fenced = false;
   });
 }
 
@@ -646,6 +652,9 @@ inline void wgmma_sp_m64n256k32(float (&d)[128], const uint4& a, const uint32_t&
         w.ptr[i] = d;
       },
       [](simt::WarpGroup& w) {
+        if (!w.fenced)
+          simt::fail("wgmma.mma_async with no wgmma.fence since the warpgroup's last wgmma.wait_group (or its start): "
+                     "registers it uses may have been written since");
         for (int i = 1; i < 128; ++i)
           if (w.u64[i] != w.u64[0]) simt::fail("wgmma: threads of a warpgroup passed different descriptors");
         const uint64_t desc = w.u64[0];
