@@ -103,11 +103,13 @@ def profile(layers: list[str], batch: int, wgmma: bool) -> None:
     import torch
     import torch.nn.functional as F
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_sparse_conv_cuda import MMA_SP_METHODS  # the kernel each backend names ("default": tile64)
+
     from sparseyolo import ops
     from sparseyolo.sparse import pack_mma_sp_weight
-    from sparseyolo.sparse.cuda_backend import MMA_SP_BACKENDS
 
-    kernels = ["tile64" if k == "default" else k for k in MMA_SP_BACKENDS.values()]
+    kernels = list(MMA_SP_METHODS.values())
     hopper = torch.cuda.get_device_capability() == (9, 0)
     kernels = [k for k in kernels if "wgmma" not in k or (wgmma and hopper)]  # wgmma last: a fault ends the run
     torch.backends.cudnn.benchmark = True
