@@ -208,6 +208,43 @@ def _sparse_conv2d_fake(
     return input.new_empty((input.shape[0], cout, ho, wo))
 
 
+@torch.library.register_fake("sparseyolo::block_sparse_conv2d")
+def _block_sparse_conv2d_fake(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    taps: torch.Tensor,
+    block_ptr: torch.Tensor,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: list[int],
+    bias: torch.Tensor | None = None,
+    stride: list[int] = (1, 1),
+    padding: list[int] = (0, 0),
+    activation: str = "identity",
+    gather: str = "plain",
+) -> torch.Tensor:
+    op = "sparseyolo::block_sparse_conv2d"
+    torch._check(input.dim() == 4, lambda: f"{op}: input should be a 4D tensor [N, Cin, H, W], got {input.dim()}D")
+    bf16 = input.dtype == torch.bfloat16
+    torch._check(bf16 or input.dtype == torch.float32,
+                 lambda: f"{op}: input should be float32 or bfloat16, got {input.dtype}")
+    torch._check(in_channels >= 1 and out_channels >= 1,
+                 lambda: f"{op}: in_channels and out_channels should be positive, got {in_channels} and {out_channels}")
+    torch._check(input.shape[1] == in_channels,
+                 lambda: f"{op}: input has {input.shape[1]} channels, the packed weight expects {in_channels}")
+    torch._check(gather in ("plain", "pairs24"), lambda: f"{op}: gather should be 'plain' or 'pairs24', got '{gather}'")
+    torch._check(gather != "pairs24" or bf16, lambda: f"{op}: gather 'pairs24' is for bfloat16 inputs, got {input.dtype}")
+    _check_conv_args(op, kernel_size, stride, padding, activation)
+    nb = (out_channels + 15) // 16
+    torch._check(block_ptr.dim() == 1 and block_ptr.dtype == torch.int64 and block_ptr.shape[0] == nb + 1,
+                 lambda: f"{op}: block_ptr should be a 1D int64 tensor of ceil(out_channels / 16) + 1 = {nb + 1} entries")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == out_channels and bias.dtype == torch.float32,
+                     lambda: f"{op}: bias should be a float32 tensor of out_channels = {out_channels} entries")
+    ho, wo = _conv_out_hw(op, input, kernel_size, stride, padding)
+    return input.new_empty((input.shape[0], out_channels, ho, wo)).contiguous(memory_format=torch.channels_last)
+
+
 SPARSE_CONV2D_24_KERNELS = ("default", "tile64", "tile128", "tile128x256", "tile256x128", "wgmma", "wgmma_overlap",
                             "wgmma64")
 

@@ -266,7 +266,7 @@ def sparse_conv2d(
         Tensor[N, Cout, H', W'] float32, NCHW.
 
     Caveats:
-        No autograd. AVX2/FMA is used when the CPU has it (``SPARSEYOLO_SPARSE_CONV_ISA=portable`` forces the
+        No autograd. AVX2/FMA is used when the CPU has it (``SPARSEYOLO_CPU_ISA=portable`` forces the
         portable path). Sums run in a different order than ``F.conv2d``: results agree to ~1e-6 relative.
     """
     return torch.ops.sparseyolo.sparse_conv2d.default(input, values, columns, row_ptr, _pair(kernel_size), bias,
@@ -356,3 +356,50 @@ def cusparselt_linear(compressed: torch.Tensor, input: torch.Tensor, out_feature
         Tensor[P, out_features] in the input's dtype (fp32 accumulation).
     """
     return torch.ops.sparseyolo.cusparselt_linear.default(compressed, input, out_features, bias, alg_id)
+
+
+def block_sparse_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    taps: torch.Tensor,
+    block_ptr: torch.Tensor,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, int],
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    activation: str = "identity",
+    gather: str = "plain",
+) -> torch.Tensor:
+    """Block-sparse convolution ``act(conv2d(input, W, bias, stride, padding))`` on the CPU, channels-last.
+
+    Args:
+        input (Tensor[N, Cin, H, W]): float32 or bfloat16; channels_last is read without a copy.
+        weight, taps, block_ptr: ``W [Cout, Cin, KH, KW]`` packed by
+            :func:`sparseyolo.sparse.block_packing.pack_block_sparse` (once per model): ``weight`` is ``[U, 16]``
+            float32 for a float32 input, ``[U, 16, 2]`` bfloat16 for a bfloat16 input.
+        in_channels, out_channels: ``Cin`` and ``Cout`` of ``W``.
+        kernel_size: ``(KH, KW)``.
+        bias (Tensor[Cout] float32, optional).
+        stride, padding: as in ``F.conv2d`` (zero padding, groups = 1, dilation = 1).
+        activation: ``"identity"`` or ``"silu"`` (fused in the epilogue, in fp32).
+        gather: the packing's ``gather`` (``"plain"``, or ``"pairs24"`` for bf16 2:4 blocks).
+
+    Returns:
+        Tensor[N, Cout, H', W'] in the input's dtype, channels_last.
+
+    Caveats:
+        No autograd. Accumulates in fp32; a bf16 output is rounded once, after the activation. The SIMD path is the
+        CPU's best of AVX-512 BF16, AVX-512, AVX2/FMA and portable C++; ``SPARSEYOLO_CPU_ISA=avx512|avx2|portable``
+        caps it (:func:`cpu_isa` says which runs). Without AVX-512 BF16, bf16 products are computed in fp32 FMAs.
+    """
+    return torch.ops.sparseyolo.block_sparse_conv2d.default(
+        input, weight, taps, block_ptr, in_channels, out_channels, _pair(kernel_size), bias, _pair(stride),
+        _pair(padding), activation, gather)
+
+
+def cpu_isa() -> str:
+    """The SIMD path sparseyolo's CPU kernels take now: ``"avx512_bf16"``, ``"avx512"``, ``"avx2"`` or
+    ``"portable"`` (the CPU's best, capped by the environment variable ``SPARSEYOLO_CPU_ISA``)."""
+    return torch.ops.sparseyolo.cpu_isa()

@@ -42,7 +42,7 @@ def _rel_err(y, ref):
 def isa(request, monkeypatch):
     """Both code paths: the run-time AVX2/FMA one (when the CPU has it) and the portable one."""
     if request.param == "portable":
-        monkeypatch.setenv("SPARSEYOLO_SPARSE_CONV_ISA", "portable")
+        monkeypatch.setenv("SPARSEYOLO_CPU_ISA", "portable")
     return request.param
 
 

@@ -33,11 +33,7 @@ __all__ = [
 
 
 def _isa_name() -> str:
-    """Which compute path ``sparse_conv2d`` takes here: ``"avx2"`` or ``"portable"`` (for benchmark reports)."""
-    import os
+    """Which SIMD path the CPU kernels take here (:func:`sparseyolo.ops.cpu_isa`), for benchmark reports."""
+    from sparseyolo import ops
 
-    import torch
-
-    if os.environ.get("SPARSEYOLO_SPARSE_CONV_ISA") == "portable":
-        return "portable (forced)"
-    return "avx2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "portable"
+    return ops.cpu_isa()

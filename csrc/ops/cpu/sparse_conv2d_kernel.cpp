@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../../kernels/cpu/cpu_isa.h"
 #include "../../kernels/cpu/sparse_conv2d.h"
 #include "../sparse_conv2d.h"
 
@@ -27,10 +28,12 @@ constexpr int64_t kBlockNonzeros = 32768;
 // Work items per thread: unstructured rows differ in length, so a few items per thread balance the load.
 constexpr int64_t kItemsPerThread = 8;
 
-bool portable_forced() {
-  // For tests and A/B runs: SPARSEYOLO_SPARSE_CONV_ISA=portable skips the AVX2 path.
-  const char* v = std::getenv("SPARSEYOLO_SPARSE_CONV_ISA");
-  return v != nullptr && std::string(v) == "portable";
+// The AVX2/FMA path runs when the CPU has it and SPARSEYOLO_CPU_ISA (kernels/cpu/cpu_isa.h) does not cap below it.
+bool use_avx2(const char* op) {
+  k::CpuIsa cap;
+  TORCH_CHECK(k::cpu_isa_env_cap(&cap), op, ": SPARSEYOLO_CPU_ISA should be one of avx512_bf16, avx512, avx2, "
+              "portable (or unset), got '", std::getenv("SPARSEYOLO_CPU_ISA"), "'");
+  return k::spconv_cpu_has_avx2() && static_cast<int>(cap) >= static_cast<int>(k::CpuIsa::kAvx2);
 }
 
 at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values, const at::Tensor& columns,
@@ -111,7 +114,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values, 
   const int64_t n_blocks = std::min(tiles, std::max<int64_t>(1, (want + n * n_chunks - 1) / (n * n_chunks)));
   const int64_t tiles_per_block = (tiles + n_blocks - 1) / n_blocks;
 
-  const bool use_avx2 = k::spconv_cpu_has_avx2() && !portable_forced();
+  const bool avx2 = use_avx2(op);
   k::SpconvArgs args;
   args.g = g;
   args.values = vals.const_data_ptr<float>();
@@ -130,7 +133,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values, 
       a.output = po + img * cout * g.ho * g.wo;
       const int64_t t0 = blk * tiles_per_block, t1 = std::min(tiles, t0 + tiles_per_block);
       const int64_t c0 = ch * chunk, c1 = std::min(cout, c0 + chunk);
-      if (t0 < t1) k::spconv_block(a, c0, c1, t0, t1, use_avx2);
+      if (t0 < t1) k::spconv_block(a, c0, c1, t0, t1, avx2);
     }
   });
   return out;

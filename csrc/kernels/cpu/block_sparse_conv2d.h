@@ -1,0 +1,462 @@
+// Block-sparse 2D convolution on the CPU, channels-last, fp32 or bf16 (fp32 accumulation). Torch-free: used by
+// ops/cpu/block_sparse_conv2d_kernel.cpp; weight packing in sparseyolo/sparse/block_packing.py.
+//
+// Formulation (the dense micro-kernel's, on gathered rows). Output channels sit in vector lanes: a block of 16
+// output channels is one zmm of fp32 accumulators per output pixel, a register tile is P pixels x 16 channels.
+// The reduction runs over the block's *units*: a unit is one input value per pixel (fp32) or two (bf16, a pair that
+// vdpbf16ps multiplies with the pair of weights in each lane). All 16 channels of a block share their units, so a
+// unit dropped by the pruning pattern is skipped for the whole vector: the inner loop is one weight-vector load and
+// P broadcast-FMAs per unit, the dense kernel's loop over fewer rows. Patterns that give shared units:
+// * N:M (2:4) masks shared by 16 output channels (``prune(..., block=16)``): fp32 keeps K/2 units of 1 value;
+//   bf16 keeps K/4 units of 2 values, read from a "pairs" copy of the input (gather kPairs24) that holds all
+//   6 pairs of each group of 4 channels, so any kept pair is one 32-bit broadcast;
+// * whole input rows (or aligned row pairs, for bf16) dropped for a block of 16 output channels (row-block
+//   sparsity), or dense layers: units straight from the channels-last input (gather kPlain).
+//
+// Geometry ("wide grid", as in sparse_conv2d.h): the input is copied once per call into a zero-padded buffer
+// split into stride phases, phase (a, b)[i][j] = x_pad[i*sh + a][j*sw + b] of Hq x Wq pixels (Wq = Wo +
+// (KW-1)/sw), each pixel `cu` 4-byte units. Wide pixel q = oh*Wq + ow reads unit u of its taps at q*cu +
+// offset(u), the offset independent of the pixel; the Wq - Wo extra columns are computed and dropped. A 1x1,
+// stride-1, unpadded conv with plain gather reads the input itself ("direct").
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu_isa.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define SPARSEYOLO_BS_X86 1
+#endif
+
+namespace sparseyolo {
+namespace kernels {
+
+constexpr int64_t kBsBlock = 16;    // output channels per block (one zmm of fp32)
+constexpr int64_t kBsMaxTile = 32;  // largest pixel tile of any path (buffer slack)
+
+enum class BsGather : int { kPlain = 0, kPairs24 = 1 };
+
+// The 6 pairs of a group of 4 channels in a kPairs24 buffer, in this order: (0,1) (0,2) (0,3) (1,2) (1,3) (2,3).
+// The first channel of a pair is the low half of the 32-bit unit (vdpbf16ps multiplies low with low).
+
+struct BsGeometry {
+  int64_t cin = 0, h = 0, w = 0, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, ho = 0, wo = 0;
+  int64_t pa = 1, pb = 1;       // stride phases in use (min(stride, kernel))
+  int64_t hq = 0, wq = 0;       // one phase = the wide grid
+  int64_t cu = 0;               // 4-byte units per pixel
+  int64_t plane = 0;            // units per phase (hq*wq*cu)
+  int64_t image_units = 0;      // units per image in the buffer, zeroed slack included
+  bool bf16 = false;
+  BsGather gather = BsGather::kPlain;
+  bool direct = false;          // the input itself is the buffer
+
+  int64_t wide_pixels() const { return ho * wq; }
+};
+
+// Units per pixel: fp32 -> Cin values; bf16 plain -> Cin/2 pairs (Cin even); bf16 pairs24 -> 6 per 4 channels.
+inline int64_t bs_units_per_pixel(int64_t cin, bool bf16, BsGather gather) {
+  if (!bf16) return cin;
+  return gather == BsGather::kPairs24 ? cin / 4 * 6 : cin / 2;
+}
+
+inline BsGeometry bs_geometry(int64_t cin, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                              int64_t ph, int64_t pw, bool bf16, BsGather gather) {
+  BsGeometry g;
+  g.cin = cin, g.h = h, g.w = w, g.kh = kh, g.kw = kw, g.sh = sh, g.sw = sw, g.ph = ph, g.pw = pw;
+  g.bf16 = bf16, g.gather = gather;
+  g.ho = (h + 2 * ph - kh) / sh + 1;
+  g.wo = (w + 2 * pw - kw) / sw + 1;
+  g.direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && gather == BsGather::kPlain;
+  g.pa = std::min(sh, kh);
+  g.pb = std::min(sw, kw);
+  g.hq = g.ho + (kh - 1) / sh;
+  g.wq = g.wo + (kw - 1) / sw;
+  g.cu = bs_units_per_pixel(cin, bf16, gather);
+  g.plane = g.hq * g.wq * g.cu;
+  // A tile may run up to kBsMaxTile - 1 wide pixels past the last one; its reads stay inside its phase plus
+  // this slack (direct mode copies its last tile instead, see bs_run).
+  g.image_units = g.direct ? h * w * g.cu : g.pa * g.pb * g.plane + kBsMaxTile * g.cu;
+  return g;
+}
+
+// Rows of the buffer: pa*pb*hq of them, row r = (phase, i). Fills rows [r0, r1) of one image from x, the image in
+// channels-last [H][W][Cin] (T = float, or uint16_t bf16 bits). The caller zeroes the slack.
+template <typename T>
+inline void bs_prepare_rows(const BsGeometry& g, const T* x, uint32_t* buf, int64_t r0, int64_t r1) {
+  const int64_t cu = g.cu;
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t phase = row / g.hq, i = row % g.hq, a = phase / g.pb, b = phase % g.pb;
+    uint32_t* dst = buf + phase * g.plane + i * g.wq * cu;
+    const int64_t r = i * g.sh + a - g.ph;
+    for (int64_t j = 0; j < g.wq; ++j) {
+      uint32_t* u = dst + j * cu;
+      const int64_t c = j * g.sw + b - g.pw;
+      if (r < 0 || r >= g.h || c < 0 || c >= g.w) {
+        std::memset(u, 0, sizeof(uint32_t) * cu);
+        continue;
+      }
+      const T* src = x + (r * g.w + c) * g.cin;
+      if (sizeof(T) == 4 || g.gather == BsGather::kPlain) {
+        std::memcpy(u, src, sizeof(uint32_t) * cu);  // cin floats, or cin bf16 = cin/2 pairs
+        continue;
+      }
+      for (int64_t grp = 0; grp < g.cin / 4; ++grp) {
+        const uint32_t x0 = static_cast<uint32_t>(src[4 * grp]), x1 = static_cast<uint32_t>(src[4 * grp + 1]);
+        const uint32_t x2 = static_cast<uint32_t>(src[4 * grp + 2]), x3 = static_cast<uint32_t>(src[4 * grp + 3]);
+        uint32_t* o = u + 6 * grp;
+        o[0] = x0 | x1 << 16, o[1] = x0 | x2 << 16, o[2] = x0 | x3 << 16;
+        o[3] = x1 | x2 << 16, o[4] = x1 | x3 << 16, o[5] = x2 | x3 << 16;
+      }
+    }
+  }
+}
+
+inline int64_t bs_buffer_rows(const BsGeometry& g) { return g.pa * g.pb * g.hq; }
+
+// taps[u] = (kh*KW + kw) * cu + c names unit u (tap, unit c of that pixel); offsets[u] = its buffer offset from a
+// wide pixel's first unit. False when a tap lies outside [0, KH*KW*cu).
+inline bool bs_unit_offsets(const BsGeometry& g, const int32_t* taps, int64_t n, int32_t* offsets) {
+  const int64_t limit = g.kh * g.kw * g.cu;
+  for (int64_t u = 0; u < n; ++u) {
+    const int64_t t = taps[u];
+    if (t < 0 || t >= limit) return false;
+    const int64_t tap = t / g.cu, c = t % g.cu, i = tap / g.kw, j = tap % g.kw;
+    const int64_t phase = (i % g.sh) * g.pb + (j % g.sw);
+    offsets[u] = static_cast<int32_t>(phase * g.plane + ((i / g.sh) * g.wq + j / g.sw) * g.cu + c);
+  }
+  return true;
+}
+
+// What one (pixel tile, output block) call needs.
+struct BsArgs {
+  BsGeometry g;
+  const uint32_t* weight = nullptr;    // [U][16] fp32 bits, or bf16 pairs (low = first of the unit's two)
+  const int32_t* offsets = nullptr;    // [U] (bs_unit_offsets)
+  const int64_t* block_ptr = nullptr;  // [nb + 1]: units of output block b are [block_ptr[b], block_ptr[b+1])
+  int64_t cout = 0;
+  const float* bias = nullptr;         // [cout] or null
+  bool silu = false;
+  void* output = nullptr;              // one image, channels-last [Ho*Wo][cout], fp32 or bf16 (as g.bf16)
+};
+
+inline float bs_bf16_to_float(uint32_t bits16) {
+  const uint32_t b = bits16 << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof(f));
+  return f;
+}
+
+// Round to nearest even, as PyTorch's float -> bfloat16 conversion; NaN stays a quiet NaN.
+inline uint16_t bs_float_to_bf16(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof(b));
+  if (f != f) return static_cast<uint16_t>((b >> 16) | 0x40);
+  b += 0x7fff + ((b >> 16) & 1);
+  return static_cast<uint16_t>(b >> 16);
+}
+
+inline float bs_silu(float v) { return v / (1.f + std::exp(-v)); }
+
+// Portable path: the same tile in plain C++.
+template <int P>
+inline void bs_tile_portable(const BsArgs& a, const uint32_t* in, const int64_t* out_pix, int64_t ob) {
+  float acc[P][kBsBlock] = {};
+  const int64_t cu = a.g.cu;
+  for (int64_t u = a.block_ptr[ob]; u < a.block_ptr[ob + 1]; ++u) {
+    const uint32_t* w = a.weight + u * kBsBlock;
+    const uint32_t* p = in + a.offsets[u];
+    for (int i = 0; i < P; ++i) {
+      const uint32_t x = p[i * cu];
+      if (a.g.bf16) {
+        const float xl = bs_bf16_to_float(x & 0xffff), xh = bs_bf16_to_float(x >> 16);
+        for (int l = 0; l < kBsBlock; ++l) {
+          acc[i][l] += xl * bs_bf16_to_float(w[l] & 0xffff) + xh * bs_bf16_to_float(w[l] >> 16);
+        }
+      } else {
+        float xf;
+        std::memcpy(&xf, &x, sizeof(xf));
+        for (int l = 0; l < kBsBlock; ++l) {
+          float wf;
+          std::memcpy(&wf, w + l, sizeof(wf));
+          acc[i][l] += xf * wf;
+        }
+      }
+    }
+  }
+  const int64_t c0 = ob * kBsBlock, lanes = std::min(kBsBlock, a.cout - c0);
+  for (int i = 0; i < P; ++i) {
+    if (out_pix[i] < 0) continue;
+    for (int64_t l = 0; l < lanes; ++l) {
+      float v = acc[i][l] + (a.bias != nullptr ? a.bias[c0 + l] : 0.f);
+      if (a.silu) v = bs_silu(v);
+      const int64_t at = out_pix[i] * a.cout + c0 + l;
+      if (a.g.bf16) {
+        static_cast<uint16_t*>(a.output)[at] = bs_float_to_bf16(v);
+      } else {
+        static_cast<float*>(a.output)[at] = v;
+      }
+    }
+  }
+}
+
+#if defined(SPARSEYOLO_BS_X86)
+#define SPARSEYOLO_BS_AVX2 __attribute__((target("avx2,fma")))
+#define SPARSEYOLO_BS_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+#define SPARSEYOLO_BS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#define SPARSEYOLO_BS_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"), always_inline)) inline
+#define SPARSEYOLO_BS_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
+
+// ---------------------------------------------------------------------------------------------- AVX2 / FMA
+// exp(x), x clamped to [-87.3, 88.3]: Cody-Waite reduction, degree-6 polynomial (relative error ~2e-7).
+SPARSEYOLO_BS_AVX2_INLINE __m256 bs_exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.3981999507e-3f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// bf16 pair halves as fp32: the low bf16 shifted up, the high one with the low bits cleared.
+SPARSEYOLO_BS_AVX2_INLINE __m256 bs_lo_avx2(__m256i v) { return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); }
+SPARSEYOLO_BS_AVX2_INLINE __m256 bs_hi_avx2(__m256i v) {
+  return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// kBf16: units are bf16 pairs (each product computed in fp32, as vdpbf16ps does); else fp32 values.
+template <int P, bool kBf16>
+SPARSEYOLO_BS_AVX2 void bs_tile_avx2(const BsArgs& a, const uint32_t* in, const int64_t* out_pix, int64_t ob) {
+  __m256 acc[P][2];
+  for (int i = 0; i < P; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  const int64_t cu = a.g.cu;
+  const uint32_t* w = a.weight + a.block_ptr[ob] * kBsBlock;
+  for (int64_t u = a.block_ptr[ob]; u < a.block_ptr[ob + 1]; ++u, w += kBsBlock) {
+    const uint32_t* p = in + a.offsets[u];
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 8));
+    if (kBf16) {
+      const __m256 l0 = bs_lo_avx2(w0), l1 = bs_lo_avx2(w1), h0 = bs_hi_avx2(w0), h1 = bs_hi_avx2(w1);
+#pragma GCC unroll 16
+      for (int i = 0; i < P; ++i) {
+        const uint32_t x = p[i * cu];
+        const __m256 xl = _mm256_set1_ps(bs_bf16_to_float(x & 0xffff)), xh = _mm256_set1_ps(bs_bf16_to_float(x >> 16));
+        acc[i][0] = _mm256_fmadd_ps(xh, h0, _mm256_fmadd_ps(xl, l0, acc[i][0]));
+        acc[i][1] = _mm256_fmadd_ps(xh, h1, _mm256_fmadd_ps(xl, l1, acc[i][1]));
+      }
+    } else {
+      const __m256 f0 = _mm256_castsi256_ps(w0), f1 = _mm256_castsi256_ps(w1);
+#pragma GCC unroll 16
+      for (int i = 0; i < P; ++i) {
+        const __m256 x = _mm256_broadcast_ss(reinterpret_cast<const float*>(p + i * cu));
+        acc[i][0] = _mm256_fmadd_ps(x, f0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(x, f1, acc[i][1]);
+      }
+    }
+  }
+  const int64_t c0 = ob * kBsBlock, lanes = std::min(kBsBlock, a.cout - c0);
+  alignas(32) float bias[kBsBlock] = {};
+  if (a.bias != nullptr) std::memcpy(bias, a.bias + c0, sizeof(float) * lanes);
+  const __m256 b0 = _mm256_load_ps(bias), b1 = _mm256_load_ps(bias + 8);
+  for (int i = 0; i < P; ++i) {
+    if (out_pix[i] < 0) continue;
+    __m256 v[2] = {_mm256_add_ps(acc[i][0], b0), _mm256_add_ps(acc[i][1], b1)};
+    if (a.silu) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), bs_exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v[h])));
+        v[h] = _mm256_div_ps(v[h], den);
+      }
+    }
+    alignas(32) float tmp[kBsBlock];
+    _mm256_store_ps(tmp, v[0]);
+    _mm256_store_ps(tmp + 8, v[1]);
+    const int64_t at = out_pix[i] * a.cout + c0;
+    if (kBf16) {
+      uint16_t* o = static_cast<uint16_t*>(a.output) + at;
+      for (int64_t l = 0; l < lanes; ++l) o[l] = bs_float_to_bf16(tmp[l]);
+    } else {
+      std::memcpy(static_cast<float*>(a.output) + at, tmp, sizeof(float) * lanes);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- AVX-512
+SPARSEYOLO_BS_AVX512_INLINE __m512 bs_exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.3981999507e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+// Bias, SiLU and the store of one tile (all AVX-512 paths: the same rounding to bf16 on every one).
+template <int P>
+SPARSEYOLO_BS_AVX512_INLINE void bs_store_avx512(const BsArgs& a, const int64_t* out_pix, int64_t ob, __m512* acc) {
+  const int64_t c0 = ob * kBsBlock, lanes = std::min(kBsBlock, a.cout - c0);
+  const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1);
+  const __m512 bias = a.bias != nullptr ? _mm512_maskz_loadu_ps(mask, a.bias + c0) : _mm512_setzero_ps();
+  for (int i = 0; i < P; ++i) {
+    if (out_pix[i] < 0) continue;
+    __m512 v = _mm512_add_ps(acc[i], bias);
+    if (a.silu) {
+      const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.f), bs_exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), v)));
+      v = _mm512_div_ps(v, den);
+    }
+    const int64_t at = out_pix[i] * a.cout + c0;
+    if (a.g.bf16) {
+      // round to nearest even in integer arithmetic (bs_float_to_bf16), NaN -> quiet NaN
+      const __m512i b = _mm512_castps_si512(v);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)), lsb), 16);
+      const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40));
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(a.output) + at, mask, _mm512_cvtepi32_epi16(r));
+    } else {
+      _mm512_mask_storeu_ps(static_cast<float*>(a.output) + at, mask, v);
+    }
+  }
+}
+
+// fp32 units (kBf16 false) or bf16 pairs computed as two fp32 FMAs (CPUs without AVX-512 BF16).
+template <int P, bool kBf16>
+SPARSEYOLO_BS_AVX512 void bs_tile_avx512(const BsArgs& a, const uint32_t* in, const int64_t* out_pix, int64_t ob) {
+  __m512 acc[P];
+  for (int i = 0; i < P; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t cu = a.g.cu;
+  const uint32_t* w = a.weight + a.block_ptr[ob] * kBsBlock;
+  for (int64_t u = a.block_ptr[ob]; u < a.block_ptr[ob + 1]; ++u, w += kBsBlock) {
+    const uint32_t* p = in + a.offsets[u];
+    const __m512i wv = _mm512_loadu_si512(w);
+    if (kBf16) {
+      const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16));
+      const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(wv, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+#pragma GCC unroll 32
+      for (int i = 0; i < P; ++i) {
+        const uint32_t x = p[i * cu];
+        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(bs_bf16_to_float(x & 0xffff)), lo, acc[i]);
+        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(bs_bf16_to_float(x >> 16)), hi, acc[i]);
+      }
+    } else {
+      const __m512 wf = _mm512_castsi512_ps(wv);
+#pragma GCC unroll 32
+      for (int i = 0; i < P; ++i) {
+        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*reinterpret_cast<const float*>(p + i * cu)), wf, acc[i]);
+      }
+    }
+  }
+  bs_store_avx512<P>(a, out_pix, ob, acc);
+}
+
+// bf16 pairs on vdpbf16ps: per lane, acc += x.lo * w.lo + x.hi * w.hi, one instruction per pixel and unit.
+template <int P>
+SPARSEYOLO_BS_AVX512BF16 void bs_tile_avx512bf16(const BsArgs& a, const uint32_t* in, const int64_t* out_pix,
+                                                 int64_t ob) {
+  __m512 acc[P];
+  for (int i = 0; i < P; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t cu = a.g.cu;
+  const uint32_t* w = a.weight + a.block_ptr[ob] * kBsBlock;
+  for (int64_t u = a.block_ptr[ob]; u < a.block_ptr[ob + 1]; ++u, w += kBsBlock) {
+    const uint32_t* p = in + a.offsets[u];
+    const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w));
+#pragma GCC unroll 32
+    for (int i = 0; i < P; ++i) {
+      const __m512bh x = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(p[i * cu])));
+      acc[i] = _mm512_dpbf16_ps(acc[i], x, wv);
+    }
+  }
+  bs_store_avx512<P>(a, out_pix, ob, acc);
+}
+#endif  // SPARSEYOLO_BS_X86
+
+using BsTileFn = void (*)(const BsArgs&, const uint32_t*, const int64_t*, int64_t);
+
+// The tile function and its pixel count for an ISA and a dtype. P: accumulators that fit the register file next to
+// the weight vector(s) (32 zmm: 24 tiles; 16 ymm: 6 tiles of 2 vectors, 4 for the bf16 emulation's 4 weights).
+inline BsTileFn bs_select(CpuIsa isa, bool bf16, int* tile) {
+#if defined(SPARSEYOLO_BS_X86)
+  if (isa == CpuIsa::kAvx512Bf16 && bf16) {
+    *tile = 24;
+    return bs_tile_avx512bf16<24>;
+  }
+  if (isa >= CpuIsa::kAvx512) {
+    if (bf16) {
+      *tile = 12;
+      return bs_tile_avx512<12, true>;
+    }
+    *tile = 24;
+    return bs_tile_avx512<24, false>;
+  }
+  if (isa == CpuIsa::kAvx2) {
+    if (bf16) {
+      *tile = 4;
+      return bs_tile_avx2<4, true>;
+    }
+    *tile = 6;
+    return bs_tile_avx2<6, false>;
+  }
+#endif
+  (void)isa;
+  (void)bf16;
+  *tile = 8;
+  return bs_tile_portable<8>;
+}
+
+// Runs wide-pixel tiles [t0, t1) of one image (tile = `tile` pixels) for every output block. `image` is the
+// image's buffer (or, direct, its input). Output blocks go in groups whose weights (~256 KiB) stay in L2 while the
+// tiles go by.
+inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t1, BsTileFn fn, int tile) {
+  const BsGeometry& g = a.g;
+  const int64_t nb = (a.cout + kBsBlock - 1) / kBsBlock, pixels = g.wide_pixels();
+  constexpr int64_t kGroupBytes = 256 * 1024;
+  std::vector<uint32_t> tail;  // direct mode: the last tile's input, padded with zeros
+  int64_t out_pix[kBsMaxTile];
+  for (int64_t b0 = 0; b0 < nb;) {
+    int64_t b1 = b0 + 1;
+    while (b1 < nb && (a.block_ptr[b1 + 1] - a.block_ptr[b0]) * kBsBlock * 4 <= kGroupBytes) ++b1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t q0 = t * tile;
+      for (int i = 0; i < tile; ++i) {
+        const int64_t q = q0 + i, oh = q / g.wq, ow = q % g.wq;
+        out_pix[i] = (q < pixels && ow < g.wo) ? oh * g.wo + ow : -1;
+      }
+      const uint32_t* in = image + q0 * g.cu;
+      if (g.direct && q0 + tile > pixels) {
+        tail.assign(static_cast<size_t>(tile * g.cu), 0u);
+        std::memcpy(tail.data(), in, sizeof(uint32_t) * (pixels - q0) * g.cu);
+        in = tail.data();
+      }
+      for (int64_t ob = b0; ob < b1; ++ob) fn(a, in, out_pix, ob);
+    }
+    b0 = b1;
+  }
+}
+
+#if defined(SPARSEYOLO_BS_X86)
+#undef SPARSEYOLO_BS_AVX2
+#undef SPARSEYOLO_BS_AVX2_INLINE
+#undef SPARSEYOLO_BS_AVX512
+#undef SPARSEYOLO_BS_AVX512_INLINE
+#undef SPARSEYOLO_BS_AVX512BF16
+#endif
+
+}  // namespace kernels
+}  // namespace sparseyolo

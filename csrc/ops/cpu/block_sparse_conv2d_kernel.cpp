@@ -1,0 +1,138 @@
+// CPU backend of sparseyolo::block_sparse_conv2d: the input is laid out once per call (kernels/cpu/
+// block_sparse_conv2d.h: padded, stride phases, bf16 pairs when the weight needs them), then at::parallel_for
+// threads run over (image, pixel-tile range) items, each computing every output block of its tiles. The SIMD path
+// (AVX-512 BF16, AVX-512, AVX2/FMA, portable) is chosen per call from cpuid and SPARSEYOLO_CPU_ISA.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "../../kernels/cpu/block_sparse_conv2d.h"
+#include "../block_sparse_conv2d.h"
+
+namespace sparseyolo {
+namespace ops {
+namespace {
+
+namespace k = kernels;
+
+// Work items per thread: enough to even out the last, partly empty, items.
+constexpr int64_t kItemsPerThread = 4;
+
+k::CpuIsa current_isa(const char* op) {
+  k::CpuIsa cap;
+  TORCH_CHECK(k::cpu_isa_env_cap(&cap), op, ": SPARSEYOLO_CPU_ISA should be one of avx512_bf16, avx512, avx2, "
+              "portable (or unset), got '", std::getenv("SPARSEYOLO_CPU_ISA"), "'");
+  return k::cpu_isa_min(k::cpu_isa_detected(), cap);
+}
+
+at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& taps,
+                                   const at::Tensor& block_ptr, int64_t in_channels, int64_t out_channels,
+                                   at::IntArrayRef kernel_size, const c10::optional<at::Tensor>& bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view activation,
+                                   c10::string_view gather) {
+  const char* op = "sparseyolo::block_sparse_conv2d";
+  bool silu = false;
+  const bool pairs24 = check_block_sparse_conv2d_inputs(input, weight, taps, block_ptr, in_channels, out_channels,
+                                                        kernel_size, bias, stride, padding, activation, gather, &silu);
+  const bool bf16 = input.scalar_type() == at::kBFloat16;
+  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto w = weight.contiguous();
+  const auto tp = taps.contiguous();
+  const auto bp = block_ptr.contiguous();
+  const int64_t n = x.size(0), units = w.size(0);
+  const k::BsGeometry g = k::bs_geometry(in_channels, x.size(2), x.size(3), kernel_size[0], kernel_size[1], stride[0],
+                                         stride[1], padding[0], padding[1], bf16,
+                                         pairs24 ? k::BsGather::kPairs24 : k::BsGather::kPlain);
+  TORCH_CHECK(g.image_units < (int64_t(1) << 31), op, ": one image needs ", g.image_units,
+              " 4-byte units of input buffer, more than int32 offsets address");
+
+  const int64_t* pbp = bp.const_data_ptr<int64_t>();
+  const int64_t nb = bp.numel() - 1;
+  TORCH_CHECK(pbp[0] == 0 && pbp[nb] == units, op, ": block_ptr should start at 0 and end at the number of units ",
+              units, ", got ", pbp[0], " and ", pbp[nb]);
+  for (int64_t b = 0; b < nb; ++b) {
+    TORCH_CHECK(pbp[b] <= pbp[b + 1], op, ": block_ptr should be non-decreasing, got block_ptr[", b, "] = ", pbp[b],
+                " > block_ptr[", b + 1, "] = ", pbp[b + 1]);
+  }
+  std::vector<int32_t> offsets(static_cast<size_t>(units));
+  TORCH_CHECK(k::bs_unit_offsets(g, tp.const_data_ptr<int32_t>(), units, offsets.data()), op,
+              ": taps should lie in [0, KH*KW*units_per_pixel) = [0, ", g.kh * g.kw * g.cu,
+              ") for this layer; was the weight packed for another layer?");
+
+  auto out = at::empty({n, out_channels, g.ho, g.wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
+
+  // Input laid out on the wide grid (skipped for 1x1 stride-1 unpadded convs with plain gather).
+  const int64_t in_elem = bf16 ? 2 : 4;
+  const char* xin = static_cast<const char*>(x.const_data_ptr());
+  const int64_t image_bytes = in_channels * g.h * g.w * in_elem;
+  at::Tensor buffer;
+  const uint32_t* base = reinterpret_cast<const uint32_t*>(xin);
+  if (!g.direct) {
+    buffer = at::empty({n, g.image_units}, x.options().dtype(at::kInt));
+    uint32_t* pb = reinterpret_cast<uint32_t*>(buffer.mutable_data_ptr<int32_t>());
+    const int64_t rows = k::bs_buffer_rows(g);
+    at::parallel_for(0, n * rows, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end;) {
+        const int64_t img = i / rows, r0 = i % rows, r1 = std::min(rows, r0 + (end - i));
+        uint32_t* buf = pb + img * g.image_units;
+        if (bf16) {
+          k::bs_prepare_rows(g, reinterpret_cast<const uint16_t*>(xin + img * image_bytes), buf, r0, r1);
+        } else {
+          k::bs_prepare_rows(g, reinterpret_cast<const float*>(xin + img * image_bytes), buf, r0, r1);
+        }
+        if (r1 == rows) {
+          const int64_t used = g.pa * g.pb * g.plane;
+          std::fill(buf + used, buf + g.image_units, 0u);
+        }
+        i += r1 - r0;
+      }
+    });
+    base = pb;
+  }
+  const int64_t in_stride = g.direct ? in_channels * g.h * g.w * in_elem / 4 : g.image_units;
+
+  int tile = 0;
+  const k::BsTileFn fn = k::bs_select(current_isa(op), bf16, &tile);
+  const int64_t tiles = (g.wide_pixels() + tile - 1) / tile;
+  const int64_t want = kItemsPerThread * at::get_num_threads();
+  const int64_t n_chunks = std::min(tiles, std::max<int64_t>(1, (want + n - 1) / n));
+  const int64_t per_chunk = (tiles + n_chunks - 1) / n_chunks;
+
+  k::BsArgs args;
+  args.g = g;
+  args.weight = reinterpret_cast<const uint32_t*>(w.const_data_ptr());
+  args.offsets = offsets.data();
+  args.block_ptr = pbp;
+  args.cout = out_channels;
+  args.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  args.silu = silu;
+  char* po = static_cast<char*>(out.mutable_data_ptr());
+  const int64_t out_image_bytes = out_channels * g.ho * g.wo * in_elem;
+  at::parallel_for(0, n * n_chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t img = item / n_chunks, ch = item % n_chunks;
+      k::BsArgs a = args;
+      a.output = po + img * out_image_bytes;
+      const int64_t t0 = ch * per_chunk, t1 = std::min(tiles, t0 + per_chunk);
+      if (t0 < t1) k::bs_run(a, base + img * in_stride, t0, t1, fn, tile);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseyolo, CPU, m) {
+  m.impl("block_sparse_conv2d", TORCH_FN(block_sparse_conv2d_cpu));
+}
+
+}  // namespace ops
+}  // namespace sparseyolo
