@@ -232,8 +232,9 @@ def _block_sparse_conv2d_fake(
                  lambda: f"{op}: in_channels and out_channels should be positive, got {in_channels} and {out_channels}")
     torch._check(input.shape[1] == in_channels,
                  lambda: f"{op}: input has {input.shape[1]} channels, the packed weight expects {in_channels}")
-    torch._check(gather in ("plain", "pairs24"), lambda: f"{op}: gather should be 'plain' or 'pairs24', got '{gather}'")
-    torch._check(gather != "pairs24" or bf16, lambda: f"{op}: gather 'pairs24' is for bfloat16 inputs, got {input.dtype}")
+    torch._check(gather in ("plain", "pairs24", "tiles32"),
+                 lambda: f"{op}: gather should be 'plain', 'pairs24' or 'tiles32', got '{gather}'")
+    torch._check(gather == "plain" or bf16, lambda: f"{op}: gather '{gather}' is for bfloat16 inputs, got {input.dtype}")
     _check_conv_args(op, kernel_size, stride, padding, activation)
     nb = (out_channels + 15) // 16
     torch._check(block_ptr.dim() == 1 and block_ptr.dtype == torch.int64 and block_ptr.shape[0] == nb + 1,

@@ -384,15 +384,17 @@ def block_sparse_conv2d(
         bias (Tensor[Cout] float32, optional).
         stride, padding: as in ``F.conv2d`` (zero padding, groups = 1, dilation = 1).
         activation: ``"identity"`` or ``"silu"`` (fused in the epilogue, in fp32).
-        gather: the packing's ``gather`` (``"plain"``, or ``"pairs24"`` for bf16 2:4 blocks).
+        gather: the packing's ``gather`` (``"plain"``; ``"pairs24"`` for bf16 2:4 blocks; ``"tiles32"`` for bf16
+            32-channel tiles, run on AMX where the CPU has it).
 
     Returns:
         Tensor[N, Cout, H', W'] in the input's dtype, channels_last.
 
     Caveats:
         No autograd. Accumulates in fp32; a bf16 output is rounded once, after the activation. The SIMD path is the
-        CPU's best of AVX-512 BF16, AVX-512, AVX2/FMA and portable C++; ``SPARSEYOLO_CPU_ISA=avx512|avx2|portable``
-        caps it (:func:`cpu_isa` says which runs). Without AVX-512 BF16, bf16 products are computed in fp32 FMAs.
+        CPU's best of AMX (tiles32 only), AVX-512 BF16, AVX-512, AVX2/FMA and portable C++;
+        ``SPARSEYOLO_CPU_ISA=avx512_bf16|avx512|avx2|portable`` caps it (:func:`cpu_isa` says which runs). Without
+        AVX-512 BF16, bf16 products are computed in fp32 FMAs.
     """
     return torch.ops.sparseyolo.block_sparse_conv2d.default(
         input, weight, taps, block_ptr, in_channels, out_channels, _pair(kernel_size), bias, _pair(stride),
@@ -400,6 +402,6 @@ def block_sparse_conv2d(
 
 
 def cpu_isa() -> str:
-    """The SIMD path sparseyolo's CPU kernels take now: ``"avx512_bf16"``, ``"avx512"``, ``"avx2"`` or
+    """The SIMD path sparseyolo's CPU kernels take now: ``"amx"``, ``"avx512_bf16"``, ``"avx512"``, ``"avx2"`` or
     ``"portable"`` (the CPU's best, capped by the environment variable ``SPARSEYOLO_CPU_ISA``)."""
     return torch.ops.sparseyolo.cpu_isa()

@@ -10,7 +10,7 @@ from sparseyolo import ops
 from sparseyolo.sparse.block_packing import BLOCK, pack_block_sparse, pairs24_possible
 
 RTOL_FP32 = 1e-4  # max |err| / max |ref|
-ISAS = ("portable", "avx2", "avx512", "avx512_bf16")
+ISAS = ("portable", "avx2", "avx512", "avx512_bf16", "amx")
 
 
 def _supported(isa: str) -> bool:
@@ -41,6 +41,10 @@ def _pattern_weight(cout: int, cin: int, kh: int, kw: int, pattern: str, gen: to
         mask = (torch.rand(nb, 1, cin, kh, kw, generator=gen) >= 0.75).float()
     elif pattern == "unstructured 50%":  # each block keeps a row when any of its channels does: still exact
         return w * (torch.rand(w.shape, generator=gen) >= 0.5)
+    elif pattern == "tiles 50%":  # whole 16 x 32 tiles of a tap (AMX's tile), as tile pruning makes them
+        nq = (cin + 31) // 32
+        keep = (torch.rand(nb, 1, nq, 1, kh, kw, generator=gen) >= 0.5).float()
+        mask = keep.expand(nb, 1, nq, 32, kh, kw).reshape(nb, 1, nq * 32, kh, kw)[:, :, :cin]
     else:
         raise ValueError(pattern)
     return w * mask.expand(nb, BLOCK, cin, kh, kw).reshape(nb * BLOCK, cin, kh, kw)[:cout]
@@ -64,7 +68,7 @@ def _rel(y, ref):
 # (cin, cout): channels not multiples of the block, of 4, both; (kh, kw, stride, padding); batch, image
 CHANNELS = [(16, 32), (12, 33), (64, 40), (8, 17)]
 GEOMS = [(1, 1, 1, 0), (1, 1, 2, 0), (3, 3, 1, 1), (3, 3, 2, 1), (3, 3, 1, 0), (5, 5, 1, 2), (1, 3, 1, 0)]
-PATTERNS = ["2:4 block16", "rows 75% block16", "dense", "unstructured 50%"]
+PATTERNS = ["2:4 block16", "rows 75% block16", "dense", "unstructured 50%", "tiles 50%"]
 
 
 class TestBlockSparseConv2dFp32:
@@ -119,7 +123,7 @@ class TestBlockSparseConv2dFp32:
 
 
 class TestBlockSparseConv2dBf16:
-    @pytest.mark.parametrize("cin,cout", [(16, 32), (12, 33), (64, 40)])
+    @pytest.mark.parametrize("cin,cout", [(16, 32), (12, 33), (64, 40), (96, 16)])
     @pytest.mark.parametrize("kh,kw,stride,padding", [(1, 1, 1, 0), (3, 3, 1, 1), (3, 3, 2, 1), (1, 3, 1, 0)])
     @pytest.mark.parametrize("pattern", PATTERNS)
     def test_within_2x_pytorch_bf16_error(self, isa, cin, cout, kh, kw, stride, padding, pattern):
@@ -129,7 +133,7 @@ class TestBlockSparseConv2dBf16:
         x = torch.randn(2, cin, 11, 9, generator=gen)
         ref = _reference(x, w, b, stride, padding, "silu")
         torch_bf16 = F.silu(F.conv2d(x.bfloat16(), w.bfloat16(), b.bfloat16(), stride, padding))
-        gathers = ["plain"] + (["pairs24"] if pairs24_possible(w) else [])
+        gathers = ["plain", "tiles32"] + (["pairs24"] if pairs24_possible(w) else [])
         for gather in gathers:
             packed = pack_block_sparse(w, torch.bfloat16, gather)
             y = _run(x.bfloat16().contiguous(memory_format=torch.channels_last), packed, b, stride, padding, "silu")
@@ -145,12 +149,13 @@ class TestBlockSparseConv2dBf16:
         assert torch.equal(packed.to_dense(), w.bfloat16().float())
         assert pack_block_sparse(_pattern_weight(32, 64, 3, 3, "dense", gen), torch.bfloat16).gather == "plain"
 
-    def test_same_result_on_every_isa(self, monkeypatch):
+    @pytest.mark.parametrize("gather", ["pairs24", "tiles32"])
+    def test_same_result_on_every_isa(self, monkeypatch, gather):
         """All paths accumulate in fp32 and round once: the ISA changes the summation order only."""
         gen = torch.Generator().manual_seed(4)
-        w = _pattern_weight(48, 32, 3, 3, "2:4 block16", gen)
-        x = torch.randn(1, 32, 9, 9, generator=gen).bfloat16()
-        packed = pack_block_sparse(w, torch.bfloat16)
+        w = _pattern_weight(48, 64, 3, 3, "2:4 block16", gen)
+        x = torch.randn(1, 64, 9, 9, generator=gen).bfloat16()
+        packed = pack_block_sparse(w, torch.bfloat16, gather)
         outs = []
         for isa in ISAS:
             if _supported(isa):
@@ -159,10 +164,18 @@ class TestBlockSparseConv2dBf16:
         for y in outs[1:]:
             assert torch.allclose(y, outs[0], rtol=1e-2, atol=1e-2)
 
+    def test_tiles32_skips_pruned_tiles(self):
+        gen = torch.Generator().manual_seed(8)
+        w = _pattern_weight(32, 64, 3, 3, "tiles 50%", gen)
+        packed = pack_block_sparse(w, torch.bfloat16, "tiles32")
+        assert packed.units == int((w.reshape(2, 16, 2, 32, 9) != 0).any(dim=3).any(dim=1).sum())
+        assert packed.units < packed.dense_units()
+        assert packed.weight.shape == (packed.units, 16, 16, 2)
+
 
 class TestPacking:
     @pytest.mark.parametrize("dtype,gather", [(torch.float32, None), (torch.bfloat16, "plain"),
-                                              (torch.bfloat16, "pairs24")])
+                                              (torch.bfloat16, "pairs24"), (torch.bfloat16, "tiles32")])
     def test_round_trip(self, dtype, gather):
         gen = torch.Generator().manual_seed(5)
         w = _pattern_weight(33, 12, 3, 3, "2:4 block16", gen)
@@ -182,6 +195,8 @@ class TestPacking:
             pack_block_sparse(torch.randn(16, 8, 1, 1), torch.bfloat16, "pairs24")
         with pytest.raises(ValueError, match="for bfloat16"):
             pack_block_sparse(torch.randn(16, 8, 1, 1), torch.float32, "pairs24")
+        with pytest.raises(ValueError, match="for bfloat16"):
+            pack_block_sparse(torch.randn(16, 8, 1, 1), torch.float32, "tiles32")
         with pytest.raises(ValueError, match="dtype"):
             pack_block_sparse(torch.randn(16, 8, 1, 1), torch.float16)
         with pytest.raises(ValueError, match="Cout, Cin, KH, KW"):

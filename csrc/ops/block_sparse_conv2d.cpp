@@ -13,8 +13,8 @@ namespace {
 std::string cpu_isa() {
   namespace k = sparseyolo::kernels;
   k::CpuIsa cap;
-  TORCH_CHECK(k::cpu_isa_env_cap(&cap), "sparseyolo: SPARSEYOLO_CPU_ISA should be one of avx512_bf16, avx512, avx2, "
-              "portable (or unset), got '", std::getenv("SPARSEYOLO_CPU_ISA"), "'");
+  TORCH_CHECK(k::cpu_isa_env_cap(&cap), "sparseyolo: SPARSEYOLO_CPU_ISA should be one of amx, avx512_bf16, avx512, "
+              "avx2, portable (or unset), got '", std::getenv("SPARSEYOLO_CPU_ISA"), "'");
   return k::cpu_isa_name(k::cpu_isa_min(k::cpu_isa_detected(), cap));
 }
 

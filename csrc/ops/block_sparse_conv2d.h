@@ -14,8 +14,8 @@ namespace ops {
 
 constexpr int64_t kBlockSparseBlock = 16;  // output channels per block (kernels::kBsBlock)
 
-// Returns true for gather "pairs24", false for "plain"; *silu for the activation.
-inline bool check_block_sparse_conv2d_inputs(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& taps,
+// Returns the gather (0 plain, 1 pairs24, 2 tiles32: kernels::BsGather); *silu for the activation.
+inline int check_block_sparse_conv2d_inputs(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& taps,
                                              const at::Tensor& block_ptr, int64_t in_channels, int64_t out_channels,
                                              at::IntArrayRef kernel_size, const c10::optional<at::Tensor>& bias,
                                              at::IntArrayRef stride, at::IntArrayRef padding,
@@ -29,17 +29,24 @@ inline bool check_block_sparse_conv2d_inputs(const at::Tensor& input, const at::
               in_channels, " and ", out_channels);
   TORCH_CHECK(input.size(1) == in_channels, op, ": input has ", input.size(1), " channels, the packed weight expects ",
               in_channels);
-  TORCH_CHECK(gather == "plain" || gather == "pairs24", op, ": gather should be 'plain' or 'pairs24', got '",
-              std::string(gather), "'");
-  const bool pairs24 = gather == "pairs24";
-  TORCH_CHECK(!pairs24 || bf16, op, ": gather 'pairs24' is for bfloat16 inputs, got ", input.scalar_type());
-  TORCH_CHECK(!bf16 || in_channels % (pairs24 ? 4 : 2) == 0, op, ": bfloat16 with gather '", std::string(gather),
-              "' needs in_channels divisible by ", pairs24 ? 4 : 2, ", got ", in_channels);
+  TORCH_CHECK(gather == "plain" || gather == "pairs24" || gather == "tiles32", op,
+              ": gather should be 'plain', 'pairs24' or 'tiles32', got '", std::string(gather), "'");
+  const int mode = gather == "plain" ? 0 : gather == "pairs24" ? 1 : 2;
+  TORCH_CHECK(mode == 0 || bf16, op, ": gather '", std::string(gather), "' is for bfloat16 inputs, got ",
+              input.scalar_type());
+  const int64_t multiple = mode == 1 ? 4 : 2;
+  TORCH_CHECK(!bf16 || mode == 2 || in_channels % multiple == 0, op, ": bfloat16 with gather '", std::string(gather),
+              "' needs in_channels divisible by ", multiple, ", got ", in_channels);
   const at::ScalarType wtype = bf16 ? at::kBFloat16 : at::kFloat;
-  TORCH_CHECK(weight.scalar_type() == wtype && weight.dim() == (bf16 ? 3 : 2) && weight.size(1) == kBlockSparseBlock &&
-                  (!bf16 || weight.size(2) == 2),
-              op, ": weight should be ", wtype, " [units, 16", bf16 ? ", 2]" : "]", " for a ", input.scalar_type(),
-              " input, got ", weight.scalar_type(), " ", weight.sizes());
+  // fp32 [U, 16]; bf16 [U, 16, 2] (pairs); tiles32 [U, 16, 16, 2] (16 pairs of 16 channels, AMX's B tile)
+  const char* wshape = !bf16 ? "[units, 16]" : mode == 2 ? "[units, 16, 16, 2]" : "[units, 16, 2]";
+  const bool shape_ok = !bf16   ? weight.dim() == 2 && weight.size(1) == kBlockSparseBlock
+                        : mode == 2 ? weight.dim() == 4 && weight.size(1) == 16 && weight.size(2) == kBlockSparseBlock &&
+                                          weight.size(3) == 2
+                                    : weight.dim() == 3 && weight.size(1) == kBlockSparseBlock && weight.size(2) == 2;
+  TORCH_CHECK(weight.scalar_type() == wtype && shape_ok, op, ": weight should be ", wtype, " ", wshape,
+              " for a ", input.scalar_type(), " input with gather '", std::string(gather), "', got ",
+              weight.scalar_type(), " ", weight.sizes());
   TORCH_CHECK(taps.dim() == 1 && taps.scalar_type() == at::kInt && taps.numel() == weight.size(0), op,
               ": taps should be a 1D int32 tensor of one entry per weight unit (", weight.size(0), "), got ",
               taps.dim(), "D ", taps.scalar_type(), " with ", taps.numel(), " entries");
@@ -62,7 +69,7 @@ inline bool check_block_sparse_conv2d_inputs(const at::Tensor& input, const at::
   const int64_t hp = input.size(2) + 2 * padding[0], wp = input.size(3) + 2 * padding[1];
   TORCH_CHECK(hp >= kernel_size[0] && wp >= kernel_size[1], op, ": padded input ", hp, "x", wp,
               " is smaller than the kernel ", kernel_size[0], "x", kernel_size[1]);
-  return pairs24;
+  return mode;
 }
 
 }  // namespace ops

@@ -14,6 +14,10 @@ Units, for a weight ``[Cout, Cin, KH, KW]`` with taps ``t = kh*KW + kw``:
   input holding the 6 pairs of every group; ``taps = t*(Cin/4*6) + 6g + pair``, pairs in the order
   ``(0,1) (0,2) (0,3) (1,2) (1,3) (2,3)``. Possible when every block keeps at most 2 channels of each group at each
   tap (N:M 2:4 and sparser, shared by the block); a 2:4 block then needs half the units of plain gather.
+* bf16, gather ``"tiles32"`` (experimental, for AMX): 32 consecutive channels ``32q .. 32q+31`` at one tap, the K
+  extent of one AMX tile, ``Cin`` zero-padded to a multiple of 32; ``taps = t*ceil(Cin/32) + q``; ``weight`` is
+  ``[U, 16, 16, 2]`` (16 channel pairs x 16 output channels x 2: AMX's B tile). Pays when whole 16 x 32 tiles of a
+  tap are pruned (tile sparsity); otherwise it is the dense work.
 
 ``weight[u]`` holds the block's 16 weights of unit ``u`` (``[U, 16]`` fp32, or ``[U, 16, 2]`` bf16 with the pair's
 first channel first); the units of output block ``b`` (channels ``16b .. 16b+15``, the last block zero-padded) are
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 BLOCK = 16  # output channels per block: one zmm of fp32 accumulators
-GATHERS = ("plain", "pairs24")
+GATHERS = ("plain", "pairs24", "tiles32")
 PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 
 
@@ -52,7 +56,10 @@ class BlockSparseWeight:
     def dense_units(self) -> int:
         """Units a dense weight of this shape would need (the same format, nothing skipped)."""
         cout, cin, kh, kw = self.shape
-        per_pixel = cin if self.dtype == torch.float32 else cin // 2
+        if self.gather == "tiles32":
+            per_pixel = (cin + 31) // 32
+        else:
+            per_pixel = cin if self.dtype == torch.float32 else cin // 2
         return (cout + BLOCK - 1) // BLOCK * kh * kw * per_pixel
 
     def to_dense(self) -> torch.Tensor:
@@ -63,7 +70,12 @@ class BlockSparseWeight:
         blocks = torch.repeat_interleave(torch.arange(nb), (self.block_ptr[1:] - self.block_ptr[:-1]).cpu())
         dense = torch.zeros(nb, kh * kw, cin, BLOCK, dtype=torch.float32)
         w = self.weight.float().cpu()
-        if self.dtype == torch.float32:
+        if self.gather == "tiles32":
+            nq = (cin + 31) // 32
+            padded = torch.zeros(nb, kh * kw, nq, 16, 2, BLOCK, dtype=torch.float32)
+            padded[blocks, taps // nq, taps % nq] = w.permute(0, 1, 3, 2)  # [U, 16 pairs, 2, 16 channels]
+            dense = padded.reshape(nb, kh * kw, nq * 32, BLOCK)[:, :, :cin]
+        elif self.dtype == torch.float32:
             dense[blocks, taps // cin, taps % cin] = w
         elif self.gather == "plain":
             t, p = taps // (cin // 2), taps % (cin // 2)
@@ -139,6 +151,18 @@ def _pack_pairs24(wb: torch.Tensor, shape: tuple[int, int, int, int]) -> BlockSp
                              "pairs24")
 
 
+def _pack_tiles32(wb: torch.Tensor, shape: tuple[int, int, int, int]) -> BlockSparseWeight:
+    nb, _, taps_n, cin = wb.shape
+    nq = (cin + 31) // 32
+    padded = torch.zeros(nb, BLOCK, taps_n, nq * 32, dtype=torch.float32)
+    padded[..., :cin] = wb
+    tiles = padded.reshape(nb, BLOCK, taps_n, nq, 16, 2)
+    b, t, q = (tiles != 0).any(dim=5).any(dim=4).any(dim=1).nonzero(as_tuple=True)
+    weight = tiles.permute(0, 2, 3, 4, 1, 5)[b, t, q]  # [U, 16 pairs, 16 channels, 2]
+    return BlockSparseWeight(weight.to(torch.bfloat16).contiguous(), (t * nq + q).to(torch.int32), _block_ptr(b, nb),
+                             shape, "tiles32")
+
+
 def pairs24_possible(weight: torch.Tensor) -> bool:
     """True when every block of 16 output channels keeps at most 2 channels of each group of 4 at each tap."""
     cin = weight.shape[1]
@@ -152,8 +176,9 @@ def pack_block_sparse(weight: torch.Tensor, dtype: torch.dtype = torch.float32,
     Args:
         weight (Tensor[Cout, Cin, KH, KW]): the conv weight, BatchNorm folded; any float dtype.
         dtype: ``torch.float32`` or ``torch.bfloat16``: the precision the layer will run in.
-        gather: bf16 only: ``"plain"`` (aligned channel pairs) or ``"pairs24"`` (any pair of a group of 4);
-            ``None`` picks pairs24 when the pattern allows it and it needs at least 10% fewer units.
+        gather: bf16 only: ``"plain"`` (aligned channel pairs), ``"pairs24"`` (any pair of a group of 4) or
+            ``"tiles32"`` (32-channel tiles, for AMX); ``None`` picks pairs24 when the pattern allows it and it
+            needs at least 10% fewer units, else plain (tiles32 only when asked for).
 
     Returns:
         BlockSparseWeight.
@@ -172,9 +197,11 @@ def pack_block_sparse(weight: torch.Tensor, dtype: torch.dtype = torch.float32,
     cin = shape[1]
     wb = _blocked(weight)
     if dtype == torch.float32:
-        if gather == "pairs24":
-            raise ValueError("pack_block_sparse: gather 'pairs24' is for bfloat16 (fp32 units are single values)")
+        if gather in ("pairs24", "tiles32"):
+            raise ValueError(f"pack_block_sparse: gather '{gather}' is for bfloat16 (fp32 units are single values)")
         return _pack_plain(wb, shape, bf16=False)
+    if gather == "tiles32":
+        return _pack_tiles32(wb, shape)
     if cin % 2:
         raise ValueError(f"pack_block_sparse: bfloat16 needs an even number of input channels, got Cin = {cin}")
     if gather == "plain":

@@ -37,9 +37,11 @@ namespace sparseyolo {
 namespace kernels {
 
 constexpr int64_t kBsBlock = 16;    // output channels per block (one zmm of fp32)
-constexpr int64_t kBsMaxTile = 32;  // largest pixel tile of any path (buffer slack)
+constexpr int64_t kBsMaxTile = 64;  // largest pixel tile of any path (buffer slack)
 
-enum class BsGather : int { kPlain = 0, kPairs24 = 1 };
+// kTiles32 (bf16, experimental): a unit is 32 consecutive input channels at one tap (16 pairs), the K extent of one
+// AMX tile; the buffer pads Cin to a multiple of 32 with zeros.
+enum class BsGather : int { kPlain = 0, kPairs24 = 1, kTiles32 = 2 };
 
 // The 6 pairs of a group of 4 channels in a kPairs24 buffer, in this order: (0,1) (0,2) (0,3) (1,2) (1,3) (2,3).
 // The first channel of a pair is the low half of the 32-bit unit (vdpbf16ps multiplies low with low).
@@ -58,11 +60,16 @@ struct BsGeometry {
   int64_t wide_pixels() const { return ho * wq; }
 };
 
-// Units per pixel: fp32 -> Cin values; bf16 plain -> Cin/2 pairs (Cin even); bf16 pairs24 -> 6 per 4 channels.
+// 4-byte units per pixel: fp32 -> Cin values; bf16 plain -> Cin/2 pairs (Cin even); bf16 pairs24 -> 6 per 4
+// channels; bf16 tiles32 -> 16 pairs per 32 channels (Cin rounded up).
 inline int64_t bs_units_per_pixel(int64_t cin, bool bf16, BsGather gather) {
   if (!bf16) return cin;
+  if (gather == BsGather::kTiles32) return (cin + 31) / 32 * 16;
   return gather == BsGather::kPairs24 ? cin / 4 * 6 : cin / 2;
 }
+
+// Units of the packed weight per taps entry: 16 pairs for tiles32, else 1.
+inline int64_t bs_unit_width(BsGather gather) { return gather == BsGather::kTiles32 ? 16 : 1; }
 
 inline BsGeometry bs_geometry(int64_t cin, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                               int64_t ph, int64_t pw, bool bf16, BsGather gather) {
@@ -71,7 +78,9 @@ inline BsGeometry bs_geometry(int64_t cin, int64_t h, int64_t w, int64_t kh, int
   g.bf16 = bf16, g.gather = gather;
   g.ho = (h + 2 * ph - kh) / sh + 1;
   g.wo = (w + 2 * pw - kw) / sw + 1;
-  g.direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && gather == BsGather::kPlain;
+  // tiles32 reads the input itself too when Cin needs no padding (its pixel is then Cin/2 pairs, as plain's).
+  g.direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 &&
+             (gather == BsGather::kPlain || (gather == BsGather::kTiles32 && bf16 && cin % 32 == 0));
   g.pa = std::min(sh, kh);
   g.pb = std::min(sw, kw);
   g.hq = g.ho + (kh - 1) / sh;
@@ -105,6 +114,11 @@ inline void bs_prepare_rows(const BsGeometry& g, const T* x, uint32_t* buf, int6
         std::memcpy(u, src, sizeof(uint32_t) * cu);  // cin floats, or cin bf16 = cin/2 pairs
         continue;
       }
+      if (g.gather == BsGather::kTiles32) {
+        std::memcpy(u, src, sizeof(T) * g.cin);
+        std::memset(reinterpret_cast<char*>(u) + sizeof(T) * g.cin, 0, sizeof(uint32_t) * cu - sizeof(T) * g.cin);
+        continue;
+      }
       for (int64_t grp = 0; grp < g.cin / 4; ++grp) {
         const uint32_t x0 = static_cast<uint32_t>(src[4 * grp]), x1 = static_cast<uint32_t>(src[4 * grp + 1]);
         const uint32_t x2 = static_cast<uint32_t>(src[4 * grp + 2]), x3 = static_cast<uint32_t>(src[4 * grp + 3]);
@@ -118,14 +132,14 @@ inline void bs_prepare_rows(const BsGeometry& g, const T* x, uint32_t* buf, int6
 
 inline int64_t bs_buffer_rows(const BsGeometry& g) { return g.pa * g.pb * g.hq; }
 
-// taps[u] = (kh*KW + kw) * cu + c names unit u (tap, unit c of that pixel); offsets[u] = its buffer offset from a
-// wide pixel's first unit. False when a tap lies outside [0, KH*KW*cu).
+// taps[u] = (kh*KW + kw) * per_tap + c names unit u (tap, unit c of that pixel, in steps of bs_unit_width);
+// offsets[u] = its buffer offset from a wide pixel's first unit. False when a tap lies outside [0, KH*KW*per_tap).
 inline bool bs_unit_offsets(const BsGeometry& g, const int32_t* taps, int64_t n, int32_t* offsets) {
-  const int64_t limit = g.kh * g.kw * g.cu;
+  const int64_t width = bs_unit_width(g.gather), per_tap = g.cu / width, limit = g.kh * g.kw * per_tap;
   for (int64_t u = 0; u < n; ++u) {
     const int64_t t = taps[u];
     if (t < 0 || t >= limit) return false;
-    const int64_t tap = t / g.cu, c = t % g.cu, i = tap / g.kw, j = tap % g.kw;
+    const int64_t tap = t / per_tap, c = t % per_tap * width, i = tap / g.kw, j = tap % g.kw;
     const int64_t phase = (i % g.sh) * g.pb + (j % g.sw);
     offsets[u] = static_cast<int32_t>(phase * g.plane + ((i / g.sh) * g.wq + j / g.sw) * g.cu + c);
   }
@@ -210,6 +224,7 @@ inline void bs_tile_portable(const BsArgs& a, const uint32_t* in, const int64_t*
 #define SPARSEYOLO_BS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
 #define SPARSEYOLO_BS_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"), always_inline)) inline
 #define SPARSEYOLO_BS_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
+#define SPARSEYOLO_BS_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
 
 // ---------------------------------------------------------------------------------------------- AVX2 / FMA
 // exp(x), x clamped to [-87.3, 88.3]: Cody-Waite reduction, degree-6 polynomial (relative error ~2e-7).
@@ -318,8 +333,12 @@ SPARSEYOLO_BS_AVX512_INLINE void bs_store_avx512(const BsArgs& a, const int64_t*
     if (out_pix[i] < 0) continue;
     __m512 v = _mm512_add_ps(acc[i], bias);
     if (a.silu) {
+      // v / (1 + e^-v) with a reciprocal estimate and one Newton step (~1e-7 relative): a zmm division costs
+      // about as much as the rest of the epilogue
       const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.f), bs_exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), v)));
-      v = _mm512_div_ps(v, den);
+      __m512 r = _mm512_rcp14_ps(den);
+      r = _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.f)));
+      v = _mm512_mul_ps(v, r);
     }
     const int64_t at = out_pix[i] * a.cout + c0;
     if (a.g.bf16) {
@@ -385,15 +404,62 @@ SPARSEYOLO_BS_AVX512BF16 void bs_tile_avx512bf16(const BsArgs& a, const uint32_t
   }
   bs_store_avx512<P>(a, out_pix, ob, acc);
 }
+
+// --------------------------------------------------------------------------------------- AMX (experimental)
+// One call: 64 wide pixels (4 A tiles of 16 pixel rows at the pixel stride) x one block of 16 output channels
+// (4 C tiles of 16 x 16 fp32); per tiles32 unit, one B tile (16 pairs x 16 channels, 1 KiB, the unit's panel in
+// VNNI order) and 4 tdpbf16ps. The tile configuration is loaded per call: oneDNN may configure the tiles of the
+// same thread differently between our calls.
+struct alignas(64) BsTileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+SPARSEYOLO_BS_AMX void bs_tile_amx(const BsArgs& a, const uint32_t* in, const int64_t* out_pix, int64_t ob) {
+  BsTileConfig cfg;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  _tile_loadconfig(&cfg);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t stride = a.g.cu * 4;  // bytes from one pixel to the next
+  for (int64_t u = a.block_ptr[ob]; u < a.block_ptr[ob + 1]; ++u) {
+    const char* p = reinterpret_cast<const char*>(in + a.offsets[u]);
+    _tile_loadd(6, a.weight + u * 256, 64);
+    _tile_loadd(4, p, stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(5, p + 16 * stride, stride);
+    _tile_dpbf16ps(1, 5, 6);
+    _tile_loadd(4, p + 32 * stride, stride);
+    _tile_dpbf16ps(2, 4, 6);
+    _tile_loadd(5, p + 48 * stride, stride);
+    _tile_dpbf16ps(3, 5, 6);
+  }
+  alignas(64) float c[64 * kBsBlock];
+  _tile_stored(0, c, 64);
+  _tile_stored(1, c + 16 * kBsBlock, 64);
+  _tile_stored(2, c + 32 * kBsBlock, 64);
+  _tile_stored(3, c + 48 * kBsBlock, 64);
+  __m512 acc[64];
+  for (int i = 0; i < 64; ++i) acc[i] = _mm512_load_ps(c + i * kBsBlock);
+  bs_store_avx512<64>(a, out_pix, ob, acc);
+}
 #endif  // SPARSEYOLO_BS_X86
 
 using BsTileFn = void (*)(const BsArgs&, const uint32_t*, const int64_t*, int64_t);
 
 // The tile function and its pixel count for an ISA and a dtype. P: accumulators that fit the register file next to
 // the weight vector(s) (32 zmm: 24 tiles; 16 ymm: 6 tiles of 2 vectors, 4 for the bf16 emulation's 4 weights).
-inline BsTileFn bs_select(CpuIsa isa, bool bf16, int* tile) {
+// gather kTiles32 on kAmx takes the AMX tile; every other call gets units of one pair (tiles32 expanded by the caller).
+inline BsTileFn bs_select(CpuIsa isa, bool bf16, BsGather gather, int* tile) {
 #if defined(SPARSEYOLO_BS_X86)
-  if (isa == CpuIsa::kAvx512Bf16 && bf16) {
+  if (isa == CpuIsa::kAmx && gather == BsGather::kTiles32) {
+    *tile = 64;
+    return bs_tile_amx;
+  }
+  if (isa >= CpuIsa::kAvx512Bf16 && bf16) {
     *tile = 24;
     return bs_tile_avx512bf16<24>;
   }
@@ -416,6 +482,7 @@ inline BsTileFn bs_select(CpuIsa isa, bool bf16, int* tile) {
 #endif
   (void)isa;
   (void)bf16;
+  (void)gather;
   *tile = 8;
   return bs_tile_portable<8>;
 }
@@ -434,9 +501,10 @@ inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t
     while (b1 < nb && (a.block_ptr[b1 + 1] - a.block_ptr[b0]) * kBsBlock * 4 <= kGroupBytes) ++b1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t q0 = t * tile;
-      for (int i = 0; i < tile; ++i) {
-        const int64_t q = q0 + i, oh = q / g.wq, ow = q % g.wq;
-        out_pix[i] = (q < pixels && ow < g.wo) ? oh * g.wo + ow : -1;
+      int64_t oh = q0 / g.wq, ow = q0 % g.wq;  // walked, not divided, per pixel
+      for (int i = 0; i < tile; ++i, ++ow) {
+        if (ow == g.wq) ow = 0, ++oh;
+        out_pix[i] = (q0 + i < pixels && ow < g.wo) ? oh * g.wo + ow : -1;
       }
       const uint32_t* in = image + q0 * g.cu;
       if (g.direct && q0 + tile > pixels) {
@@ -456,6 +524,7 @@ inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t
 #undef SPARSEYOLO_BS_AVX512
 #undef SPARSEYOLO_BS_AVX512_INLINE
 #undef SPARSEYOLO_BS_AVX512BF16
+#undef SPARSEYOLO_BS_AMX
 #endif
 
 }  // namespace kernels

@@ -26,8 +26,8 @@ constexpr int64_t kItemsPerThread = 4;
 
 k::CpuIsa current_isa(const char* op) {
   k::CpuIsa cap;
-  TORCH_CHECK(k::cpu_isa_env_cap(&cap), op, ": SPARSEYOLO_CPU_ISA should be one of avx512_bf16, avx512, avx2, "
-              "portable (or unset), got '", std::getenv("SPARSEYOLO_CPU_ISA"), "'");
+  TORCH_CHECK(k::cpu_isa_env_cap(&cap), op, ": SPARSEYOLO_CPU_ISA should be one of amx, avx512_bf16, avx512, "
+              "avx2, portable (or unset), got '", std::getenv("SPARSEYOLO_CPU_ISA"), "'");
   return k::cpu_isa_min(k::cpu_isa_detected(), cap);
 }
 
@@ -38,8 +38,9 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
                                    c10::string_view gather) {
   const char* op = "sparseyolo::block_sparse_conv2d";
   bool silu = false;
-  const bool pairs24 = check_block_sparse_conv2d_inputs(input, weight, taps, block_ptr, in_channels, out_channels,
-                                                        kernel_size, bias, stride, padding, activation, gather, &silu);
+  const auto mode = static_cast<k::BsGather>(check_block_sparse_conv2d_inputs(
+      input, weight, taps, block_ptr, in_channels, out_channels, kernel_size, bias, stride, padding, activation,
+      gather, &silu));
   const bool bf16 = input.scalar_type() == at::kBFloat16;
   const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const auto w = weight.contiguous();
@@ -47,8 +48,7 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
   const auto bp = block_ptr.contiguous();
   const int64_t n = x.size(0), units = w.size(0);
   const k::BsGeometry g = k::bs_geometry(in_channels, x.size(2), x.size(3), kernel_size[0], kernel_size[1], stride[0],
-                                         stride[1], padding[0], padding[1], bf16,
-                                         pairs24 ? k::BsGather::kPairs24 : k::BsGather::kPlain);
+                                         stride[1], padding[0], padding[1], bf16, mode);
   TORCH_CHECK(g.image_units < (int64_t(1) << 31), op, ": one image needs ", g.image_units,
               " 4-byte units of input buffer, more than int32 offsets address");
 
@@ -62,8 +62,22 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
   }
   std::vector<int32_t> offsets(static_cast<size_t>(units));
   TORCH_CHECK(k::bs_unit_offsets(g, tp.const_data_ptr<int32_t>(), units, offsets.data()), op,
-              ": taps should lie in [0, KH*KW*units_per_pixel) = [0, ", g.kh * g.kw * g.cu,
+              ": taps should lie in [0, KH*KW*units_per_tap) = [0, ", g.kh * g.kw * g.cu / k::bs_unit_width(mode),
               ") for this layer; was the weight packed for another layer?");
+
+  int tile = 0;
+  const k::CpuIsa isa = current_isa(op);
+  const k::BsTileFn fn = k::bs_select(isa, bf16, mode, &tile);
+  // tiles32 off AMX: each unit is 16 pair units at consecutive offsets, its panel already [16][16] pairs.
+  std::vector<int64_t> expanded_ptr;
+  if (mode == k::BsGather::kTiles32 && tile != 64) {
+    std::vector<int32_t> pairs(static_cast<size_t>(units * 16));
+    for (int64_t u = 0; u < units; ++u)
+      for (int r = 0; r < 16; ++r) pairs[u * 16 + r] = offsets[u] + r;
+    offsets.swap(pairs);
+    expanded_ptr.resize(static_cast<size_t>(nb + 1));
+    for (int64_t i = 0; i <= nb; ++i) expanded_ptr[i] = pbp[i] * 16;
+  }
 
   auto out = at::empty({n, out_channels, g.ho, g.wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
@@ -99,8 +113,6 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
   }
   const int64_t in_stride = g.direct ? in_channels * g.h * g.w * in_elem / 4 : g.image_units;
 
-  int tile = 0;
-  const k::BsTileFn fn = k::bs_select(current_isa(op), bf16, &tile);
   const int64_t tiles = (g.wide_pixels() + tile - 1) / tile;
   const int64_t want = kItemsPerThread * at::get_num_threads();
   const int64_t n_chunks = std::min(tiles, std::max<int64_t>(1, (want + n - 1) / n));
@@ -110,7 +122,7 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
   args.g = g;
   args.weight = reinterpret_cast<const uint32_t*>(w.const_data_ptr());
   args.offsets = offsets.data();
-  args.block_ptr = pbp;
+  args.block_ptr = expanded_ptr.empty() ? pbp : expanded_ptr.data();
   args.cout = out_channels;
   args.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
   args.silu = silu;

@@ -31,8 +31,8 @@ constexpr int64_t kItemsPerThread = 8;
 // The AVX2/FMA path runs when the CPU has it and SPARSEYOLO_CPU_ISA (kernels/cpu/cpu_isa.h) does not cap below it.
 bool use_avx2(const char* op) {
   k::CpuIsa cap;
-  TORCH_CHECK(k::cpu_isa_env_cap(&cap), op, ": SPARSEYOLO_CPU_ISA should be one of avx512_bf16, avx512, avx2, "
-              "portable (or unset), got '", std::getenv("SPARSEYOLO_CPU_ISA"), "'");
+  TORCH_CHECK(k::cpu_isa_env_cap(&cap), op, ": SPARSEYOLO_CPU_ISA should be one of amx, avx512_bf16, avx512, "
+              "avx2, portable (or unset), got '", std::getenv("SPARSEYOLO_CPU_ISA"), "'");
   return k::spconv_cpu_has_avx2() && static_cast<int>(cap) >= static_cast<int>(k::CpuIsa::kAvx2);
 }
 
