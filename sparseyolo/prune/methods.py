@@ -17,10 +17,11 @@ from torch import nn
 
 from sparseyolo import ops
 from sparseyolo.prune.masks import PATTERN_ATTR, has_mask, set_mask
+from sparseyolo.prune.tiles import TILE_PATTERN, is_tile_mask, tile_mask
 
 LOGGER = logging.getLogger(__name__)
 
-METHODS = ("l1", "global", "nm")
+METHODS = ("l1", "global", "nm", "tile")
 
 
 @dataclass
@@ -157,11 +158,13 @@ def prune(
         weights, with each layer's sparsity held in ``[min_layer_sparsity, max_layer_sparsity]``.
         ``"nm"``: N:M along input channels, keep the ``n`` largest ``|w|`` of every ``m`` consecutive input
         channels at each ``(cout, kh, kw)`` (:func:`sparseyolo.ops.nm_mask`).
+        ``"tile"``: per layer, mask the ``round(amount * tiles)`` 16 x 32 (output x input channel) tiles of each
+        tap with the smallest L2 norm (:mod:`sparseyolo.prune.tiles`): the unit the AMX CPU kernel skips.
 
     Args:
         model: any module; Conv2d/Linear weights are pruned, biases never.
         method: ``"l1"``, ``"global"`` or ``"nm"``.
-        amount: fraction in ``[0, 1)`` for ``l1``/``global``; must be None for ``nm``.
+        amount: fraction in ``[0, 1)`` for ``l1``/``global``/``tile``; must be None for ``nm``.
         n, m: the N:M pattern, ``1 <= n < m <= 16``.
         include, exclude: ``fnmatch`` patterns on module names.
         filter_fn: ``(name, module) -> bool``; False skips the layer.
@@ -217,6 +220,12 @@ def prune(
         for _, mod in selected:
             k = max(round(amount * mod.weight.numel()), _prune_count(mod))
             _set(mod, _mask_lowest(mod, k), "unstructured")
+    elif method == "tile":
+        for _, mod in selected:
+            if mod.weight.dim() != 4:
+                raise ValueError("method 'tile' prunes conv weights [Cout, Cin, KH, KW]; exclude Linear layers")
+            w = mod.weight * mod.weight_mask if has_mask(mod) else mod.weight
+            _set(mod, tile_mask(w, amount), TILE_PATTERN)
     else:
         _prune_global(selected, amount, min_layer_sparsity, max_layer_sparsity)
 
@@ -243,7 +252,10 @@ def _set(mod: nn.Module, new: torch.Tensor, pattern: str) -> None:
         new = new & old
         if torch.equal(new, old):
             pattern = getattr(mod, PATTERN_ATTR, pattern)
-    if pattern != "unstructured":
+    if pattern == TILE_PATTERN:
+        if not is_tile_mask(new):
+            pattern = "unstructured"
+    elif pattern != "unstructured":
         n, m = (int(v) for v in pattern.split(":"))
         if not is_nm_mask(new, n, m):
             pattern = "unstructured"
