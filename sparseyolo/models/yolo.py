@@ -75,15 +75,19 @@ class Detect(nn.Module):
                 # Rebuilt every call (tiny tensors): a cache would go stale when anchors or stride are
                 # loaded or changed after a first forward.
                 self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
-                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
-                xy = (xy * 2 + self.grid[i].to(xy.dtype)) * self.stride[i]
+                # bf16 (8-bit mantissa) cannot hold a 640-pixel coordinate to better than 2-4 px: a bf16 model
+                # decodes in fp32; fp16/fp32 models decode in their own dtype, as YOLOv5 does
+                y = x[i].float() if x[i].dtype == torch.bfloat16 else x[i]
+                xy, wh, conf = y.sigmoid().split((2, 2, self.nc + 1), 4)
+                xy = (xy * 2 + self.grid[i].to(xy.dtype)) * self.stride[i].to(xy.dtype)
                 wh = (wh * 2) ** 2 * self.anchor_grid[i].to(wh.dtype)
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         return x if self.training else (torch.cat(z, 1), x)
 
     def _make_grid(self, nx: int, ny: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell offsets ``Tensor[1, na, ny, nx, 2]`` (minus 0.5) and anchor sizes in pixels, same shape."""
-        d, t = self.anchors[i].device, self.anchors[i].dtype
+        d = self.anchors[i].device
+        t = torch.float32 if self.anchors.dtype == torch.bfloat16 else self.anchors.dtype
         shape = (1, self.na, ny, nx, 2)
         yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
         grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
