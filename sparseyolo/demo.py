@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparseyolo.utils.errors import ParameterError
+
 __all__ = ["DemoConfig", "DemoRow", "DemoResult", "run_demo", "packaged_weights", "format_table", "demo_plots"]
 
 LOGGER = logging.getLogger(__name__)
@@ -307,7 +309,7 @@ def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
     out = Path(cfg.out)
     (out / "weights").mkdir(parents=True, exist_ok=True)
     if (cfg.weights is None) != (cfg.data is None) and cfg.data is None:
-        raise ValueError("--weights needs --data (a dataset whose classes it detects)")
+        raise ParameterError("weights needs data (a dataset whose classes it detects)", "weights", "data")
 
     weights = Path(cfg.weights) if cfg.weights else packaged_weights()
     dense = load_model(weights, fuse=False)

@@ -384,10 +384,11 @@ def train(
         # ---- data
         world = ctx.world_size
         if cfg.batch_size % world:
-            raise ValueError(f"--batch {cfg.batch_size} must be a multiple of the number of processes ({world})")
+            raise ParameterError(f"batch_size {cfg.batch_size} must be a multiple of the number of processes ({world})",
+                                 "batch_size")
         gs = max(int(model.stride.max()), 32)
         if cfg.imgsz % gs:
-            raise ValueError(f"--img {cfg.imgsz} must be a multiple of the model's max stride {gs}")
+            raise ParameterError(f"imgsz {cfg.imgsz} must be a multiple of the model's max stride {gs}", "imgsz")
         aug = dataclasses.replace(cfg.aug, mosaic=cfg.aug.mosaic if cfg.mosaic else 0.0)
         loader, dataset = create_train_dataloader(
             data["train"],
@@ -511,7 +512,7 @@ def train(
                         step_callback(model, ema, step)
 
                 if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(f"loss is {float(loss.detach())} at epoch {epoch} batch {i}; lower --lr0")
+                    raise FloatingPointError(f"loss is {float(loss.detach())} at epoch {epoch} batch {i}; lower lr0")
                 if ctx.is_main:
                     mloss = (mloss * i + loss_items) / (i + 1)
                     mem = f"{torch.cuda.memory_reserved(device) / 1e9 if device.type == 'cuda' else 0:.3g}G"
