@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparseyolo.utils.errors import ParameterError
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -138,7 +140,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
     dev = torch.device("cuda" if device in ("cuda", "gpu") else f"cuda:{device}" if device.isdigit() else device)
     gpu = dev.type == "cuda"
     if gpu and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asks for a GPU but torch sees none; use --device cpu")
+        raise ParameterError(f"device {device!r} asks for a GPU but torch sees none; use device 'cpu'", "device")
     dtype = torch.float16 if gpu else torch.float32
     base = load_model(weights, fuse=False).float().eval()
     rep = sparsity_report(base)

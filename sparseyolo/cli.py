@@ -115,62 +115,31 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
     from sparseyolo.checkpoint import load_model, save_checkpoint
-    from sparseyolo.prune import parse_nm, prune, sparsity_report
+    from sparseyolo.prune import PruneConfig, prune, sparsity_report
 
-    method = args.method or ("nm" if args.nm or args.nm_block != 1 else "l1")
-    kwargs: dict = {"include": args.include, "exclude": args.exclude}
-    if method == "nm":
-        if args.amount is not None:
-            raise _UserError("--method nm takes --nm N:M, not --amount")
-        n, m = parse_nm(args.nm or "2:4")
-        if args.nm_block < 1:
-            raise _UserError(f"--nm-block must be >= 1, got {args.nm_block}")
-        kwargs.update(n=n, m=m, block=args.nm_block)
-        recipe = {"method": "nm", "n": n, "m": m, "block": args.nm_block}
-    else:
-        if args.nm or args.nm_block != 1:
-            raise _UserError(f"--nm and --nm-block are for --method nm, not --method {method}")
-        if args.amount is None:
-            raise _UserError(f"--method {method} needs --amount, a fraction in [0, 1)")
-        if not 0.0 <= args.amount < 1.0:
-            raise _UserError(f"--amount must be in [0, 1), got {args.amount}")
-        kwargs["amount"] = args.amount
-        recipe = {"method": method, "amount": args.amount}
+    cfg = PruneConfig.from_cli_args(args)
     model = load_model(args.weights, fuse=args.fused)
-    if args.calibrate:
-        report = _calibrated_prune(model, method, kwargs, args)
-        recipe.update(calibrate=str(args.calibrate), calib_images=report.calib_images, calib_img=args.calib_img,
-                      blocksize=args.blocksize, damp=args.damp, bn_recalib=args.bn_recalib,
-                      calib_target=args.calib_target, refit=args.refit,
-                      calib_steps=args.calib_steps)
+    if cfg.calibrate:
+        report = _calibrated_prune(model, cfg)
+        cfg.calib_images = report.calib_images  # the images there were, recorded
     else:
-        report = prune(model, method, **kwargs)
+        report = prune(model, cfg.method, **cfg.prune_kwargs())
     dtype = torch.float32 if args.fp32 else torch.float16
     print(sparsity_report(model, dtype=dtype, skipped=report.skipped).table())
-    recipe.update(include=args.include, exclude=args.exclude, fused=bool(args.fused), source=str(args.weights))
-    path = save_checkpoint(model.to(dtype), args.out, pruning=recipe)
+    path = save_checkpoint(model.to(dtype), args.out, pruning=cfg.to_dict())
     print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
-def _calibrated_prune(model, method: str, kwargs: dict, args: argparse.Namespace):
+def _calibrated_prune(model, cfg):
     from sparseyolo.prune.calibrated import calibrated_prune, calibration_batches
 
-    if method == "global":
-        raise _UserError("--calibrate works with --method l1 (per-layer --amount) or nm, not global")
-    if kwargs.pop("block", 1) != 1:
-        raise _UserError("--nm-block is not supported with --calibrate (the solver picks each row's N:M positions)")
-    if args.calib_images < 1 or args.calib_batch < 1:
-        raise _UserError("--calib-images and --calib-batch must be at least 1")
-    if args.calib_steps is None:
-        args.calib_steps = 1 if method == "nm" else 3
-    if args.calib_steps < 1:
-        raise _UserError(f"--calib-steps must be at least 1, got {args.calib_steps}")
     stride = int(max(model.stride)) if hasattr(model, "stride") else 32
-    batches = calibration_batches(args.calibrate, args.calib_images, args.calib_img, args.calib_batch, stride)
-    report = calibrated_prune(model, batches, blocksize=args.blocksize, damp=args.damp,
-                              bn_recalibration=args.bn_recalib, target=args.calib_target, refit=args.refit,
-                              steps=args.calib_steps, **kwargs)
+    batches = calibration_batches(cfg.calibrate, cfg.calib_images, cfg.calib_img, cfg.calib_batch, stride)
+    kwargs = cfg.prune_kwargs()
+    report = calibrated_prune(model, batches, blocksize=cfg.blocksize, damp=cfg.damp,
+                              bn_recalibration=cfg.bn_recalib, target=cfg.calib_target, refit=cfg.refit,
+                              steps=cfg.steps, **kwargs)
     return report  # its summary is logged by calibrated_prune
 
 
@@ -223,8 +192,8 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     import os
 
-    from sparseyolo.prune import parse_nm
-    from sparseyolo.train import PruneRecipe, TrainConfig, train
+    from sparseyolo.prune import PruneConfig
+    from sparseyolo.train import TrainConfig, train
     from sparseyolo.train.loss import LossGains
 
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports
@@ -236,35 +205,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         return 0
     if not args.weights or not args.data:
         raise _UserError("--weights and --data are required (unless --resume)")
-    recipe = None
-    if args.prune_method is None:
-        for flag, value in (("--amount", args.amount), ("--nm", args.nm), ("--gradual", args.gradual or None)):
-            if value is not None:
-                raise _UserError(f"{flag} needs --prune-method (l1, global or nm)")
-    else:
-        if args.prune_method == "nm":
-            if args.amount is not None:
-                raise _UserError("--prune-method nm takes --nm N:M, not --amount")
-            n, m = parse_nm(args.nm or "2:4")
-        else:
-            if args.nm:
-                raise _UserError(f"--nm is for --prune-method nm, not {args.prune_method}")
-            if args.amount is None:
-                raise _UserError(f"--prune-method {args.prune_method} needs --amount, a fraction in (0, 1)")
-            n, m = 2, 4
-        recipe = PruneRecipe(
-            method=args.prune_method,
-            amount=args.amount,
-            n=n,
-            m=m,
-            gradual=args.gradual,
-            start=args.prune_start,
-            end=args.prune_end if args.prune_end is not None else max(args.epochs // 2, 1),
-            initial=args.initial_sparsity,
-            freq=args.prune_freq,
-            include=args.include,
-            exclude=args.exclude,
-        )
+    recipe = PruneConfig.from_cli_args(args, epochs=args.epochs)
     cfg = TrainConfig(
         weights=args.weights,
         data=args.data,
@@ -421,6 +362,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Library parameter names that no option's dest spells, per command (see :func:`_flag_names`).
+_FLAG_ALIASES: dict[str, dict[str, str]] = {
+    "prune": {"n:m": "--nm N:M", "block": "--nm-block"},
+    "finetune": {"n:m": "--nm N:M", "method": "--prune-method", "start": "--prune-start", "end": "--prune-end",
+                 "initial": "--initial-sparsity", "freq": "--prune-freq"},
+}
+
+
+def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """``{library parameter: flag}`` of one command: each option's dest (``conf_thres`` -> ``--conf-thres``,
+    ``batch_size`` -> ``--batch``), plus :data:`_FLAG_ALIASES`. Library errors
+    (:class:`~sparseyolo.utils.errors.ParameterError`) name parameters; the CLI reports them with these."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    names = {}
+    for action in sub._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest not in names:
+            names[action.dest] = longs[0]
+    names.update(_FLAG_ALIASES.get(command, {}))
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseyolo", description="Prune YOLOv5 detectors; make sparsity fast.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -434,12 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     _setup_logging()
     from sparseyolo.checkpoint import CheckpointError
+    from sparseyolo.utils.errors import ParameterError
 
     try:
         return args.func(args)
+    except ParameterError as e:  # named in API terms: say it with this command's flags
+        print(f"sparseyolo {args.command}: error: {e.rename(_flag_names(parser, args.command))}", file=sys.stderr)
+        return 2
     except (_UserError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"sparseyolo {args.command}: error: {e}", file=sys.stderr)
         return 2

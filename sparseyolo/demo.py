@@ -37,7 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DemoConfig", "DemoRow", "DemoResult", "run_demo", "packaged_weights", "format_table"]
+from sparseyolo.utils.errors import ParameterError
+
+__all__ = ["DemoConfig", "DemoRow", "DemoResult", "run_demo", "packaged_weights", "format_table", "demo_plots"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -177,7 +179,7 @@ def _quiet(verbose: bool):
 
 def _interleaved_ms(a: nn.Module, b: nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float]:
     """Median forward ms of ``a`` and of ``b``, timed alternately so load changes hit both alike."""
-    from sparseyolo.bench import time_round_robin
+    from sparseyolo.bench import time_round_robin  # the one round-robin timer (bench and demo)
 
     t = time_round_robin({"a": (a, x), "b": (b, x)}, max(reps, 1), warmup=3)
     return t["a"], t["b"]
@@ -190,13 +192,6 @@ def _evaluate(model: nn.Module, data: str, imgsz: int, cfg: DemoConfig, out: Pat
                   cocoeval=True, project=str(out / "val"), model=model)
     map5095 = res.coco_stats[0] if res.coco_stats else res.map
     return float(map5095), float(res.coco_stats[1] if res.coco_stats else res.map50)
-
-
-def _masked_sparsity(model: nn.Module) -> tuple[float, int]:
-    from sparseyolo.prune import sparsity_report
-
-    rep = sparsity_report(model)
-    return (rep.masked_sparsity if rep.masked_layers else 0.0), len(rep.masked_layers)
 
 
 def _synthetic_data(out: Path, meta: dict, cfg: DemoConfig) -> tuple[str, int]:
@@ -237,6 +232,57 @@ def _calibrated(dense: nn.Module, data: str, imgsz: int, cfg: DemoConfig) -> nn.
     return model
 
 
+def _detections_image(result: DemoResult) -> tuple[Any, list[str]] | None:
+    """An image of the val split with several labelled objects (the first with the most, among the first 20)."""
+    import cv2
+    import numpy as np
+
+    from sparseyolo.data.dataset import img2label_paths, list_image_files, load_data_config
+
+    cfg = load_data_config(result.data)
+    files = list_image_files(cfg["val"])[:20]
+    if not files:
+        return None
+    counts = []
+    for lb in img2label_paths(files):
+        p = Path(lb)
+        counts.append(len(p.read_text().splitlines()) if p.is_file() else 0)
+    best = files[int(np.argmax(counts))]
+    image = cv2.imread(best)
+    return (image, list(cfg["names"])) if image is not None else None
+
+
+def demo_plots(result: DemoResult, out: Path, sparsity_report: Any) -> list[Path]:
+    """Every figure of the demo, into ``out``; returns the paths written."""
+    from sparseyolo.plots import (detect, plot_detections, plot_latency, plot_layer_sparsity, plot_layer_speedup,
+                                  plot_map_vs_sparsity)
+
+    rows = result.rows
+    pruned = [r for r in rows if r.method != "dense"]
+    # a recovered model has the masks of its one-shot parent: show each mask set once in the per-layer figures
+    recovered = {r.method for r in pruned if r.recovered}
+    distinct = [r for r in pruned if r.recovered or r.method not in recovered]
+    written = [
+        plot_map_vs_sparsity(rows, result.sweep, out / "map_vs_sparsity.png"),
+        plot_layer_sparsity({r.name: sparsity_report(r.model) for r in distinct}, out / "layer_sparsity.png"),
+    ]
+    timed = {r.name: r.sparse_model.sparsify_report for r in distinct if r.sparse_model is not None
+             and getattr(r.sparse_model, "sparsify_report", None) is not None}
+    if timed:
+        written.append(plot_layer_speedup(timed, out / "layer_speedup.png"))
+    written.append(plot_latency(rows, out / "latency.png", result.imgsz, result.threads))
+    found = _detections_image(result)
+    if found is not None and pruned:
+        image, names = found
+        dense = rows[0]
+        sparse = next((r for r in rows if r.recovered), pruned[0])
+        panels = [(f"{dense.name} (mAP50-95 {dense.map5095:.3f})", detect(dense.model, image, result.imgsz)),
+                  (f"{sparse.name}, sparsified (mAP50-95 {sparse.map5095:.3f})",
+                   detect(sparse.sparse_model, image, result.imgsz))]
+        written.append(plot_detections(image, panels, names, out / "detections.png"))
+    return written
+
+
 def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
     """Run the demo (see the module docstring); progress is logged, the table is returned.
 
@@ -252,7 +298,8 @@ def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
     """
     from sparseyolo.checkpoint import load_model, save_checkpoint
     from sparseyolo.data.dataset import load_data_config
-    from sparseyolo.prune import prune, sparsity_report
+    from sparseyolo.prune import masked_sparsity, prune, sparsity_report
+    from sparseyolo.prune.masks import masked_modules
     from sparseyolo.sparse import sparsify
 
     t_start = time.time()
@@ -262,7 +309,7 @@ def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
     out = Path(cfg.out)
     (out / "weights").mkdir(parents=True, exist_ok=True)
     if (cfg.weights is None) != (cfg.data is None) and cfg.data is None:
-        raise ValueError("--weights needs --data (a dataset whose classes it detects)")
+        raise ParameterError("weights needs data (a dataset whose classes it detects)", "weights", "data")
 
     weights = Path(cfg.weights) if cfg.weights else packaged_weights()
     dense = load_model(weights, fuse=False)
@@ -289,7 +336,7 @@ def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
     def measure(name: str, method: str, model: nn.Module, recovered: bool = False, metrics=None,
                 calibrated: bool = False) -> DemoRow:
         t0 = time.time()
-        sparsity, n_pruned = _masked_sparsity(model)
+        sparsity, n_pruned = masked_sparsity(model), len(masked_modules(model))
         slug = name.replace(" ", "_").replace("%", "pct").replace(":", "of")
         with _quiet(verbose):
             if metrics is None:
@@ -351,14 +398,12 @@ def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
         for method, amount in SWEEP:
             m = pruned(method, amount)
             with _quiet(verbose):
-                result.sweep.append((method, _masked_sparsity(m)[0], _evaluate(m, data, imgsz, cfg, out)[0]))
+                result.sweep.append((method, masked_sparsity(m), _evaluate(m, data, imgsz, cfg, out)[0]))
         LOGGER.info("  mAP at %d more one-shot sparsities for the curves (%.0f s)", len(SWEEP), time.time() - t0)
     if cfg.plots:
-        from sparseyolo import plots
-
         t0 = time.time()
         with _quiet(verbose):
-            result.plots = plots.demo_plots(result, out, sparsity_report)
+            result.plots = demo_plots(result, out, sparsity_report)
         LOGGER.info("  plots: %s (%.0f s)", ", ".join(p.name for p in result.plots), time.time() - t0)
     result.seconds = time.time() - t_start
     (out / "table.txt").write_text(result.table() + "\n", encoding="utf-8")

@@ -1,4 +1,10 @@
-"""Typed Python entry points of sparseyolo's compiled ops (``torch.ops.sparseyolo``)."""
+"""Typed Python entry points of sparseyolo's compiled ops (``torch.ops.sparseyolo``).
+
+Importing this module does not load the compiled extension: each op loads it on its first call (as torchvision's
+ops do), so pure-torch code that imports ``ops`` (pruning, masks) works where the extension is not built, and
+only calling an op there raises :class:`~sparseyolo.extension.ExtensionNotBuiltError`. A new wrapper reaches its
+op through :func:`_op`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,11 @@ import torch
 
 from sparseyolo.extension import load_extension
 
-load_extension()
+
+def _op(name: str) -> torch._ops.OpOverload:
+    """``torch.ops.sparseyolo.<name>.default``, loading the extension first (once; cached after)."""
+    load_extension()
+    return getattr(torch.ops.sparseyolo, name).default
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -24,7 +34,7 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
         A pair whose union is zero (two zero-area boxes) gets IoU 0, where torchvision returns NaN.
         Areas are not clamped, so inverted boxes give the same (meaningless) values as torchvision.
     """
-    return torch.ops.sparseyolo.box_iou.default(boxes1, boxes2)
+    return _op("box_iou")(boxes1, boxes2)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -44,7 +54,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         16-bit inputs are computed in float32 (torchvision has no CPU half kernel). A pair with zero union
         has IoU NaN and never suppresses. On CUDA the output size needs one device-to-host sync.
     """
-    return torch.ops.sparseyolo.nms.default(boxes, scores, iou_threshold)
+    return _op("nms")(boxes, scores, iou_threshold)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -98,7 +108,7 @@ def yolo_nms_padded(
     """
     if isinstance(pred, (list, tuple)):
         pred = pred[0]  # (inference output, raw per-level maps), as Detect returns in eval mode
-    return torch.ops.sparseyolo.yolo_nms.default(pred, conf_thres, iou_thres, _classes_tensor(classes, pred.device),
+    return _op("yolo_nms")(pred, conf_thres, iou_thres, _classes_tensor(classes, pred.device),
                                                  agnostic, multi_label, max_det, max_nms)
 
 
@@ -172,7 +182,7 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
         Ties keep the lower channel: the kept pattern is the first, in ``itertools.combinations`` order, of
         the patterns with the largest kept ``sum |w|``. NaN ranks above every magnitude (kept).
     """
-    return torch.ops.sparseyolo.nm_mask.default(weight.detach(), n, m)
+    return _op("nm_mask")(weight.detach(), n, m)
 
 
 def nm_compress(
@@ -201,7 +211,7 @@ def nm_compress(
         Round trip ``nm_decompress(*nm_compress(w, n, m, mask), n, m)`` is bit-exact for every ``w`` with at
         most ``n`` nonzeros per group and the mask that holds them.
     """
-    return torch.ops.sparseyolo.nm_compress.default(weight.detach(), n, m, mask)
+    return _op("nm_compress")(weight.detach(), n, m, mask)
 
 
 def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -211,7 +221,7 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -
     rebuilds the mask. Raises when a position is ``>= m`` or positions do not increase within a group (this
     check costs one device sync on CUDA).
     """
-    return torch.ops.sparseyolo.nm_decompress.default(values, indices, n, m)
+    return _op("nm_decompress")(values, indices, n, m)
 
 
 def apply_masks_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
@@ -227,7 +237,7 @@ def apply_masks_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None
         per tensor; non-contiguous tensors go through a contiguous copy each. Not differentiable: call it
         under ``torch.no_grad()`` on parameters.
     """
-    torch.ops.sparseyolo.apply_masks_.default(list(tensors), list(masks))
+    _op("apply_masks_")(list(tensors), list(masks))
 
 
 # ------------------------------------------------------------------------------------ sparse convolution
@@ -269,7 +279,7 @@ def sparse_conv2d(
         No autograd. AVX2/FMA is used when the CPU has it (``SPARSEYOLO_CPU_ISA=portable`` forces the
         portable path). Sums run in a different order than ``F.conv2d``: results agree to ~1e-6 relative.
     """
-    return torch.ops.sparseyolo.sparse_conv2d.default(input, values, columns, row_ptr, _pair(kernel_size), bias,
+    return _op("sparse_conv2d")(input, values, columns, row_ptr, _pair(kernel_size), bias,
                                                       _pair(stride), _pair(padding), activation)
 
 
@@ -314,13 +324,13 @@ def sparse_conv2d_24(
         No autograd. CUDA (compute capability 8.0+) runs ``mma.sp`` with fp32 accumulation; the CPU backend is
         the slow reference (decode + float32 conv), for tests and tracing.
     """
-    return torch.ops.sparseyolo.sparse_conv2d_24.default(input, values, meta, out_channels, _pair(kernel_size), bias,
+    return _op("sparse_conv2d_24")(input, values, meta, out_channels, _pair(kernel_size), bias,
                                                          _pair(stride), _pair(padding), activation, kernel)
 
 
 def cusparselt_version() -> int:
     """The cuSPARSELt version sparseyolo was built with (``major * 1000 + minor * 100 + patch``), 0 without it."""
-    return int(torch.ops.sparseyolo.cusparselt_version.default())
+    return int(_op("cusparselt_version")())
 
 
 def cusparselt_compress(weight: torch.Tensor) -> torch.Tensor:
@@ -333,7 +343,7 @@ def cusparselt_compress(weight: torch.Tensor) -> torch.Tensor:
     Returns:
         Tensor[bytes] uint8: cuSPARSELt's compressed form (opaque; its size depends on the shape and dtype).
     """
-    return torch.ops.sparseyolo.cusparselt_compress.default(weight.detach())
+    return _op("cusparselt_compress")(weight.detach())
 
 
 def cusparselt_linear(compressed: torch.Tensor, input: torch.Tensor, out_features: int,
@@ -355,7 +365,7 @@ def cusparselt_linear(compressed: torch.Tensor, input: torch.Tensor, out_feature
     Returns:
         Tensor[P, out_features] in the input's dtype (fp32 accumulation).
     """
-    return torch.ops.sparseyolo.cusparselt_linear.default(compressed, input, out_features, bias, alg_id)
+    return _op("cusparselt_linear")(compressed, input, out_features, bias, alg_id)
 
 
 def block_sparse_conv2d(
@@ -396,7 +406,7 @@ def block_sparse_conv2d(
         ``SPARSEYOLO_CPU_ISA=avx512_bf16|avx512|avx2|portable`` caps it (:func:`cpu_isa` says which runs). Without
         AVX-512 BF16, bf16 products are computed in fp32 FMAs.
     """
-    return torch.ops.sparseyolo.block_sparse_conv2d.default(
+    return _op("block_sparse_conv2d")(
         input, weight, taps, block_ptr, in_channels, out_channels, _pair(kernel_size), bias, _pair(stride),
         _pair(padding), activation, gather)
 
@@ -404,4 +414,4 @@ def block_sparse_conv2d(
 def cpu_isa() -> str:
     """The SIMD path sparseyolo's CPU kernels take now: ``"amx"``, ``"avx512_bf16"``, ``"avx512"``, ``"avx2"`` or
     ``"portable"`` (the CPU's best, capped by the environment variable ``SPARSEYOLO_CPU_ISA``)."""
-    return torch.ops.sparseyolo.cpu_isa()
+    return _op("cpu_isa")()

@@ -1,4 +1,5 @@
-"""Figures written by the CLI (``sparseyolo demo --plots``): accuracy, sparsity, speed and detections.
+"""Figures of the demo and the bench (``sparseyolo demo --plots``, ``bench --plots``): accuracy, sparsity, speed
+and detections.
 
 matplotlib is imported lazily with the non-interactive Agg backend, so plotting works on machines without a
 display. Every function writes one PNG and returns its path.
@@ -9,13 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from sparseyolo.demo import DemoResult, DemoRow
 
 __all__ = [
     "plot_map_vs_sparsity",
@@ -23,12 +21,28 @@ __all__ = [
     "plot_layer_speedup",
     "plot_latency",
     "plot_detections",
-    "demo_plots",
+    "detect",
 ]
 
 #: One colour per pruning method, used by every figure.
 METHOD_COLOURS = {"dense": "#444444", "l1": "#1f77b4", "nm": "#d62728", "global": "#2ca02c"}
 METHOD_LABELS = {"dense": "dense", "l1": "l1 per layer", "nm": "N:M (2:4)", "global": "global magnitude"}
+
+
+class ModelRow(Protocol):
+    """What the figures read of one model variant (:class:`sparseyolo.demo.DemoRow` is one)."""
+
+    name: str
+    method: str
+    sparsity: float
+    map5095: float
+    recovered: bool
+    calibrated: bool
+    dense_ms: float
+    sparse_ms: float
+
+    @property
+    def speedup(self) -> float: ...
 
 
 def _plt():
@@ -54,7 +68,7 @@ def _short(name: str) -> str:
 
 
 def plot_map_vs_sparsity(
-    rows: Sequence[DemoRow], sweep: Sequence[tuple[str, float, float]], path: Path, title: str = ""
+    rows: Sequence[ModelRow], sweep: Sequence[tuple[str, float, float]], path: Path, title: str = ""
 ) -> Path:
     """mAP50-95 against the pruned convs' sparsity, one line per method (one-shot magnitude), calibrated one-shot
     models as diamonds, recovered models starred.
@@ -162,7 +176,7 @@ def plot_layer_speedup(reports: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_latency(rows: Sequence[DemoRow], path: Path, imgsz: int, threads: int) -> Path:
+def plot_latency(rows: Sequence[ModelRow], path: Path, imgsz: int, threads: int) -> Path:
     """Per-image CPU latency of each variant: BN-folded dense model vs ``sparsify(auto)``, side by side."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 1.5), 4.0))
@@ -242,50 +256,3 @@ def plot_detections(image_bgr: np.ndarray, panels: Sequence[tuple[str, np.ndarra
         ax.set_title(f"{title}: {len(det)} boxes (conf > 0.25)", fontsize=9)
         ax.axis("off")
     return _save(fig, path)
-
-
-def _detections_image(result: DemoResult) -> tuple[np.ndarray, list[str]] | None:
-    """An image of the val split with several labelled objects (the first with the most, among the first 20)."""
-    import cv2
-
-    from sparseyolo.data.dataset import img2label_paths, list_image_files, load_data_config
-
-    cfg = load_data_config(result.data)
-    files = list_image_files(cfg["val"])[:20]
-    if not files:
-        return None
-    counts = []
-    for lb in img2label_paths(files):
-        p = Path(lb)
-        counts.append(len(p.read_text().splitlines()) if p.is_file() else 0)
-    best = files[int(np.argmax(counts))]
-    image = cv2.imread(best)
-    return (image, list(cfg["names"])) if image is not None else None
-
-
-def demo_plots(result: DemoResult, out: Path, sparsity_report: Any) -> list[Path]:
-    """Every figure of the demo, into ``out``; returns the paths written."""
-    rows = result.rows
-    pruned = [r for r in rows if r.method != "dense"]
-    # a recovered model has the masks of its one-shot parent: show each mask set once in the per-layer figures
-    recovered = {r.method for r in pruned if r.recovered}
-    distinct = [r for r in pruned if r.recovered or r.method not in recovered]
-    written = [
-        plot_map_vs_sparsity(rows, result.sweep, out / "map_vs_sparsity.png"),
-        plot_layer_sparsity({r.name: sparsity_report(r.model) for r in distinct}, out / "layer_sparsity.png"),
-    ]
-    timed = {r.name: r.sparse_model.sparsify_report for r in distinct if r.sparse_model is not None
-             and getattr(r.sparse_model, "sparsify_report", None) is not None}
-    if timed:
-        written.append(plot_layer_speedup(timed, out / "layer_speedup.png"))
-    written.append(plot_latency(rows, out / "latency.png", result.imgsz, result.threads))
-    found = _detections_image(result)
-    if found is not None and pruned:
-        image, names = found
-        dense = rows[0]
-        sparse = next((r for r in rows if r.recovered), pruned[0])
-        panels = [(f"{dense.name} (mAP50-95 {dense.map5095:.3f})", detect(dense.model, image, result.imgsz)),
-                  (f"{sparse.name}, sparsified (mAP50-95 {sparse.map5095:.3f})",
-                   detect(sparse.sparse_model, image, result.imgsz))]
-        written.append(plot_detections(image, panels, names, out / "detections.png"))
-    return written

@@ -24,6 +24,8 @@ from sparseyolo.utils.boxes import scale_boxes, xywh2xyxy
 from sparseyolo.utils.coco import coco_class_map, evaluate_coco, image_id_for, predictions_to_coco, yolo_labels_to_coco
 from sparseyolo.utils.metrics import ap_per_class, process_batch
 from sparseyolo.utils.nms import non_max_suppression
+from sparseyolo.utils.errors import ParameterError
+from sparseyolo.utils.run_dirs import increment_dir
 from sparseyolo.utils.torch_utils import Profile, environment_line, select_device
 
 LOGGER = logging.getLogger(__name__)
@@ -54,16 +56,6 @@ def _check_img_size(imgsz: int, stride: int) -> int:
     if new != imgsz:
         LOGGER.warning("--img %d must be a multiple of the max stride %d, updating to %d", imgsz, stride, new)
     return new
-
-
-def _increment_path(path: Path) -> Path:
-    if not path.exists():
-        return path
-    for n in range(2, 10_000):
-        p = Path(f"{path}{n}")
-        if not p.exists():
-            return p
-    raise RuntimeError(f"too many runs in {path.parent}")
 
 
 @torch.no_grad()
@@ -121,15 +113,16 @@ def run(
     if task == "speed":
         conf_thres, iou_thres, cocoeval, save_json = 0.25, 0.45, False, False
     if not 0.0 <= conf_thres <= 1.0 or not 0.0 <= iou_thres <= 1.0:
-        raise ValueError(f"--conf-thres {conf_thres} and --iou-thres {iou_thres} must be in [0, 1]")
+        raise ParameterError(f"conf_thres {conf_thres} and iou_thres {iou_thres} must be in [0, 1]", "conf_thres",
+                             "iou_thres")
     if nms not in ("fused", "reference"):
-        raise ValueError(f"--nms must be 'fused' or 'reference', got {nms!r}")
+        raise ParameterError(f"nms must be 'fused' or 'reference', got {nms!r}", "nms")
     if nms == "fused":
         from sparseyolo.ops import yolo_nms as nms_fn
     else:
         nms_fn = non_max_suppression
     if batch_size < 1:
-        raise ValueError(f"--batch must be >= 1, got {batch_size}")
+        raise ParameterError(f"batch_size must be >= 1, got {batch_size}", "batch_size")
 
     dev = select_device(device)
     if half and dev.type != "cuda":
@@ -150,13 +143,13 @@ def run(
     cfg = load_data_config(data)
     split = "val" if task == "speed" else task
     if not cfg.get(split):
-        raise ValueError(f"the data config has no '{split}' split; pass --task with one of its splits")
+        raise ParameterError(f"the data config has no '{split}' split; set task to one of its splits", "task")
     names: list[str] = list(cfg["names"])
     nc = len(names)
     model_nc = int(getattr(model, "nc", nc))
     if model_nc != nc:
-        raise ValueError(
-            f"{weights} has {model_nc} classes but the data config {data} has {nc}; pass the matching --data"
+        raise ParameterError(
+            f"{weights} has {model_nc} classes but the data config {data} has {nc}; pass the matching data", "data"
         )
 
     pad, rect = (0.0, False) if task == "speed" else (0.5, True)
@@ -242,8 +235,7 @@ def run(
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s", *res.speed_ms, shape)
 
     if save_json:
-        save_dir = _increment_path(Path(project) / name)
-        save_dir.mkdir(parents=True, exist_ok=True)
+        save_dir = increment_dir(Path(project) / name)
         res.predictions_json = save_dir / f"{Path(str(weights)).stem}_predictions.json"
         LOGGER.info("Saving %s...", res.predictions_json)
         res.predictions_json.write_text(json.dumps(jdict))

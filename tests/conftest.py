@@ -8,6 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparseyolo.extension import ExtensionNotBuiltError, load_extension
+
+# sparseyolo.ops loads the compiled extension on an op's first call; the op tests also reach the registered ops
+# directly (torch.ops.sparseyolo.*, for opcheck), so load it up front. Without it those tests fail on their
+# first op call with the build instructions.
+try:
+    load_extension()
+except ExtensionNotBuiltError:
+    pass
+
 # ../shared sits beside the checkout for developers and CI; users do not have it.
 SHARED = Path(os.environ.get("SPARSEYOLO_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 

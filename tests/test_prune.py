@@ -328,7 +328,7 @@ def test_oracle_helper_is_exhaustive():
 
 @pytest.mark.parametrize(
     "spec,method,match",
-    [("2:4", "l1", "needs --prune-method nm"), ("0.3", "nm", "takes an N:M pattern"), ("abc", None, "takes an amount"),
+    [("2:4", "l1", "needs prune_method nm"), ("0.3", "nm", "takes an N:M pattern"), ("abc", None, "takes an amount"),
      ("4:2", None, "1 <= n < m <= 16"), ("1.0", None, r"\[0, 1\)")],
 )
 def test_prune_from_spec_errors(spec, method, match):

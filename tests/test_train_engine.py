@@ -14,7 +14,7 @@ from sparseyolo.checkpoint import load_checkpoint
 from sparseyolo.prune import is_nm_mask
 from sparseyolo.train import PruneRecipe, TrainConfig, cubic_sparsity, load_training_model, train
 from sparseyolo.train.augment import AugmentConfig
-from sparseyolo.train.dataset import TrainDataset
+from sparseyolo.train.augmented_dataset import TrainDataset
 from sparseyolo.train.ema import ModelEMA
 from sparseyolo.train.engine import build_optimizer, lr_lambda
 from sparseyolo.train.gradual import GradualPruner, _partial_nm_mask

@@ -13,6 +13,7 @@ import yaml
 from torch import nn
 
 from sparseyolo.models.common import C3, SPPF, Bottleneck, Concat, Conv
+from sparseyolo.utils.torch_utils import fold_bn
 
 __all__ = ["Detect", "DetectionModel", "parse_model", "load_config", "make_divisible", "fuse_conv_and_bn", "CONFIG_DIR"]
 
@@ -201,8 +202,8 @@ def check_anchor_order(m: Detect) -> None:
 def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """Fold an eval-mode BatchNorm into the preceding convolution.
 
-    ``W' = diag(gamma / sqrt(var + eps)) @ W`` and ``b' = diag(...) @ b + beta - gamma * mean / sqrt(var + eps)``,
-    computed in the same order as YOLOv5 so the fused numbers match its fused models.
+    The folding is :func:`sparseyolo.utils.torch_utils.fold_bn` (YOLOv5's expressions, so the fused numbers match
+    its fused models); this wraps the result in a new conv and moves a pruning mask along.
 
     Args:
         conv: the convolution (with or without bias).
@@ -226,13 +227,9 @@ def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         .to(device=conv.weight.device, dtype=conv.weight.dtype)
     )
 
-    w_conv = conv.weight.clone().view(conv.out_channels, -1)
-    w_bn = torch.diag(bn.weight.div(torch.sqrt(bn.eps + bn.running_var)))
-    fused.weight.copy_(torch.mm(w_bn, w_conv).view(fused.weight.shape))
-
-    b_conv = torch.zeros(conv.weight.size(0), device=conv.weight.device) if conv.bias is None else conv.bias
-    b_bn = bn.bias - bn.weight.mul(bn.running_mean).div(torch.sqrt(bn.running_var + bn.eps))
-    fused.bias.copy_(torch.mm(w_bn, b_conv.reshape(-1, 1)).reshape(-1) + b_bn)
+    w, b = fold_bn(conv.weight, conv.bias, bn)
+    fused.weight.copy_(w)
+    fused.bias.copy_(b)
     mask = conv._buffers.get("weight_mask")
     if mask is not None:  # a pruning mask (sparseyolo.prune) moves to the fused conv; its zeros stay exact
         fused.register_buffer("weight_mask", mask.clone())

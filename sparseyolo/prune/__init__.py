@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 
 from sparseyolo.prune.baseline import global_sparsity, l1_unstructured_
+from sparseyolo.prune.config import PruneConfig, parse_nm
 from sparseyolo.prune.masks import (
     MaskEnforcer,
     apply_masks,
@@ -28,12 +29,13 @@ from sparseyolo.prune.masks import (
     set_mask,
 )
 from sparseyolo.prune.methods import METHODS, PruneReport, is_nm_mask, prune, select_layers
-from sparseyolo.prune.report import LayerSparsity, SparsityReport, sparsity_report
+from sparseyolo.prune.report import LayerSparsity, SparsityReport, masked_sparsity, sparsity_report
 
 __all__ = [
     "METHODS",
     "LayerSparsity",
     "MaskEnforcer",
+    "PruneConfig",
     "PruneReport",
     "SparsityReport",
     "apply_masks",
@@ -44,6 +46,7 @@ __all__ = [
     "l1_unstructured_",
     "mask_gradients",
     "mask_patterns",
+    "masked_sparsity",
     "parse_nm",
     "prune",
     "prune_from_spec",
@@ -56,35 +59,13 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 
-def parse_nm(spec: str) -> tuple[int, int]:
-    """``"2:4"`` -> ``(2, 4)``; raises ValueError naming the expected form."""
-    parts = str(spec).split(":")
-    try:
-        n, m = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"an N:M pattern looks like 2:4, got '{spec}'") from None
-    if not 1 <= n < m <= 16:
-        raise ValueError(f"N:M pruning needs 1 <= n < m <= 16 (keep n of every m), got {n}:{m}")
-    return n, m
-
-
 def prune_from_spec(model, spec: float | str, method: str | None = None, **kwargs) -> PruneReport:
-    """Prune from command-line style arguments: ``spec`` is an amount (``0.3``) or an N:M pattern (``"2:4"``).
+    """Prune as ``val``'s ``prune`` argument says: an amount (``0.3``) or an N:M pattern (``"2:4"``).
 
-    ``method`` defaults to ``"nm"`` for a pattern and ``"l1"`` for an amount.
+    ``method`` defaults to ``"nm"`` for a pattern and ``"l1"`` for an amount (:meth:`PruneConfig.from_spec`);
+    ``kwargs`` go to :func:`prune` (``include``, ``exclude``, ...).
     """
-    if isinstance(spec, str) and ":" in spec:
-        n, m = parse_nm(spec)
-        if method not in (None, "nm"):
-            raise ValueError(f"an N:M pattern ({spec}) needs --prune-method nm, got '{method}'")
-        report = prune(model, "nm", n=n, m=m, **kwargs)
-    else:
-        try:
-            amount = float(spec)
-        except ValueError:
-            raise ValueError(f"--prune takes an amount in [0, 1) or an N:M pattern such as 2:4, got '{spec}'") from None
-        if (method or "l1") == "nm":
-            raise ValueError("--prune-method nm takes an N:M pattern such as --prune 2:4, not an amount")
-        report = prune(model, method or "l1", amount=amount, **kwargs)
+    cfg = PruneConfig.from_spec(spec, method)
+    report = prune(model, cfg.method, **{**cfg.prune_kwargs(), **kwargs})
     LOGGER.info("Model pruned to %.3g global sparsity", global_sparsity(model))  # YOLOv5's line
     return report

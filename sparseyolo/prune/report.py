@@ -90,6 +90,23 @@ class SparsityReport:
 
 
 @torch.no_grad()
+def masked_sparsity(model: nn.Module) -> float:
+    """Fraction of exact zeros over the weights of the masked (pruned) layers; 0 when no layer is masked.
+
+    The sparsity the pruning produced, the figure :attr:`SparsityReport.masked_sparsity` reports, without the
+    report's per-layer table and storage sizes (cheap enough for a training loop's progress line). A wrapper
+    (DDP, EMA) must be unwrapped first: its layers are found by their ``weight_mask`` buffers.
+    """
+    from sparseyolo.prune.masks import masked_modules
+
+    numel = nonzero = 0
+    for _, mod in masked_modules(model):
+        numel += mod.weight.numel()
+        nonzero += int(torch.count_nonzero(mod.weight))
+    return 1.0 - nonzero / numel if numel else 0.0
+
+
+@torch.no_grad()
 def sparsity_report(
     model: nn.Module, dtype: torch.dtype | None = torch.float16, skipped: list[tuple[str, str]] | None = None
 ) -> SparsityReport:

@@ -6,7 +6,7 @@ parameter groups with no weight decay on biases and BatchNorm weights, warm-up, 
 clipping at norm 10, per-epoch validation and ``best.pt`` chosen by ``0.1 mAP50 + 0.9 mAP50-95``), plus masks:
 
 * a model loaded from a pruned sparseyolo checkpoint keeps its ``weight_mask`` buffers; otherwise it is pruned
-  before training as the :class:`~sparseyolo.train.gradual.PruneRecipe` says, or gradually during training;
+  before training as the :class:`~sparseyolo.prune.PruneConfig` says, or gradually during training;
 * ``sparseyolo.prune.enforce_masks`` hooks the optimizer so gradients are masked before every step and weights
   after it, and :class:`~sparseyolo.train.ema.ModelEMA` re-applies the masks to the EMA after every update, so
   pruned weights are exactly zero after every step in both.
@@ -44,15 +44,19 @@ from tqdm import tqdm
 
 from sparseyolo.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from sparseyolo.models import DetectionModel
+from sparseyolo.prune.config import PruneConfig
+from sparseyolo.prune.report import masked_sparsity
 from sparseyolo.train.augment import AugmentConfig
-from sparseyolo.train.dataset import create_train_dataloader
+from sparseyolo.train.augmented_dataset import create_train_dataloader
 from sparseyolo.train.distributed import DistContext, barrier, broadcast_masks, cleanup, init_distributed, wrap_ddp
 from sparseyolo.train.ema import ModelEMA, unwrap
-from sparseyolo.train.gradual import GradualPruner, PruneRecipe, mask_buffers
+from sparseyolo.train.gradual import GradualPruner, mask_buffers
 from sparseyolo.train.loss import LossGains, YoloLoss, scaled_loss_gains
+from sparseyolo.utils.errors import ParameterError
+from sparseyolo.utils.run_dirs import increment_dir
 from sparseyolo.utils.torch_utils import environment_line, select_device
 
-__all__ = ["TrainConfig", "TrainResult", "train", "load_training_model", "masked_sparsity", "fitness", "lr_lambda"]
+__all__ = ["TrainConfig", "TrainResult", "train", "load_training_model", "fitness", "lr_lambda"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ class TrainConfig:
     loss: LossGains = field(default_factory=LossGains)
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     mosaic: bool = True
-    prune: PruneRecipe | None = None
+    prune: PruneConfig | None = None
     device: str = ""
     workers: int = 8
     project: str = "runs/finetune"
@@ -135,21 +139,22 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d["loss"] = LossGains(**d.get("loss", {}))
         d["aug"] = AugmentConfig(**d.get("aug", {}))
-        d["prune"] = PruneRecipe(**d["prune"]) if d.get("prune") else None
+        d["prune"] = PruneConfig.from_dict(d["prune"]) if d.get("prune") else None
         return cls(**d)
 
     def check(self) -> None:
-        """Raise ValueError naming the fix for an unusable setting."""
+        """Raise :class:`ParameterError` naming the field and the fix for an unusable setting."""
         if self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+            raise ParameterError(f"epochs must be >= 1, got {self.epochs}", "epochs")
         if self.batch_size < 1 or self.nbs < 1:
-            raise ValueError(f"--batch must be >= 1, got {self.batch_size}")
+            raise ParameterError(f"batch_size and nbs must be >= 1, got {self.batch_size} and {self.nbs}",
+                                 "batch_size", "nbs")
         if self.imgsz < 32:
-            raise ValueError(f"--img must be >= 32, got {self.imgsz}")
+            raise ParameterError(f"imgsz must be >= 32, got {self.imgsz}", "imgsz")
         if not 0.0 < self.lrf <= 1.0 or self.lr0 <= 0:
-            raise ValueError(f"need lr0 > 0 and 0 < lrf <= 1, got lr0={self.lr0}, lrf={self.lrf}")
+            raise ParameterError(f"need lr0 > 0 and 0 < lrf <= 1, got lr0={self.lr0}, lrf={self.lrf}", "lr0", "lrf")
         if self.prune is not None:
-            self.prune.check(self.epochs)
+            self.prune.validate(self.epochs)
 
 
 @dataclass
@@ -190,13 +195,6 @@ def lr_lambda(epochs: int, lrf: float, cos: bool) -> Callable[[float], float]:
 def fitness(map50: float, map5095: float) -> float:
     """YOLOv5's model-selection score, ``0.1 mAP50 + 0.9 mAP50-95``."""
     return 0.1 * map50 + 0.9 * map5095
-
-
-def masked_sparsity(model: nn.Module) -> float:
-    """Fraction of masked-off weights over all masked layers (0 when none is masked)."""
-    masks = mask_buffers(unwrap(model))
-    total = sum(m.numel() for m in masks.values())
-    return sum(int((~m).sum()) for m in masks.values()) / total if total else 0.0
 
 
 def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
@@ -268,16 +266,6 @@ def load_training_model(weights: str | Path, device: str | torch.device = "cpu")
     return model.requires_grad_(True).train()
 
 
-def _increment_dir(path: Path, exist_ok: bool) -> Path:
-    if exist_ok or not path.exists():
-        return path
-    for n in range(2, 10_000):
-        p = Path(f"{path}{n}")
-        if not p.exists():
-            return p
-    raise RuntimeError(f"too many runs in {path.parent}")
-
-
 def _latest_last(project: str | Path) -> Path:
     runs = sorted(Path(project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
     if not runs:
@@ -344,7 +332,7 @@ def train(
     if ctx.is_main:
         LOGGER.info(environment_line(device) + (f" x{ctx.world_size} ranks ({ctx.backend})" if ctx.enabled else ""))
     if not cfg.resume:
-        save_dir = _increment_dir(Path(cfg.project) / cfg.name, cfg.exist_ok) if ctx.is_main else None
+        save_dir = increment_dir(Path(cfg.project) / cfg.name, cfg.exist_ok) if ctx.is_main else None
         save_dir = Path(_broadcast_object(str(save_dir) if save_dir else None, ctx))
     wdir = save_dir / "weights"
     last_pt, best_pt = wdir / "last.pt", wdir / "best.pt"
@@ -396,10 +384,11 @@ def train(
         # ---- data
         world = ctx.world_size
         if cfg.batch_size % world:
-            raise ValueError(f"--batch {cfg.batch_size} must be a multiple of the number of processes ({world})")
+            raise ParameterError(f"batch_size {cfg.batch_size} must be a multiple of the number of processes ({world})",
+                                 "batch_size")
         gs = max(int(model.stride.max()), 32)
         if cfg.imgsz % gs:
-            raise ValueError(f"--img {cfg.imgsz} must be a multiple of the model's max stride {gs}")
+            raise ParameterError(f"imgsz {cfg.imgsz} must be a multiple of the model's max stride {gs}", "imgsz")
         aug = dataclasses.replace(cfg.aug, mosaic=cfg.aug.mosaic if cfg.mosaic else 0.0)
         loader, dataset = create_train_dataloader(
             data["train"],
@@ -523,7 +512,7 @@ def train(
                         step_callback(model, ema, step)
 
                 if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(f"loss is {float(loss.detach())} at epoch {epoch} batch {i}; lower --lr0")
+                    raise FloatingPointError(f"loss is {float(loss.detach())} at epoch {epoch} batch {i}; lower lr0")
                 if ctx.is_main:
                     mloss = (mloss * i + loss_items) / (i + 1)
                     mem = f"{torch.cuda.memory_reserved(device) / 1e9 if device.type == 'cuda' else 0:.3g}G"
@@ -535,7 +524,7 @@ def train(
                             *mloss.tolist(),
                             targets.shape[0],
                             imgs.shape[-1],
-                            masked_sparsity(model),
+                            masked_sparsity(unwrap(model)),
                         )
                     )
             if ctx.is_main:
@@ -568,7 +557,7 @@ def train(
                     row.update(P=float(res.precision), R=float(res.recall), mAP50=float(res.map50))
                     row["mAP50-95"] = float(res.map)
                 row.update({f"lr{j}": lr for j, lr in enumerate(lrs)})
-                row["sparsity"] = masked_sparsity(model)
+                row["sparsity"] = masked_sparsity(unwrap(model))
                 history.append(row)
                 fi = fitness(row["mAP50"], row["mAP50-95"])
                 improved = fi > best_fitness or not best_pt.exists()
@@ -582,7 +571,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "ema_updates": ema.updates,
                     "train_args": cfg.as_dict(),
-                    "pruning": recipe.as_dict() if recipe is not None else None,
+                    "pruning": recipe.to_dict() if recipe is not None else None,
                     "pruner": pruner.state_dict() if pruner is not None else None,
                     "history": history,
                     "sparsity": row["sparsity"],

@@ -25,10 +25,11 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from sparseyolo.prune.config import PruneConfig
 
 __all__ = ["cubic_sparsity", "PruneRecipe", "GradualPruner", "mask_buffers"]
 
@@ -45,73 +46,8 @@ def cubic_sparsity(t: float, t0: float, t1: float, s_i: float, s_f: float) -> fl
     return s_f + (s_i - s_f) * (1.0 - p) ** 3
 
 
-@dataclass
-class PruneRecipe:
-    """What to prune before or during training.
-
-    Attributes:
-        method: ``'l1'`` (per-layer unstructured), ``'global'`` (one magnitude threshold over all layers) or
-            ``'nm'``.
-        amount: final sparsity for ``'l1'``/``'global'`` (fraction of each layer's / all weights).
-        n, m: the N:M pattern (N kept of every M) for ``'nm'``.
-        gradual: prune along the cubic schedule instead of once before training.
-        start, end: pruning window in epochs (``start < end``).
-        initial: sparsity ``s_i`` at ``start``.
-        freq: batches between mask updates inside the window (0: four updates per epoch).
-        include, exclude: ``fnmatch`` patterns of layer names to prune / never prune (``sparseyolo.prune.prune``).
-    """
-
-    method: str = "nm"
-    amount: float | None = None
-    n: int = 2
-    m: int = 4
-    gradual: bool = False
-    start: int = 0
-    end: int = 1
-    initial: float = 0.0
-    freq: int = 0
-    include: list[str] | None = None
-    exclude: list[str] | None = None
-
-    @property
-    def final(self) -> float:
-        """The final sparsity of the pruned layers."""
-        return 1.0 - self.n / self.m if self.method == "nm" else float(self.amount or 0.0)
-
-    def check(self, epochs: int) -> None:
-        """Raise ValueError naming the fix for an inconsistent recipe."""
-        if self.method not in ("l1", "global", "nm"):
-            raise ValueError(f"--prune-method must be l1, global or nm, got {self.method!r}")
-        if self.method == "nm":
-            if not (0 < self.n < self.m):
-                raise ValueError(f"--nm N:M needs 0 < N < M, got {self.n}:{self.m}")
-        elif self.amount is None or not 0.0 < self.amount < 1.0:
-            raise ValueError(f"--prune-method {self.method} needs --amount in (0, 1), got {self.amount}")
-        if self.gradual:
-            if not 0 <= self.start < self.end <= epochs:
-                raise ValueError(
-                    f"--prune-start {self.start} / --prune-end {self.end} must satisfy "
-                    f"0 <= start < end <= epochs ({epochs})"
-                )
-            if not 0.0 <= self.initial < self.final:
-                raise ValueError(f"--initial-sparsity {self.initial} must be in [0, final sparsity {self.final:.3g})")
-            if self.end == epochs:
-                LOGGER.warning(
-                    "--prune-end equals --epochs: the final sparsity is reached on the last batch, with no epoch left "
-                    "to fine-tune at it (Zhu & Gupta fine-tune after the pruning window)"
-                )
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    def prune_kwargs(self) -> dict:
-        """Keyword arguments of ``sparseyolo.prune.prune`` for this recipe's final pruning."""
-        kw: dict = {"include": self.include, "exclude": self.exclude}
-        if self.method == "nm":
-            kw.update(n=self.n, m=self.m)
-        else:
-            kw["amount"] = self.amount
-        return kw
+#: What to prune before or during training: the one pruning configuration (training's former name for it).
+PruneRecipe = PruneConfig
 
 
 def mask_buffers(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-// GPU unit test of the torch-free CUDA NMS kernels against the CPU algorithms (kernels/cpu/nms.h): a
+// GPU unit test of the torch-free CUDA NMS kernels against the CPU algorithms (kernels/cpu/nms_cpu.h): a
 // batch of random YOLO outputs (some images with more than max_nms candidates, so the radix select
 // runs), and plain nms with many tied scores. Exits 77 (ctest: skipped) without a CUDA device.
 #include <algorithm>
@@ -9,8 +9,8 @@
 
 #include <cuda_runtime.h>
 
-#include "kernels/cpu/nms.h"
-#include "kernels/cuda/nms.h"
+#include "kernels/cpu/nms_cpu.h"
+#include "kernels/cuda/nms_cuda.h"
 #include "cuda_test_utils.h"
 
 namespace k = sparseyolo::kernels;

@@ -1,4 +1,4 @@
-// CPU unit tests of the torch-free NMS rules (csrc/kernels/nms.h) and algorithms (csrc/kernels/cpu/nms.h):
+// CPU unit tests of the torch-free NMS rules (csrc/kernels/nms_rules.h) and algorithms (csrc/kernels/cpu/nms_cpu.h):
 // key order, the float IoU cutoff, and yolo_nms_image / nms_boxes against a brute-force greedy.
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "kernels/cpu/nms.h"
+#include "kernels/cpu/nms_cpu.h"
 
 namespace k = sparseyolo::kernels;
 

@@ -9,12 +9,12 @@
 //   emit     candidates with key <= that threshold, compacted into each image's segment (warp-aggregated
 //            atomics: the order is arbitrary, the keys are unique);
 //   sort     CUB segmented radix sort of the 64-bit keys: score descending, ties by (anchor, class);
-//   gather   sorted keys -> offset boxes (nms.h rules);
+//   gather   sorted keys -> offset boxes (nms_rules.h);
 //   greedy   one 1024-thread block per image walks its sorted candidates in tiles of 32: a 32 x 32 IoU
 //            bitmask of the tile (one ballot per warp), the greedy pass inside the tile on one thread
 //            (32 bit operations), then the tile's kept boxes mark every later candidate they suppress.
 //            No n x n mask and no host round trip; stops at max_det kept boxes.
-#include "nms.h"
+#include "nms_cuda.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,5 +1,5 @@
 // CPU backend of sparseyolo::nms and sparseyolo::yolo_nms: images split over at::parallel_for threads;
-// the per-image algorithms are torch-free in kernels/cpu/nms.h.
+// the per-image algorithms are torch-free in kernels/cpu/nms_cpu.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -11,8 +11,8 @@
 
 #include <vector>
 
-#include "../../kernels/cpu/nms.h"
-#include "../nms.h"
+#include "../../kernels/cpu/nms_cpu.h"
+#include "../nms_checks.h"
 
 namespace sparseyolo {
 namespace ops {

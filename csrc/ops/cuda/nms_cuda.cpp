@@ -7,8 +7,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../../kernels/cuda/nms.h"
-#include "../nms.h"
+#include "../../kernels/cuda/nms_cuda.h"
+#include "../nms_checks.h"
 #include "cuda_utils.h"
 
 namespace sparseyolo {

@@ -2,7 +2,7 @@
 // them over images; tests/cpp/test_nms.cpp checks them against a brute-force greedy).
 //
 // yolo_nms per image, with no n x n matrix:
-//   1. one pass over the anchors: obj prefilter, conf = obj * cls, candidate keys (nms.h);
+//   1. one pass over the anchors: obj prefilter, conf = obj * cls, candidate keys (nms_rules.h);
 //   2. keep the max_nms smallest keys (nth_element) and sort them: the reference's order;
 //   3. greedy in that order: a candidate is kept iff no already-kept box *of its class* suppresses it.
 //      That is exactly torchvision's greedy (only kept boxes suppress), but each candidate is checked
@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../nms.h"
+#include "../nms_rules.h"
 
 namespace sparseyolo {
 namespace kernels {

@@ -11,7 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include "../dtype.h"
-#include "../nms.h"
+#include "../nms_rules.h"
 
 namespace sparseyolo {
 namespace kernels {
