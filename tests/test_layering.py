@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparseyolo.checkpoint", "sparseyolo.sparse"),
     ("sparseyolo", "sparseyolo.train", "sparseyolo.val"),  # the package root re-exports checkpoint and sparse
     ("sparseyolo.plots",),
-    ("sparseyolo.bench", "sparseyolo.demo", "sparseyolo.export", "sparseyolo.detect"),
+    ("sparseyolo.dense_runtimes", "sparseyolo.bench", "sparseyolo.demo", "sparseyolo.export", "sparseyolo.detect"),
     ("sparseyolo.cli", "sparseyolo.__main__"),
 ]
 
