@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,8 +137,6 @@ def export_onnx(model: DetectionModel, path: str | Path, x: torch.Tensor, dynami
     with torch.no_grad():
         # The TorchScript exporter (dynamo=False): it needs nothing but torch and onnx, runs offline, and gives
         # the same graph as Ultralytics' export. Its deprecation warning is not for the user of this command.
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapper, (x,), str(path), opset_version=OPSET, dynamo=False, do_constant_folding=True,
