@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from sparseyolo.utils.errors import ParameterError
 
@@ -75,15 +76,17 @@ class BenchResult:
 
 @torch.no_grad()
 def time_round_robin(variants: dict[str, tuple[object, torch.Tensor]], reps: int, sync=lambda: None,
-                     warmup: int = 2) -> dict[str, float]:
+                     warmup: int = 2, progress: bool = False) -> dict[str, float]:
     """Median ms per variant ``{name: (fn, x)}``: ``warmup`` calls each, then ``reps`` rounds calling every variant
-    once, round-robin, so that a change of machine load hits every variant alike."""
+    once, round-robin, so that a change of machine load hits every variant alike. ``progress``: a bar over the
+    rounds (on stderr)."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn, x in variants.values():
         for _ in range(warmup):
             fn(x)
     sync()
-    for _ in range(max(reps, 1)):
+    for _ in tqdm(range(max(reps, 1)), desc="bench", unit="round", disable=not progress,
+                  bar_format="{l_bar}{bar:20}{r_bar}"):
         for k, (fn, x) in variants.items():
             t0 = time.perf_counter()
             fn(x)
@@ -118,7 +121,8 @@ def onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
 
 @torch.no_grad()
 def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu", threads: int | None = None,
-              reps: int = 20, onnx: bool = True, plots: bool = True, out: str | Path = "runs/bench") -> BenchResult:
+              reps: int = 20, onnx: bool = True, plots: bool = True, out: str | Path = "runs/bench",
+              progress: bool = True) -> BenchResult:
     """Time ``weights`` dense and sparsified (see the module doc); returns the rows, optionally writes plots.
 
     Args:
@@ -130,6 +134,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
         reps: timed forwards per variant (median).
         onnx: add the onnxruntime row on CPU when onnxruntime is installed.
         plots: write ``bench_latency.png`` and, for a pruned model, ``bench_layer_speedup.png`` under ``out``.
+        progress: a progress bar over the timed rounds.
     """
     from sparseyolo.checkpoint import load_model
     from sparseyolo.prune import sparsity_report
@@ -183,7 +188,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             notes["sparsify (auto)"] = (f"{len(ra.sparse_layers)}/{len(ra.layers)} convs sparse; returned "
                                         f"{(ra.chosen or 'sparse').replace('_', ' ')}")
     sync = torch.cuda.synchronize if gpu else (lambda: None)
-    times = time_round_robin(variants, reps, sync)
+    times = time_round_robin(variants, reps, sync, progress=progress)
     result = BenchResult(weights=str(weights), device=str(dev), dtype=str(dtype).replace("torch.", ""), imgsz=imgsz,
                          batch=batch, threads=torch.get_num_threads(),
                          rows=[BenchRow(k, times[k], notes.get(k, "")) for k in variants], reports=reports,

@@ -384,6 +384,72 @@ def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]
     return names
 
 
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a dense or pruned checkpoint to ONNX (and OpenVINO IR), checked against PyTorch",
+        description="Fold BatchNorms and write ONNX with the Detect head's decoded output [N, anchors, 5+nc] (as "
+        "Ultralytics' export), pruned zeros kept exactly; then check the zeros and that onnxruntime's output "
+        "equals PyTorch's. --format openvino also writes OpenVINO IR (fp32) beside it.",
+    )
+    p.add_argument("--weights", required=True, help="checkpoint: Ultralytics *.pt, sparseyolo *.pt or a state_dict")
+    p.add_argument("--img", "--imgsz", dest="imgsz", type=int, default=640, help="square input size (pixels)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the graph (the example batch with --dynamic)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch axis")
+    p.add_argument("--format", dest="fmt", choices=["onnx", "openvino"], default="onnx",
+                   help="onnx, or openvino (ONNX, then <name>_openvino_model/ beside it; needs openvino)")
+    p.add_argument("--out", default=None, help="ONNX file to write (default: <weights name>.onnx here)")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip running the file with onnxruntime/OpenVINO (the zero check still runs)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sparseyolo.export import ExportError, run_export
+
+    try:
+        result = run_export(args.weights, imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, fmt=args.fmt,
+                            out=args.out, check=args.check, progress=args.progress)
+    except ExportError as e:
+        raise _UserError(str(e)) from None
+    print(result.summary())
+    return 0
+
+
+def _add_detect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="detect objects in images or a folder: boxes drawn, labels/*.txt and detections.json written",
+        description="Run a dense or pruned checkpoint on images as Ultralytics' detect.py does (letterbox, NMS) and "
+        "write the annotated images, one txt per image (class xc yc w h conf, normalised) and detections.json to "
+        "--out. Files OpenCV cannot read are reported and skipped. CPU.",
+    )
+    p.add_argument("--weights", required=True, help="checkpoint: Ultralytics *.pt, sparseyolo *.pt or a state_dict")
+    p.add_argument("--source", required=True, help="an image, a folder of images, or a .txt list of images")
+    p.add_argument("--img", "--imgsz", dest="imgsz", type=int, default=640, help="inference size (pixels)")
+    p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
+    p.add_argument("--sparsify", nargs="?", const="auto", default=None, choices=["auto", "sparse"],
+                   help="run sparseyolo.sparsify on the model first: auto (default when given: per layer the faster "
+                   "kernel, timed here) or sparse (every pruned conv on the sparse kernel)")
+    p.add_argument("--out", default="runs/detect/exp", help="output folder")
+    p.add_argument("--nosave", action="store_true", help="do not write the annotated images")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    p.set_defaults(func=_cmd_detect)
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from sparseyolo.detect import run_detect
+
+    result = run_detect(args.weights, args.source, imgsz=args.imgsz, conf_thres=args.conf_thres,
+                        iou_thres=args.iou_thres, max_det=args.max_det, sparsify=args.sparsify, out=args.out,
+                        save_images=not args.nosave, progress=args.progress)
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseyolo", description="Prune YOLOv5 detectors; make sparsity fast.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -393,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sparsify_parser(sub)
     _add_bench_parser(sub)
     _add_demo_parser(sub)
+    _add_export_parser(sub)
+    _add_detect_parser(sub)
     return parser
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from sparseyolo.prune.calibration_data import calibration_batches, recalibrate_batchnorm
 from sparseyolo.prune.layerwise import (
@@ -277,6 +278,7 @@ def calibrated_prune(
     target: str = "dense",
     refit: bool = True,
     steps: int = 1,
+    progress: bool = True,
 ) -> CalibratedPruneReport:
     """Prune ``model`` in place, one layer at a time, with SparseGPT masks and weight updates from calibration data.
 
@@ -298,8 +300,8 @@ def calibrated_prune(
         bn_recalibration: ``"reset"`` re-estimates every BatchNorm's running mean/var as the plain average over the
             calibration batches (train-mode forward passes without gradients, ``momentum=None``); ``"none"`` (the
             default) keeps the trained statistics. Measured on yolov5n 2:4 with 32 calibration images, scored on
-            64 other coco128 images (README "Accuracy recovery"): with ``target="layer"`` the reset is essential
-            (mAP50-95 0.037 -> 0.128), with ``target="dense"`` it costs a little (0.198 -> 0.175), because the
+            64 other coco128 images (docs/results.md "Accuracy recovery"): with ``target="layer"`` the reset is
+            essential (mAP50-95 0.037 -> 0.128), with ``target="dense"`` it costs a little (0.198 -> 0.175), because the
             dense target already keeps each layer's output distribution and a few hundred letterboxed images
             estimate the statistics less well than training did.
         target: what each layer's pruned output should reproduce. ``"dense"``: the unpruned model's output of
@@ -310,11 +312,12 @@ def calibrated_prune(
         refit: once SparseGPT has chosen a layer's mask, re-solve its kept weights exactly (per-row least squares)
             together with a per-channel bias that goes into the following BatchNorm's running mean (or the
             layer's bias); the mask is then chosen on the centred input statistics (see :func:`prune_layer`).
-            Measured on yolov5n 2:4 (README "Accuracy recovery"): 64 calibration images, held-out mAP50-95
+            Measured on yolov5n 2:4 (docs/results.md "Accuracy recovery"): 64 calibration images, held-out mAP50-95
             0.212 without, 0.255 with.
         steps: prune each layer in this many increments, each followed by the refit (see :func:`prune_layer`).
             Measured on yolov5n (64 calibration images, held-out mAP50-95): 75% unstructured 0.066 with 1 step,
             0.104 with 3; 2:4 0.255 with 1, 0.248 with 2 (its only other schedule, 3:4 then 2:4).
+        progress: show a progress bar over the layers (on stderr; a layer takes seconds to a minute).
 
     Returns:
         A :class:`CalibratedPruneReport`.
@@ -326,7 +329,7 @@ def calibrated_prune(
         The model is run in eval mode during calibration (BatchNorm uses its running statistics), with the
         layers before a layer already pruned and updated. Activations of the top-level layers still needed are
         cached for all calibration images (float32 on the model's device; two streams with ``target="dense"``):
-        the process peaked at 1.7 GB for yolov5n with 64 images at 640 (README "Accuracy recovery"); memory and
+        the process peaked at 1.7 GB for yolov5n with 64 images at 640 (docs/results.md "Accuracy recovery"); memory and
         time scale linearly with the number of images.
         A layer that is not reached by the forward pass is left dense and reported as skipped.
     """
@@ -369,6 +372,8 @@ def calibrated_prune(
         dense = _ActivationStream(dstages, routes, save, last_use, images, device, dtype)
         twins = dict(zip(model.modules(), dense_model.modules()))
 
+    bar = tqdm(total=len(names), desc="calibrate", unit="layer", disable=not progress,
+               bar_format="{l_bar}{bar:20}{r_bar}")
     for i, stage in enumerate(stages):
         targets = [mod for mod in stage.modules() if mod in names]
         if targets:
@@ -376,6 +381,7 @@ def calibrated_prune(
             for mod in unreached:
                 report.skipped.append((names[mod], "not reached by the forward pass"))
                 names.pop(mod)
+                bar.total -= 1
             for group in groups:
                 accs = _calibrate_stage(stage, lambda b, i=i: pruned.input(i, b), nb, group,
                                         None if dense is None else (dense.stages[i], lambda b, i=i: dense.input(i, b),
@@ -388,11 +394,14 @@ def calibrated_prune(
                     report.rel_error[key] = rel
                     report.calib_rows[key] = accs[mod].rows
                     LOGGER.debug("%s: relative output error %.4f over %d rows", key, rel, accs[mod].rows)
+                    bar.set_postfix_str(names[mod], refresh=False)
+                    bar.update()
                 del accs
         if i < len(stages) - 1:
             pruned.advance(i)
             if dense is not None:
                 dense.advance(i)
+    bar.close()
     del pruned, dense
 
     for name, mod in selected:
