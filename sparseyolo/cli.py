@@ -14,6 +14,11 @@ class _UserError(Exception):
     """A mistake in the command's arguments or inputs: printed as one line, no traceback."""
 
 
+# sparseyolo.prune.METHODS, spelled here so that building the parser (and --help) does not import torch;
+# tests/test_prune_tiles.py checks that the two agree.
+_PRUNE_METHODS = ["l1", "global", "nm", "tile"]
+
+
 def _setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -48,7 +53,7 @@ def _add_val_parser(sub: argparse._SubParsersAction) -> None:
                    help="fused: the compiled sparseyolo::yolo_nms op; reference: torch + torchvision (same boxes)")
     p.add_argument("--prune", default="0", metavar="AMOUNT|N:M",
                    help="prune the fused model first: a fraction (e.g. 0.3) or an N:M pattern (e.g. 2:4)")
-    p.add_argument("--prune-method", choices=["l1", "global", "nm"], default=None,
+    p.add_argument("--prune-method", choices=_PRUNE_METHODS, default=None,
                    help="l1 per layer (default for an amount, YOLOv5's --prune), global magnitude, or nm (default for N:M)")
     p.add_argument("--project", default="runs/val", help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
@@ -72,9 +77,11 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
         "sparseyolo checkpoint with the masks. Prunes the unfused model (BatchNorms kept) unless --fused.",
     )
     p.add_argument("--weights", required=True, help="checkpoint: Ultralytics *.pt, sparseyolo *.pt or a state_dict")
-    p.add_argument("--method", choices=["l1", "global", "nm"], default=None,
-                   help="l1 per layer, global magnitude, or nm (N:M along input channels); default: nm with --nm or --nm-block, else l1")
-    p.add_argument("--amount", type=float, default=None, help="fraction of weights to prune, in [0, 1) (l1, global)")
+    p.add_argument("--method", choices=_PRUNE_METHODS, default=None,
+                   help="l1 per layer, global magnitude, nm (N:M along input channels) or tile (16x32 channel tiles "
+                   "of each tap, what the AMX CPU kernel skips); default: nm with --nm or --nm-block, else l1")
+    p.add_argument("--amount", type=float, default=None,
+                   help="fraction of weights to prune, in [0, 1) (l1, global, tile)")
     p.add_argument("--nm", default=None, metavar="N:M", help="N:M pattern for --method nm, e.g. 2:4 (default 2:4)")
     p.add_argument("--nm-block", type=int, default=1, metavar="B",
                    help="share each N:M choice across B consecutive output channels (4 lets the CPU sparse kernel "
@@ -164,7 +171,7 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=float, default=3.0, help="warm-up epochs (at least 100 batches; 0 disables)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
     p.add_argument("--no-mosaic", dest="mosaic", action="store_false", help="disable 4-image mosaic augmentation")
-    p.add_argument("--prune-method", choices=["l1", "global", "nm"], default=None,
+    p.add_argument("--prune-method", choices=_PRUNE_METHODS, default=None,
                    help="prune before (or, with --gradual, during) training: l1 per layer, global magnitude, or nm")
     p.add_argument("--amount", type=float, default=None, help="final sparsity in (0, 1) for l1/global")
     p.add_argument("--nm", default=None, metavar="N:M", help="N:M pattern for --prune-method nm (default 2:4)")

@@ -51,7 +51,7 @@ def test_unknown_keys_are_dropped_with_a_warning(caplog):
 @pytest.mark.parametrize(
     "fields,epochs,match",
     [
-        ({"method": "magnitude"}, None, "method must be l1, global or nm"),
+        ({"method": "magnitude"}, None, "method must be one of l1, global, nm, tile"),
         ({"method": "nm", "amount": 0.5}, None, "method nm takes n:m, not amount"),
         ({"method": "nm", "n": 4, "m": 2}, None, "1 <= n < m <= 16"),
         ({"method": "l1"}, None, r"method l1 needs amount, a fraction in \[0, 1\)"),

@@ -61,3 +61,19 @@ def test_prune_method_tile_and_the_kernel_skips_the_tiles():
 def test_prune_tile_needs_amount():
     with pytest.raises(ValueError, match="amount"):
         prune(nn.Sequential(nn.Conv2d(32, 32, 1)), "tile")
+
+
+def test_cli_offers_every_prune_method():
+    from sparseyolo import cli
+    from sparseyolo.prune.methods import METHODS
+
+    assert tuple(cli._PRUNE_METHODS) == METHODS
+
+
+def test_prune_config_accepts_tile_but_not_with_calibration():
+    from sparseyolo.prune import PruneConfig
+    from sparseyolo.utils.errors import ParameterError
+
+    assert PruneConfig(method="tile", amount=0.5).validate().prune_kwargs()["amount"] == 0.5
+    with pytest.raises(ParameterError, match="calibrate works with method l1"):
+        PruneConfig(method="tile", amount=0.5, calibrate="data.yaml").validate()

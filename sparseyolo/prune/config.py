@@ -19,11 +19,12 @@ from typing import Any
 
 from sparseyolo.utils.errors import ParameterError
 
+METHODS = ("l1", "global", "nm", "tile")  # sparseyolo.prune.prune's methods
+
 __all__ = ["PruneConfig", "parse_nm"]
 
 LOGGER = logging.getLogger(__name__)
 
-METHODS = ("l1", "global", "nm")
 BN_RECALIBRATION = ("reset", "none")
 CALIB_TARGETS = ("dense", "layer")
 
@@ -45,9 +46,11 @@ class PruneConfig:
     """What to prune, and how the masks are chosen.
 
     Attributes:
-        method: ``'l1'`` (per-layer unstructured), ``'global'`` (one magnitude threshold over all layers) or
-            ``'nm'`` (N kept of every M consecutive input channels).
-        amount: sparsity for ``'l1'``/``'global'``, in [0, 1) (in (0, 1) for training); None for ``'nm'``.
+        method: ``'l1'`` (per-layer unstructured), ``'global'`` (one magnitude threshold over all layers),
+            ``'nm'`` (N kept of every M consecutive input channels) or ``'tile'`` (16 x 32 channel tiles of each
+            tap, the unit the AMX CPU kernel skips).
+        amount: sparsity for ``'l1'``/``'global'``/``'tile'``, in [0, 1) (in (0, 1) for training); None for
+            ``'nm'``.
         n, m: the N:M pattern of ``'nm'``.
         block: ``'nm'`` only: share each N:M choice across ``block`` consecutive output channels.
         include, exclude: ``fnmatch`` patterns of layer names to prune / never prune.
@@ -114,7 +117,7 @@ class PruneConfig:
             ``self``, for chaining.
         """
         if self.method not in METHODS:
-            raise ParameterError(f"method must be l1, global or nm, got {self.method!r}", "method")
+            raise ParameterError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}", "method")
         if self.method == "nm":
             if self.amount is not None:
                 raise ParameterError("method nm takes n:m, not amount", "method", "n:m", "amount")
@@ -153,8 +156,8 @@ class PruneConfig:
         return self
 
     def _validate_calibration(self) -> None:
-        if self.method == "global":
-            raise ParameterError("calibrate works with method l1 (per-layer amount) or nm, not global",
+        if self.method in ("global", "tile"):
+            raise ParameterError(f"calibrate works with method l1 (per-layer amount) or nm, not {self.method}",
                                  "calibrate", "method", "amount")
         if self.block != 1:
             raise ParameterError("block is not supported with calibrate (the solver picks each row's N:M "

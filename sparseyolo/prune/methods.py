@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from sparseyolo import ops
+from sparseyolo.prune.config import METHODS
 from sparseyolo.prune.masks import PATTERN_ATTR, has_mask, set_mask
 from sparseyolo.prune.tiles import TILE_PATTERN, is_tile_mask, tile_mask
 
 LOGGER = logging.getLogger(__name__)
 
-METHODS = ("l1", "global", "nm", "tile")
 
 
 @dataclass
