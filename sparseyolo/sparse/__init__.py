@@ -11,7 +11,7 @@ Quick reference::
 
 Backends (:mod:`sparseyolo.sparse.backends`, docs/backends.md): ``"dense"``, ``"cpu_csr"``, ``"cuda_mma_sp"``;
 experimental GPU backends (:mod:`sparseyolo.sparse.experimental`) register only with
-``SPARSEYOLO_EXPERIMENTAL_GPU=1`` (or an explicit import of that package).
+``SPARSEYOLO_EXPERIMENTAL_GPU=1`` (or a call of its ``register_experimental_backends()``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from sparseyolo.sparse.packing import PackedConvWeight, pack_conv_weight, pack_n
 from sparseyolo.sparse.report import LayerDecision, SparsifyReport, sparsify_report
 
 if os.environ.get("SPARSEYOLO_EXPERIMENTAL_GPU", "0") == "1":
-    import sparseyolo.sparse.experimental  # noqa: F401  (registers the experimental GPU backends)
+    from sparseyolo.sparse.experimental import register_experimental_backends
+
+    register_experimental_backends()
 
 __all__ = [
     "BACKENDS",

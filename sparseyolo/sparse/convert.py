@@ -90,7 +90,7 @@ def _resolve(config: SparsifyConfig) -> tuple[str, list[SparseBackend]]:
     names: list[str] = []
     for name in config.backends:
         if name == "auto":
-            names += [b.name for b in available_backends(dev, config.dtype) if b.name != "dense"]
+            names += [b.name for b in available_backends(dev, config.dtype) if b.name != "dense" and b.in_auto]
         elif name == "sparse":
             if dev not in DEFAULT_SPARSE:
                 raise ValueError(f"sparsify: no default sparse backend for device '{dev}'")

@@ -79,6 +79,9 @@ class SparseBackend(abc.ABC):
     memory_format: torch.memory_format = torch.contiguous_format
     #: Not yet shown correct on hardware: registered only by :mod:`sparseyolo.sparse.experimental`.
     experimental: bool = False
+    #: ``False``: ``sparsify``'s ``"auto"`` never tries it (run it by naming it), e.g. a kernel whose fault would
+    #: end the process's CUDA context before the output check could reject it.
+    in_auto: bool = True
 
     def supports(self, device: str | torch.device, dtype: torch.dtype) -> str | None:
         """``None`` when inputs of this device type and dtype are in ``devices``/``dtypes``, else why not."""

@@ -1,7 +1,7 @@
 """The registry of sparse backends: name -> :class:`~sparseyolo.sparse.backends.base.SparseBackend`.
 
 Built-in backends register themselves when :mod:`sparseyolo.sparse.backends` is imported ("dense", "cpu_csr",
-"cuda_mma_sp"); experimental ones only when :mod:`sparseyolo.sparse.experimental` is imported (opt-in). A new
+"cuda_mma_sp"); experimental ones only through :mod:`sparseyolo.sparse.experimental` (opt-in). A new
 backend (say a CPU kernel in another layout) is one module with one :class:`SparseBackend` subclass and one
 ``register_backend(MyBackend())`` call; ``sparsify``'s ``auto`` then times it wherever its ``why_not`` says
 it applies.
@@ -39,8 +39,8 @@ def get_backend(name: str) -> SparseBackend:
     try:
         return _BACKENDS[name]
     except KeyError:
-        hint = (" (experimental GPU backends register with SPARSEYOLO_EXPERIMENTAL_GPU=1 or an import of "
-                "sparseyolo.sparse.experimental)")
+        hint = (" (experimental GPU backends register with SPARSEYOLO_EXPERIMENTAL_GPU=1 or "
+                "sparseyolo.sparse.experimental.register_experimental_backends())")
         raise ValueError(f"unknown sparse backend '{name}'; registered: {', '.join(backend_names())}{hint}") from None
 
 
