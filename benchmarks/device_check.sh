@@ -17,8 +17,8 @@
 #   4. bench   benchmarks/bench_sparse_conv_cuda.py (batch 32, fp16): dense vs the four mma.sp kernels + end to
 #              end; then the wgmma kernels in their own process; then cuSPARSELt (sparseyolo's binding, plans
 #              cached) on the 1x1 layers + yolov5x end to end, in its own process; Nsight Compute counters of
-#              cuDNN and every 2:4 kernel on two layers (benchmarks/profile_sparse_conv_ncu.py); benchmarks/
-#              bench_nms.py --device cuda; benchmarks/probe_cusparselt.py (which of PyTorch's cuSPARSELt calls run)
+#              cuDNN and every 2:4 kernel on two layers (benchmarks/experimental/profile_sparse_conv_ncu.py); benchmarks/
+#              bench_nms.py --device cuda; benchmarks/experimental/probe_cusparselt.py (which of PyTorch's cuSPARSELt calls run)
 # SKIP_STAGES="ctest_cuda bench_nms" skips stages by name (a rerun after a fix).
 # Files under $OUT (the device tool returns at most 8): log.txt (everything), summary.md (stage table + every
 # benchmark table), results.tgz (the benchmarks' .json and .md files). Pytest failures are in log.txt (-rfE).
@@ -115,7 +115,7 @@ log "CC=${CC:-unset} CXX=${CXX:-unset}: $(${CXX:-c++} --version 2>&1 | head -1)"
 # reading, sparse_conv2d_24_device.cuh), everything below is built with them, so that this one run still tests
 # and times the wgmma kernels. A SPARSEYOLO_NVCC_FLAGS set by the caller wins.
 CMAKE_ARGS=(-S . -B build/device_cmake -DSPARSEYOLO_CUDA=ON -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc"
-            -DCMAKE_CUDA_ARCHITECTURES=90a)
+            -DCMAKE_CUDA_ARCHITECTURES=90a -DSPARSEYOLO_EXPERIMENTAL_GPU=ON)
 probe_layouts() {
   cmake "${CMAKE_ARGS[@]}" -DCMAKE_CUDA_FLAGS= >/dev/null &&
     cmake --build build/device_cmake -j "$MAX_JOBS" --target cuda_test_mma_sp_layout cuda_test_wgmma_sp_layout \
@@ -194,18 +194,18 @@ profile_ncu() {
   [[ -n "$ncu" && -x "$ncu" ]] || { echo "ncu not found: no hardware counters"; return 77; }
   "$ncu" --clock-control none --profile-from-start off --section SpeedOfLight --section MemoryWorkloadAnalysis \
     --section Occupancy --section WarpStateStats --section LaunchStats --section ComputeWorkloadAnalysis \
-    --export "$RES/ncu_sparse_conv" --force-overwrite "$PY" benchmarks/profile_sparse_conv_ncu.py --wgmma
+    --export "$RES/ncu_sparse_conv" --force-overwrite "$PY" benchmarks/experimental/profile_sparse_conv_ncu.py --wgmma
   rc=$?  # a fault in the last (wgmma) kernels still leaves the report of the ones before
   "$ncu" --import "$RES/ncu_sparse_conv.ncu-rep" --csv --page raw --print-units base >"$RES/ncu_sparse_conv.csv" &&
     rm -f "$RES/ncu_sparse_conv.ncu-rep" || return 1
-  "$PY" benchmarks/profile_sparse_conv_ncu.py --summarize "$RES/ncu_sparse_conv.csv" | tee "$RES/ncu_sparse_conv.md"
+  "$PY" benchmarks/experimental/profile_sparse_conv_ncu.py --summarize "$RES/ncu_sparse_conv.csv" | tee "$RES/ncu_sparse_conv.md"
   return $rc
 }
 run_stage profile_ncu 90 bash -o pipefail -c "$(declare -f profile_ncu); RES='$RES' PY='$PY' CUDA_HOME='$CUDA_HOME' \
   profile_ncu"
 run_stage bench_nms 60 "$PY" benchmarks/bench_nms.py --device cuda --batch 1 32 --min-run-time 0.3 \
   --json "$RES/nms_cuda.json" --markdown "$RES/nms_cuda.md"
-run_stage probe_cusparselt 60 "$PY" benchmarks/probe_cusparselt.py
+run_stage probe_cusparselt 60 "$PY" benchmarks/experimental/probe_cusparselt.py
 
 # --- summary ----------------------------------------------------------------------------------------------
 {

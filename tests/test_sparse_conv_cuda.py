@@ -20,6 +20,7 @@ from sparseyolo.sparse import SparseConv2d, SparsifyConfig, pack_mma_sp_weight, 
 from sparseyolo.sparse.autotune import MAX_REL_DIFF, disagreement
 from sparseyolo.sparse.backends import available_backends
 from sparseyolo.sparse.experimental import cusparselt_status, experimental_backends
+from sparseyolo.sparse.experimental.mma_sp_kernels import not_built_reason
 from sparseyolo.sparse.mma_sp import is_24_sparse
 
 DTYPES = [torch.float16, torch.bfloat16]
@@ -149,6 +150,17 @@ class TestSparseConv2d24CPU:
 # ------------------------------------------------------------------------------------------------ CUDA
 
 
+def _need_built(kernel: str) -> None:
+    """Skip for an experimental kernel this extension was built without (SPARSEYOLO_EXPERIMENTAL_GPU=1 builds them)."""
+    if kernel in ("default", "tile64"):
+        return
+    if kernel.startswith("wgmma") and torch.cuda.get_device_capability() != (9, 0):
+        return  # the op says "needs an sm_90 GPU" first; the tests check that or skip
+    why = not_built_reason(kernel)
+    if why:
+        pytest.skip(why)
+
+
 def _poison_allocator(numel: int, dtype: torch.dtype) -> None:
     """Leave NaN bytes in the caching allocator's next blocks, so an unwritten output element shows up."""
     blocks = [torch.full((numel,), float("nan"), dtype=dtype, device="cuda") for _ in range(4)]
@@ -167,6 +179,7 @@ class TestSparseConv2d24CUDA:
             pytest.skip("needs sm_80+")
         if kernel.startswith("wgmma") and torch.cuda.get_device_capability() != (9, 0):
             pytest.skip("the wgmma kernels need sm_90")
+        _need_built(kernel)
         torch.manual_seed(cin + cout + h)
         wt = _weight_24(cout, cin, k, seed=cin * cout + 1, dtype=dtype)
         x = torch.randn(3, cin, h, w).to(dtype)
@@ -189,6 +202,7 @@ class TestSparseConv2d24CUDA:
 
     @pytest.mark.parametrize("kernel", ["default", "tile128", "tile128x256", "tile256x128"])
     def test_nchw_input_and_batch_1(self, kernel):
+        _need_built(kernel)
         wt = _weight_24(96, 64, 3, seed=9, dtype=torch.float16)
         packed = pack_mma_sp_weight(wt).to("cuda")
         x = torch.randn(1, 64, 20, 20, device="cuda", dtype=torch.float16)  # NCHW: copied to channels_last
@@ -201,6 +215,7 @@ class TestSparseConv2d24CUDA:
     def test_large_layer_many_blocks(self, kernel):
         if kernel.startswith("wgmma") and torch.cuda.get_device_capability() != (9, 0):
             pytest.skip("the wgmma kernels need sm_90")
+        _need_built(kernel)
         # A yolov5x-like layer (Cin = Cout = 320, 3x3) over enough pixels for thousands of blocks of either tile.
         wt = _weight_24(320, 320, 3, seed=12, dtype=torch.float16)
         packed = pack_mma_sp_weight(wt).to("cuda")
@@ -218,6 +233,8 @@ class TestSparseConv2d24CUDA:
             pytest.skip(f"cuSPARSELt: {cusparselt_status()}")
         if backend.name.startswith("cuda_wgmma") and torch.cuda.get_device_capability() != (9, 0):
             pytest.skip("the wgmma kernels need sm_90")
+        if backend.name != "cuda_cusparselt":
+            _need_built(backend.kernel)
         wt = _weight_24(128, 64, 1, seed=11, dtype=torch.float16)
         conv = torch.nn.Conv2d(64, 128, 1, bias=True)
         with torch.no_grad():
