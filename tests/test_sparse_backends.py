@@ -299,3 +299,22 @@ class TestAutotuner:
         fast = sparsify(nn.Sequential(conv), SparsifyConfig(example_input=torch.randn(1, 8, 6, 6), reps=1))
         d = fast.sparsify_report.layers[0]
         assert d.backend == "dense" and d.reason == "groups != 1" and not fakes[1]
+
+    def test_a_bf16_cpu_backend_makes_bf16_sparsify_work(self, fakes):
+        add, _ = fakes
+        be = add("fake_bf16", 0.5)
+        be.dtypes = (torch.float32, torch.bfloat16)  # what the bf16 CPU kernel will declare
+        be.memory_format = torch.channels_last
+        conv = nn.Conv2d(32, 48, 3, padding=1, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(_weight_24(GEOMS[0], seed=4))
+        conv.register_buffer("weight_mask", (conv.weight != 0).float())
+        model = nn.Sequential(conv, nn.SiLU())
+        x = torch.randn(1, 32, 10, 10)
+        fast = sparsify(model, SparsifyConfig(dtype=torch.bfloat16, example_input=x, reps=1))
+        report = fast.sparsify_report
+        assert report.dtype == "bfloat16" and set(report.layers[0].times) == {"dense", "fake_bf16"}
+        with torch.no_grad():
+            y = fast(x.to(torch.bfloat16))
+            assert y.dtype == torch.bfloat16
+            torch.testing.assert_close(y.float(), model(x), rtol=5e-2, atol=5e-2)

@@ -267,7 +267,7 @@ def sparsify(
         set_module(model, name, new)
     model.sparsify_report = report
     if whole_model_check and report.sparse_layers:
-        model = _whole_model_check(model, original, example, config.reps, report)
+        model = _whole_model_check(model, original, example.to(config.device, config.dtype), config, report)
     LOGGER.info("sparsify: %d/%d pruned convs sparse, %d BatchNorms folded", len(report.sparse_layers),
                 len(report.layers), report.folded_bn)
     return model
@@ -281,14 +281,14 @@ def _same_output(a, b) -> bool:
     return True
 
 
-def _whole_model_check(sparse_model: nn.Module, original: nn.Module, x: torch.Tensor, reps: int,
+def _whole_model_check(sparse_model: nn.Module, original: nn.Module, x: torch.Tensor, config: SparsifyConfig,
                        report: SparsifyReport) -> nn.Module:
     """Per-layer wins do not add up to a faster model when dense oneDNN runs faster in channels-last (the CSR
     kernel takes NCHW) or when layout changes between layers cost more than a layer saves. So "auto" times the
     whole model three ways on ``example_input`` (its per-layer choices; all dense; all dense with channels-last
     weights) and returns the fastest: ``sparsify`` never returns a model slower than the dense one it measured.
     """
-    dense = sparsify(original, backend="dense", inplace=True)
+    dense = sparsify(original, backend="dense", inplace=True, device=config.device, dtype=config.dtype)
     candidates: dict[str, nn.Module] = {"sparse": sparse_model, "dense": dense}
     inputs = {"sparse": x, "dense": x}
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -303,7 +303,7 @@ def _whole_model_check(sparse_model: nn.Module, original: nn.Module, x: torch.Te
         # two interleaved rounds, best of each, as per layer; the channels-last model is fed a channels-last input
         # (a 3-channel NCHW image into its first conv costs a reorder), as a user of it would
         times = timing.interleaved_median_ms({k: (lambda m=m, k=k: m(inputs[k])) for k, m in candidates.items()},
-                                             "cpu", reps)
+                                             config.device, config.reps)
     report.model_ms = times
     report.chosen = min(times, key=times.get)
     if report.chosen == "sparse":

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from sparseyolo.sparse.backends import ConvGeometry, SparseBackend, get_backend
+from sparseyolo.sparse.packing import PackedConvWeight
 
 LOGGER = logging.getLogger(__name__)
 
@@ -173,10 +174,8 @@ class SparseConv2d(nn.Module):
         numel = self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         return 1.0 - self.nnz / numel if numel else 0.0
 
-    def packed(self):
+    def packed(self) -> PackedConvWeight:
         """The CSR weight (:class:`~sparseyolo.sparse.packing.PackedConvWeight`) of a ``"cpu_csr"`` module."""
-        from sparseyolo.sparse.packing import PackedConvWeight
-
         if self.backend.name != "cpu_csr":
             raise ValueError(f"SparseConv2d.packed: the CSR weight exists for backend 'cpu_csr' only, this module "
                              f"runs '{self.backend.name}' (dense_weight() gives the weight of any backend)")
