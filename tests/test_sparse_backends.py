@@ -318,3 +318,25 @@ class TestAutotuner:
             y = fast(x.to(torch.bfloat16))
             assert y.dtype == torch.bfloat16
             torch.testing.assert_close(y.float(), model(x), rtol=5e-2, atol=5e-2)
+
+
+class TestTiming:
+    def test_interleaved_round_robin_best_of_rounds(self, monkeypatch):
+        calls: list[str] = []
+        samples = {"a": iter([3.0, 1.0]), "b": iter([2.0, 4.0])}
+
+        def fake(fn, device, reps=5):
+            return next(samples[fn()])
+
+        monkeypatch.setattr(timing, "device_median_ms", fake)
+        times = timing.interleaved_median_ms({"a": lambda: calls.append("a") or "a",
+                                              "b": lambda: calls.append("b") or "b"}, "cpu", reps=1, rounds=2)
+        assert calls == ["a", "b", "a", "b"] and times == {"a": 1.0, "b": 2.0}
+        with pytest.raises(ValueError, match="rounds must be >= 1"):
+            timing.interleaved_median_ms({}, rounds=0)
+
+    def test_median_ms_counts_calls(self):
+        n = []
+        assert timing.median_ms(lambda: n.append(1), reps=3, warmup=2) >= 0 and len(n) == 5
+        with pytest.raises(ValueError, match="reps must be >= 1"):
+            timing.median_ms(lambda: None, reps=0)
