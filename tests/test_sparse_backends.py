@@ -340,3 +340,14 @@ class TestTiming:
         assert timing.median_ms(lambda: n.append(1), reps=3, warmup=2) >= 0 and len(n) == 5
         with pytest.raises(ValueError, match="reps must be >= 1"):
             timing.median_ms(lambda: None, reps=0)
+
+
+def test_load_takes_the_saved_geometry_even_with_equal_buffer_shapes():
+    geometry = ConvGeometry(32, 40, (3, 3), (2, 2), (1, 1))
+    w = _weight_24(geometry, seed=5)
+    saved = SparseConv2d.from_weight(w, None, geometry, "silu")
+    target = SparseConv2d.from_weight(w, None, ConvGeometry(32, 40, (3, 3)), "identity")  # stride 1, no padding
+    target.load_state_dict(saved.state_dict())
+    assert target.stride == (2, 2) and target.padding == (1, 1) and target.activation == "silu"
+    x = torch.randn(1, 32, 9, 9)
+    assert torch.equal(target(x), saved(x))

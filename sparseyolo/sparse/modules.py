@@ -135,18 +135,17 @@ class SparseConv2d(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         meta = local_metadata.get(_META_KEY)
-        if meta is not None and (meta["backend"] != self.backend.name or self._buffer_shapes_differ(state_dict,
-                                                                                                     prefix)):
-            # Saved from another backend (or another layer): take its backend, geometry and buffer shapes.
-            old = set(self._buffers)
-            names = {k[len(prefix):] for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):]}
-            for n in old - names - {"bias"}:
-                del self._buffers[n]
-            for n in names:
-                t = state_dict[prefix + n]
-                self._buffers[n] = torch.empty_like(t, device=self._device())
-            if "bias" not in names:
-                self._buffers["bias"] = None
+        if meta is not None:
+            if meta["backend"] != self.backend.name or self._buffer_shapes_differ(state_dict, prefix):
+                # Saved from another backend (or another layer): take its buffer names and shapes.
+                names = {k[len(prefix):] for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):]}
+                for n in set(self._buffers) - names - {"bias"}:
+                    del self._buffers[n]
+                for n in names:
+                    self._buffers[n] = torch.empty_like(state_dict[prefix + n], device=self._device())
+                if "bias" not in names:
+                    self._buffers["bias"] = None
+            # The saved layer's backend, geometry and activation, whatever this module had.
             self._bind(get_backend(meta["backend"]), ConvGeometry.from_dict(meta["geometry"]))
             self.activation, self.pattern, self._nnz = meta["activation"], meta.get("pattern"), meta.get("nnz", 0)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
