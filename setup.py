@@ -8,8 +8,11 @@ Configuration (environment variables):
   TORCH_CUDA_ARCH_LIST  e.g. "8.0;9.0a" (the default); arches the installed nvcc cannot build are dropped.
   MAX_JOBS           parallel compile jobs (ninja).
   DEBUG=1            -O0 -g.
-  SPARSEYOLO_NO_CUSPARSELT=1  build without the cuSPARSELt backend (it is built when torch's wheel ships
-                     nvidia/cusparselt, headers and library).
+  SPARSEYOLO_EXPERIMENTAL_GPU=1  also build the experimental GPU code (not yet shown correct on a GPU): the
+                     big-tile and wgmma 2:4 kernels (csrc/experimental/kernels/cuda) and the cuSPARSELt binding
+                     (csrc/experimental/ops/cuda). The default build has the hardware-proven tile64 kernel only.
+  SPARSEYOLO_NO_CUSPARSELT=1  with SPARSEYOLO_EXPERIMENTAL_GPU=1, leave out cuSPARSELt (otherwise built when
+                     torch's wheel ships nvidia/cusparselt, headers and library).
   SPARSEYOLO_NVCC_FLAGS  extra nvcc flags, split on whitespace; benchmarks/device_check.sh passes the wgmma.sp
                      operand conventions the device's layout probe found (-DSPARSEYOLO_WGMMA_...) this way.
 
@@ -107,7 +110,9 @@ def _cusparselt() -> tuple[list[str], list[str], str]:
     torch's CUDA library already loads libcusparseLt.so.0, so linking against it adds no new dependency; the
     rpath is for a process that loads sparseyolo._C before torch's CUDA library.
     """
-    off = "not found (the cusparselt backend is off)"
+    off = "not found (the cuda_cusparselt backend is off)"
+    if not _env_flag("SPARSEYOLO_EXPERIMENTAL_GPU"):
+        return [], [], "off (experimental: SPARSEYOLO_EXPERIMENTAL_GPU=1 builds it)"
     if _env_flag("SPARSEYOLO_NO_CUSPARSELT"):
         return [], [], "off (SPARSEYOLO_NO_CUSPARSELT=1)"
     site = Path(torch.__file__).resolve().parent.parent
@@ -128,7 +133,9 @@ def _sources(*patterns: str) -> list[str]:
 
 def make_extension():
     cpu_sources = _sources("*.cpp", "ops/*.cpp", "ops/cpu/*.cpp")
-    cuda_sources = _sources("ops/cuda/*.cpp", "kernels/cuda/*.cu")
+    # experimental/ops/cuda: the cuSPARSELt ops' CUDA kernels, whose binding is compiled only with
+    # SPARSEYOLO_EXPERIMENTAL_GPU=1 (without it they raise "built without cuSPARSELt").
+    cuda_sources = _sources("ops/cuda/*.cpp", "kernels/cuda/*.cu", "experimental/ops/cuda/*.cpp")
     debug = _env_flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # at::parallel_for is inline OpenMP in torch's headers: without -fopenmp it silently runs on one thread.
@@ -157,7 +164,8 @@ def make_extension():
     nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"] + system_includes
     if debug:
         nvcc += ["-G"]
-    nvcc += os.environ.get("SPARSEYOLO_NVCC_FLAGS", "").split()
+    experimental = ["-DSPARSEYOLO_EXPERIMENTAL_GPU"] if _env_flag("SPARSEYOLO_EXPERIMENTAL_GPU") else []
+    nvcc += experimental + os.environ.get("SPARSEYOLO_NVCC_FLAGS", "").split()
     n_cu = sum(s.endswith(".cu") for s in cuda_sources)
     cslt_cflags, cslt_ldflags, cslt_found = _cusparselt()
     print(
@@ -165,12 +173,14 @@ def make_extension():
         f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, sources: "
         f"{len(cpu_sources) + len(cuda_sources) - n_cu} C++, {n_cu} CUDA; extra includes: {_wheel_cuda_includes()}"
         f"; SPARSEYOLO_NVCC_FLAGS={os.environ.get('SPARSEYOLO_NVCC_FLAGS', '')!r}"
+        f"; experimental GPU kernels: {'on' if experimental else 'off (SPARSEYOLO_EXPERIMENTAL_GPU=1)'}"
         f"; cuSPARSELt: {cslt_found}"
     )
     return CUDAExtension(
         "sparseyolo._C",
         cpu_sources + cuda_sources,
-        extra_compile_args={"cxx": cxx + ["-DSPARSEYOLO_WITH_CUDA"] + cslt_cflags + system_includes, "nvcc": nvcc},
+        extra_compile_args={"cxx": cxx + ["-DSPARSEYOLO_WITH_CUDA"] + experimental + cslt_cflags + system_includes,
+                            "nvcc": nvcc},
         extra_link_args=["-fopenmp"] + cslt_ldflags,
         define_macros=define_macros,
     )

@@ -5,16 +5,17 @@
 2. Per unique conv shape of yolov5x at ``--batch`` x 640 x 640 (default 32, fp16, channels_last), 2:4 weights
    along Cin, fused bias + SiLU in every method: cuDNN ``F.conv2d`` + SiLU (dense), cuSPARSELt (1x1, stride 1
    only: one GEMM over NHWC, weight compressed once, default algorithm), ``sparseyolo::sparse_conv2d_24`` with
-   its kernels (``mma_sp``: tile64, ``mma_sp_tile128``: tile128, ...), each also checked against the fp32 dense
+   its kernels, named by their backend (``cuda_mma_sp``: tile64, the hardware-proven one; experimental:
+   ``cuda_mma_sp_tile128``: tile128, ..., ``cuda_wgmma``: wgmma, ...), each also checked against the fp32 dense
    conv on the timed shape (``rel err``). The summary gives the median speedup over cuDNN on all layers and on the
    large ones (Cin, Cout >= 256).
    TFLOP/s count the dense-equivalent 2*N*Ho*Wo*Cout*Cin*KH*KW, so sparse and dense rates compare directly.
 3. End to end yolov5s and yolov5x (random weights, 2:4 pruned, BatchNorms folded) at ``--batch`` fp16:
    inference and NMS (``sparseyolo.ops.yolo_nms``, val setting conf 0.001 IoU 0.6 multi-label) timed
-   separately, dense (cuDNN) vs 2:4 (``SparseConv2d`` with GPU ``auto`` per layer: each layer's backend is
-   chosen once by timing, before the timed runs).
+   separately, dense (cuDNN) vs 2:4 (``sparsify(model, SparsifyConfig(device="cuda", backends=--backends))``:
+   each layer's backend is chosen by the autotuner at conversion, before the timed runs).
 
-Timing (``sparseyolo.utils.torch_utils.cuda_median_ms``): warm-up first, then ``--reps`` samples, each one
+Timing (``sparseyolo.utils.timing.cuda_median_ms``): warm-up first, then ``--reps`` samples, each one
 untimed lead call and then at least 4 back-to-back calls between two CUDA events; the median per-call time. So
 the host's dispatch overlaps device work, as in a forward pass (the first H200 run, 2026-11-30 01:05, timed one
 call per event pair, which adds the dispatch of every call). Inputs rotate among enough buffers that they exceed
@@ -44,15 +45,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sparseyolo import ops  # noqa: E402
-from sparseyolo.sparse import SparseConv2d, pack_mma_sp_weight, sparsify  # noqa: E402
-from sparseyolo.sparse.cuda_backend import MMA_SP_BACKENDS, CusparseLtConv1x1, cusparselt_status  # noqa: E402
-from sparseyolo.utils.torch_utils import cuda_median_ms  # noqa: E402
+from sparseyolo.sparse import SparsifyConfig, pack_mma_sp_weight, sparsify  # noqa: E402
+from sparseyolo.sparse.backends.cuda_mma_sp import CUDA_MMA_SP  # noqa: E402
+from sparseyolo.sparse.experimental import (  # noqa: E402
+    EXPERIMENTAL_KERNELS,
+    CusparseLtConv1x1,
+    cusparselt_status,
+)
+from sparseyolo.utils.timing import cuda_median_ms  # noqa: E402
 
 LOGGER = logging.getLogger("bench_sparse_conv_cuda")
 NAN = float("nan")
-# method -> sparse_conv2d_24's kernel=: the GPU backends; "mma_sp" (the library default) is timed as tile64, the
-# kernel that default names today.
-MMA_SP_METHODS = {m: ("tile64" if k == "default" else k) for m, k in MMA_SP_BACKENDS.items()}
+# method (the backend's name) -> sparse_conv2d_24's kernel=: the proven kernel, then the experimental ones (which
+# fail, recorded as NaN, in an extension built without SPARSEYOLO_EXPERIMENTAL_GPU=1).
+MMA_SP_METHODS = {CUDA_MMA_SP.name: CUDA_MMA_SP.kernel, **EXPERIMENTAL_KERNELS}
 METHODS = ("dense", "cusparselt", *MMA_SP_METHODS)
 
 
@@ -252,7 +258,8 @@ def bench_layer(s: dict, batch: int, dtype: torch.dtype, l2: int, reps: int,
     return row
 
 
-def end_to_end(model_name: str, batch: int, size: int, dtype: torch.dtype, reps: int) -> dict:
+def end_to_end(model_name: str, batch: int, size: int, dtype: torch.dtype, reps: int,
+               backends: tuple[str, ...] = ("auto",)) -> dict:
     from sparseyolo import models
     from sparseyolo.prune import prune
 
@@ -262,22 +269,17 @@ def end_to_end(model_name: str, batch: int, size: int, dtype: torch.dtype, reps:
     prune(base, "nm", n=2, m=4)
     xs = [(torch.rand(batch, 3, size, size, device="cuda", dtype=dtype).contiguous(
         memory_format=torch.channels_last),) for _ in range(2)]
-    for variant, backend in (("dense", "dense"), ("sparse24", "sparse")):
+    for variant, chosen in (("dense", ("dense",)), ("sparse24", backends)):
         try:
             t0 = time.perf_counter()
-            m = sparsify(copy.deepcopy(base), backend=backend)
-            m = m.to("cuda", dtype).to(memory_format=torch.channels_last).eval()
-            with torch.no_grad():
-                m(xs[0][0])  # builds GPU weights; "auto" picks each SparseConv2d's backend here
+            config = SparsifyConfig(backends=chosen, device="cuda", dtype=dtype, example_input=xs[0][0])
+            m = sparsify(base, config).to(memory_format=torch.channels_last).eval()  # the autotuner runs here
             torch.cuda.synchronize()
             row[f"{variant}_convert_s"] = time.perf_counter() - t0
             if variant == "sparse24":
                 choices: dict[str, int] = {}
-                for mod in m.modules():
-                    if isinstance(mod, SparseConv2d):
-                        for st in getattr(mod, "_gpu_states", {}).values():
-                            for c in st.choice.values():
-                                choices[c] = choices.get(c, 0) + 1
+                for d in m.sparsify_report.layers:
+                    choices[d.backend_name] = choices.get(d.backend_name, 0) + 1
                 row["sparse24_layer_backends"] = choices
             with torch.no_grad():
                 row[f"{variant}_infer_ms"] = time_ms(lambda x: m(x), xs, reps)
@@ -427,6 +429,9 @@ def main() -> None:
     ap.add_argument("--cudnn-benchmark", type=int, default=1, choices=[0, 1],
                     help="torch.backends.cudnn.benchmark for the whole run (1: cuDNN times its algorithms on the "
                          "first call of each shape and keeps the fastest, the strongest dense baseline)")
+    ap.add_argument("--backends", nargs="+", default=["auto"],
+                    help="end to end: SparsifyConfig.backends of the 2:4 model (e.g. cuda_mma_sp cuda_wgmma64; "
+                         "experimental names need SPARSEYOLO_EXPERIMENTAL_GPU=1)")
     ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                     help="no run: merge the layer tables of earlier runs' .json files and print their projection")
     args = ap.parse_args()
@@ -475,7 +480,7 @@ def main() -> None:
               f"cslt {r['cusparselt_ms']:.3f} {kernels} ms", flush=True)
         save()
     for name in args.models:
-        r = end_to_end(name, args.batch, args.size, dtype, args.reps)
+        r = end_to_end(name, args.batch, args.size, dtype, args.reps, tuple(args.backends))
         res["end_to_end"].append(r)
         print(r, flush=True)
         save()

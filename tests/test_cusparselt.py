@@ -1,5 +1,5 @@
 """sparseyolo's cuSPARSELt ops (``sparseyolo::cusparselt_compress`` / ``cusparselt_linear``) and the
-``"cusparselt"`` GPU backend of SparseConv2d built on them.
+``"cuda_cusparselt"`` experimental GPU backend of SparseConv2d built on them.
 
 CPU-runnable: the ops' errors on CPU tensors, the build's cuSPARSELt version, the backend's status. CUDA-marked
 (skipped without a GPU): the op vs an fp64 reference (error at most 2x PyTorch's own fp16/bf16 matmul error),
@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from sparseyolo import ops
-from sparseyolo.sparse import SparseConv2d, cuda_backend
+from sparseyolo.sparse import SparseConv2d
+from sparseyolo.sparse.experimental import cusparselt
 
 DTYPES = [torch.float16, torch.bfloat16]
 
@@ -33,7 +34,7 @@ def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
 def _need_cusparselt() -> None:
     if ops.cusparselt_version() == 0:
         pytest.skip("sparseyolo was built without cuSPARSELt")
-    why = cuda_backend.cusparselt_status()
+    why = cusparselt.cusparselt_status()
     if why:
         pytest.fail(f"cuSPARSELt is built in but its check failed on this GPU: {why}")
 
@@ -54,18 +55,18 @@ class TestCPU:
 
     def test_status_says_why_not(self, monkeypatch):
         monkeypatch.delenv("SPARSEYOLO_CUSPARSELT", raising=False)
-        monkeypatch.setattr(cuda_backend, "_CSLT_STATUS", {})
-        status = cuda_backend.cusparselt_status()
+        monkeypatch.setattr(cusparselt, "_STATUS", {})
+        status = cusparselt.cusparselt_status()
         if ops.cusparselt_version() == 0:
             assert "built without cuSPARSELt" in status
         elif not torch.cuda.is_available():
             assert status.startswith("cuSPARSELt check failed")  # the subprocess has no GPU
-        assert cuda_backend.cusparselt_status() is status  # checked once per process
+        assert cusparselt.cusparselt_status() is status  # checked once per process
 
     def test_backend_class_refuses_without_cusparselt(self, monkeypatch):
         monkeypatch.setattr(ops, "cusparselt_version", lambda: 0)  # as a build without cuSPARSELt reports
         with pytest.raises(RuntimeError, match="built without cuSPARSELt"):
-            cuda_backend.CusparseLtConv1x1(torch.zeros(16, 16, 1, 1, dtype=torch.float16), None)
+            cusparselt.CusparseLtConv1x1(torch.zeros(16, 16, 1, 1, dtype=torch.float16), None)
 
 
 @pytest.mark.cuda
@@ -139,12 +140,11 @@ class TestCUDA:
         conv = torch.nn.Conv2d(64, 96, 1, bias=True)
         with torch.no_grad():
             conv.weight.mul_(ops.nm_mask(conv.weight, 2, 4))
-        mod = SparseConv2d.from_dense(conv, activation="silu", pattern="2:4").cuda().to(dtype)
-        mod.gpu_backend = "cusparselt"
+        mod = SparseConv2d.from_dense(conv, activation="silu", pattern="2:4", backend=cusparselt.CUSPARSELT,
+                                      dtype=dtype).cuda()
         x = torch.randn(2, 64, 17, 23, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
         y = mod(x)
-        st = mod._gpu_states[(x.device, x.dtype)]
-        assert st.cslt, "the cusparselt backend did not run"
+        assert mod.backend.name == "cuda_cusparselt" and mod.compressed.dtype == torch.uint8
         ref = F.silu(F.conv2d(x.double(), conv.weight.detach().cuda().double(), conv.bias.detach().cuda().double()))
         assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
         assert _rel(y, ref) < (5e-3 if dtype == torch.float16 else 2e-2)

@@ -1,4 +1,4 @@
-"""benchmarks/profile_sparse_conv_ncu.py --summarize: the table it makes of an ncu raw CSV export (no GPU)."""
+"""benchmarks/experimental/profile_sparse_conv_ncu.py --summarize: the table it makes of an ncu raw CSV export (no GPU)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("profile_ncu", ROOT / "benchmarks" / "profile_sparse_conv_ncu.py")
+_spec = importlib.util.spec_from_file_location("profile_ncu",
+                                               ROOT / "benchmarks" / "experimental" / "profile_sparse_conv_ncu.py")
 profile_ncu = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(profile_ncu)
 

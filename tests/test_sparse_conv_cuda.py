@@ -4,7 +4,8 @@ CPU-runnable: the mma.sp weight format (packing vs a bit-level reader written fr
 ``pack_nm_indices`` row metadata of the pruning work), the CPU reference op vs ``F.conv2d`` of the masked
 weight, opcheck, error messages. CUDA-marked (skipped without a GPU): the kernel vs an fp64 reference, error
 at most 2x PyTorch's own fp16/bf16 error, awkward channel counts and spatial sizes, poisoned outputs,
-``SparseConv2d`` on the GPU (auto / mma_sp / cuSPARSELt / dense).
+``SparseConv2d`` on the GPU (each registered CUDA backend, ``sparsify(device="cuda")``'s auto). The autotuner's
+choice logic with fake backends runs on the CPU in tests/test_sparse_backends.py.
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ import torch.nn.functional as F
 
 from sparseyolo import ops
 from sparseyolo.prune.storage import pack_nm_indices
-from sparseyolo.sparse import SparseConv2d, pack_mma_sp_weight, unpack_mma_sp_weight
-from sparseyolo.sparse.cuda_backend import GPU_BACKENDS
+from sparseyolo.sparse import SparseConv2d, SparsifyConfig, pack_mma_sp_weight, sparsify, unpack_mma_sp_weight
+from sparseyolo.sparse.autotune import MAX_REL_DIFF, disagreement
+from sparseyolo.sparse.backends import available_backends
+from sparseyolo.sparse.experimental import cusparselt_status, experimental_backends
+from sparseyolo.sparse.experimental.mma_sp_kernels import not_built_reason
 from sparseyolo.sparse.mma_sp import is_24_sparse
 
 DTYPES = [torch.float16, torch.bfloat16]
 WGMMA = pytest.param("wgmma", marks=pytest.mark.wgmma)
 WGMMA_OVERLAP = pytest.param("wgmma_overlap", marks=pytest.mark.wgmma)
 WGMMA64 = pytest.param("wgmma64", marks=pytest.mark.wgmma)
+# The registered CUDA backends, and the experimental ones whether registered or not.
+CUDA_BACKENDS = list({b.name: b for b in [*available_backends("cuda", torch.float16),
+                                          *experimental_backends()]}.values())
 
 
 def _weight_24(cout: int, cin: int, k: int, seed: int, dtype=torch.float32) -> torch.Tensor:
@@ -143,6 +150,17 @@ class TestSparseConv2d24CPU:
 # ------------------------------------------------------------------------------------------------ CUDA
 
 
+def _need_built(kernel: str) -> None:
+    """Skip for an experimental kernel this extension was built without (SPARSEYOLO_EXPERIMENTAL_GPU=1 builds them)."""
+    if kernel in ("default", "tile64"):
+        return
+    if kernel.startswith("wgmma") and torch.cuda.get_device_capability() != (9, 0):
+        return  # the op says "needs an sm_90 GPU" first; the tests check that or skip
+    why = not_built_reason(kernel)
+    if why:
+        pytest.skip(why)
+
+
 def _poison_allocator(numel: int, dtype: torch.dtype) -> None:
     """Leave NaN bytes in the caching allocator's next blocks, so an unwritten output element shows up."""
     blocks = [torch.full((numel,), float("nan"), dtype=dtype, device="cuda") for _ in range(4)]
@@ -161,6 +179,7 @@ class TestSparseConv2d24CUDA:
             pytest.skip("needs sm_80+")
         if kernel.startswith("wgmma") and torch.cuda.get_device_capability() != (9, 0):
             pytest.skip("the wgmma kernels need sm_90")
+        _need_built(kernel)
         torch.manual_seed(cin + cout + h)
         wt = _weight_24(cout, cin, k, seed=cin * cout + 1, dtype=dtype)
         x = torch.randn(3, cin, h, w).to(dtype)
@@ -183,6 +202,7 @@ class TestSparseConv2d24CUDA:
 
     @pytest.mark.parametrize("kernel", ["default", "tile128", "tile128x256", "tile256x128"])
     def test_nchw_input_and_batch_1(self, kernel):
+        _need_built(kernel)
         wt = _weight_24(96, 64, 3, seed=9, dtype=torch.float16)
         packed = pack_mma_sp_weight(wt).to("cuda")
         x = torch.randn(1, 64, 20, 20, device="cuda", dtype=torch.float16)  # NCHW: copied to channels_last
@@ -195,6 +215,7 @@ class TestSparseConv2d24CUDA:
     def test_large_layer_many_blocks(self, kernel):
         if kernel.startswith("wgmma") and torch.cuda.get_device_capability() != (9, 0):
             pytest.skip("the wgmma kernels need sm_90")
+        _need_built(kernel)
         # A yolov5x-like layer (Cin = Cout = 320, 3x3) over enough pixels for thousands of blocks of either tile.
         wt = _weight_24(320, 320, 3, seed=12, dtype=torch.float16)
         packed = pack_mma_sp_weight(wt).to("cuda")
@@ -205,19 +226,33 @@ class TestSparseConv2d24CUDA:
         assert bool(torch.isfinite(y).all())
         assert _rel(y.float(), ref.double()) < 2e-3
 
-    @pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.wgmma) if "wgmma" in b else b
-                                         for b in GPU_BACKENDS])
+    @pytest.mark.parametrize("backend", [pytest.param(b, id=b.name, marks=pytest.mark.wgmma) if "wgmma" in b.name
+                                         else pytest.param(b, id=b.name) for b in CUDA_BACKENDS])
     def test_module_backends(self, backend):
+        if backend.name == "cuda_cusparselt" and cusparselt_status():
+            pytest.skip(f"cuSPARSELt: {cusparselt_status()}")
+        if backend.name.startswith("cuda_wgmma") and torch.cuda.get_device_capability() != (9, 0):
+            pytest.skip("the wgmma kernels need sm_90")
+        if backend.name != "cuda_cusparselt":
+            _need_built(backend.kernel)
         wt = _weight_24(128, 64, 1, seed=11, dtype=torch.float16)
         conv = torch.nn.Conv2d(64, 128, 1, bias=True)
         with torch.no_grad():
             conv.weight.copy_(wt)
-        mod = SparseConv2d.from_dense(conv, activation="silu", pattern="2:4").cuda().half()
-        mod.gpu_backend = backend
+        mod = SparseConv2d.from_dense(conv, activation="silu", pattern="2:4", backend=backend,
+                                      dtype=torch.float16).cuda()
         x = torch.randn(2, 64, 24, 24, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         y = mod(x)
         ref = _reference(x.cpu(), wt, conv.bias.detach(), 1, 0, "silu")
         assert _rel(y.float().cpu(), ref) < 5e-3
+
+    def test_cpu_packed_module_refuses_cuda_input(self):
+        conv = torch.nn.Conv2d(64, 64, 1, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(_weight_24(64, 64, 1, seed=15))
+        mod = SparseConv2d.from_dense(conv, pattern="2:4").cuda()  # cpu_csr buffers, moved to the GPU
+        with pytest.raises(RuntimeError, match="re-sparsify for that device"):
+            mod(torch.randn(1, 64, 8, 8, device="cuda"))
 
     def test_wgmma_refused_off_hopper_and_not_in_auto(self):
         wt = _weight_24(64, 64, 1, seed=14, dtype=torch.float16)
@@ -226,160 +261,91 @@ class TestSparseConv2d24CUDA:
         if torch.cuda.get_device_capability() != (9, 0):
             with pytest.raises(RuntimeError, match="needs an sm_90 GPU"):
                 ops.sparse_conv2d_24(x, packed.values, packed.meta, 64, 1, kernel="wgmma")
-        conv = torch.nn.Conv2d(64, 64, 1, bias=False)
-        with torch.no_grad():
-            conv.weight.copy_(wt)
-        mod = SparseConv2d.from_dense(conv, pattern="2:4").cuda().half()
-        mod(x.contiguous(memory_format=torch.channels_last))
-        st = mod._gpu_states[(x.device, x.dtype)]
-        assert not any("wgmma" in b for b in st.timings[tuple(x.shape)])  # auto never runs them
+        fast = sparsify(_pruned_model(wt), SparsifyConfig(device="cuda", dtype=torch.float16, example_input=x))
+        d = fast.sparsify_report.layers[0]
+        assert d.times and not any("wgmma" in b for b in d.times)  # auto never runs them
 
-    def test_module_falls_back_for_odd_cin(self, caplog):
+    def test_sparsify_cuda_picks_a_correct_backend(self):
+        wt = _weight_24(128, 64, 3, seed=16, dtype=torch.float16)
+        model = _pruned_model(wt)
+        x = torch.randn(2, 64, 20, 20, dtype=torch.float16)
+        fast = sparsify(model, device="cuda", dtype=torch.float16, example_input=x)
+        d = fast.sparsify_report.layers[0]
+        assert {"dense", "cuda_mma_sp"} <= set(d.times)
+        assert d.backend_name == min(d.times, key=d.times.get)
+        with torch.no_grad():
+            y = fast(x.cuda())
+        assert _rel(y.float().cpu(), _reference(x.float(), wt, None, 1, 1, "identity")) < 5e-3
+        # the CPU-sparsified model repacked for the GPU by sparsify(device="cuda")
+        cpu = sparsify(model, backend="sparse")
+        gpu = sparsify(cpu, backend="sparse", device="cuda", dtype=torch.float16)
+        assert gpu.sparsify_report.layers[0].backend_name == "cuda_mma_sp"
+        with torch.no_grad():
+            assert _rel(gpu(x.cuda()).float().cpu(), _reference(x.float(), wt, None, 1, 1, "identity")) < 5e-3
+
+    def test_odd_cin_stays_dense_with_a_reason(self):
         conv = torch.nn.Conv2d(12, 16, 3, padding=1)
         with torch.no_grad():
             conv.weight.mul_(ops.nm_mask(conv.weight, 2, 4))
-        mod = SparseConv2d.from_dense(conv, pattern="2:4").cuda().half()
+        conv.register_buffer("weight_mask", (conv.weight != 0).float())
+        fast = sparsify(torch.nn.Sequential(conv), backend="sparse", device="cuda", dtype=torch.float16)
+        d = fast.sparsify_report.layers[0]
+        assert d.backend == "dense" and "multiple of 8" in d.reason
         x = torch.randn(1, 12, 9, 9, device="cuda", dtype=torch.float16)
-        with caplog.at_level("WARNING"):
-            y1, y2 = mod(x), mod(x)
-        assert torch.equal(y1, y2)
-        assert sum("multiple of 8" in r.message for r in caplog.records) == 1  # logged once
+        with torch.no_grad():
+            assert torch.equal(fast(x), fast(x))
+
+
+def _pruned_model(weight: torch.Tensor) -> torch.nn.Module:
+    """A one-conv model whose conv carries prune()'s weight_mask (so sparsify converts it)."""
+    cout, cin, k, _ = weight.shape
+    conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+    conv.register_buffer("weight_mask", (weight != 0).float())
+    return torch.nn.Sequential(conv)
 
 
 class TestCusparseLtGate:
     def test_disabled_by_env(self, monkeypatch):
-        from sparseyolo.sparse import cuda_backend
+        from sparseyolo.sparse.experimental import cusparselt
 
         monkeypatch.setenv("SPARSEYOLO_CUSPARSELT", "0")
-        assert "disabled" in cuda_backend.cusparselt_status()
+        assert "disabled" in cusparselt.cusparselt_status()
 
     # What the check reports when cuSPARSELt is missing or fails: tests/test_cusparselt.py.
 
 
 class TestAutoRejectsWrongOutputs:
-    """``auto`` compares every candidate's output with cuDNN's before timing it (cuda_backend._disagreement)."""
+    """``auto`` compares every candidate's output with the dense conv's (cuDNN on CUDA) before timing it."""
 
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_disagreement(self, dtype):
-        from sparseyolo.sparse.cuda_backend import AUTO_MAX_REL_DIFF, _disagreement
-
         ref = torch.randn(2, 16, 5, 5)
-        assert _disagreement(ref.to(dtype), ref) == ""  # rounding to the dtype is fine
-        assert "differs from cuDNN's" in _disagreement((ref * (1 + 3 * AUTO_MAX_REL_DIFF[dtype])).to(dtype), ref)
-        assert "differs" in _disagreement(torch.zeros_like(ref).to(dtype), ref)
+        assert disagreement(ref.to(dtype), ref) == ""  # rounding to the dtype is fine
+        assert "differs from the dense conv's" in disagreement((ref * (1 + 3 * MAX_REL_DIFF[dtype])).to(dtype), ref)
+        assert "differs" in disagreement(torch.zeros_like(ref).to(dtype), ref)
         bad = ref.clone()
         bad[0, 0, 0, 0] = float("nan")
-        assert "non-finite" in _disagreement(bad.to(dtype), ref)
-        assert _disagreement(bad.to(dtype), bad) == ""  # cuDNN's has the same overflow: not the backend's fault
+        assert "non-finite" in disagreement(bad.to(dtype), ref)
+        assert disagreement(bad.to(dtype), bad) == ""  # cuDNN's has the same overflow: not the backend's fault
 
     @pytest.mark.cuda
     def test_auto_never_picks_a_wrong_backend(self, monkeypatch, caplog):
-        from sparseyolo.sparse import cuda_backend
+        from sparseyolo.sparse import autotune
+        from sparseyolo.sparse.backends.cuda_mma_sp import CudaMmaSpBackend
 
+        real = CudaMmaSpBackend.forward
+
+        def broken(self, module, x):  # every mma.sp backend returns garbage, fast
+            return torch.zeros_like(real(self, module, x))
+
+        monkeypatch.setattr(CudaMmaSpBackend, "forward", broken)
+        monkeypatch.setattr(autotune, "_CACHE", {})
         wt = _weight_24(128, 64, 1, seed=13, dtype=torch.float16)
-        conv = torch.nn.Conv2d(64, 128, 1, bias=False)
-        with torch.no_grad():
-            conv.weight.copy_(wt)
-        mod = SparseConv2d.from_dense(conv, pattern="2:4").cuda().half()
-        real_run = cuda_backend._run
-
-        def broken(module, st, backend, x):  # every sparse backend returns garbage, fast
-            y = real_run(module, st, "dense", x)
-            return y if backend == "dense" else torch.zeros_like(y)
-
-        monkeypatch.setattr(cuda_backend, "_run", broken)
-        monkeypatch.setattr(cuda_backend, "_GPU_TIMING_CACHE", {})
-        x = torch.randn(2, 64, 24, 24, device="cuda", dtype=torch.float16)
+        x = torch.randn(2, 64, 24, 24, dtype=torch.float16)
         with caplog.at_level("WARNING"):
-            mod(x)
-        st = mod._gpu_states[(x.device, x.dtype)]
-        assert st.choice[tuple(x.shape)] == "dense"
+            fast = sparsify(_pruned_model(wt), device="cuda", dtype=torch.float16, example_input=x)
+        d = fast.sparsify_report.layers[0]
+        assert d.backend == "dense" and d.times["cuda_mma_sp"] == float("inf")
         assert any("never chosen" in r.message for r in caplog.records)
-
-
-class TestAutoSelectionLogicCPU:
-    """``cuda_forward``'s choice logic on the CPU, with the GPU faked: each backend's output and time are the
-    test's, so this checks what ``auto`` does with them (the GPU tests above check the real backends)."""
-
-    @pytest.fixture
-    def fake_gpu(self, monkeypatch):
-        from sparseyolo.sparse import cuda_backend
-
-        state = {"ms": {}, "wrong": set(), "runs": [], "timed": [], "capability": (9, 0)}
-
-        def run(module, st, backend, x):
-            state["runs"].append(backend)
-            y = F.conv2d(x.float(), st.dense_w.float(), None, module.stride, module.padding)
-            return (torch.zeros_like(y) if backend in state["wrong"] else y).to(x.dtype)
-
-        def median_ms(fn, args_list, reps=10, warmup=3, calls=None):
-            fn(*args_list[0])
-            state["timed"].append(state["runs"][-1])
-            return state["ms"].get(state["runs"][-1], 1.0)
-
-        monkeypatch.setattr(cuda_backend, "_run", run)
-        monkeypatch.setattr(cuda_backend, "cuda_median_ms", median_ms)
-        monkeypatch.setattr(cuda_backend, "cusparselt_status", lambda: "disabled in this test")
-        monkeypatch.setattr(cuda_backend, "_GPU_TIMING_CACHE", {})
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: state["capability"])
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake GPU")
-        monkeypatch.delenv("SPARSEYOLO_AUTO_WGMMA", raising=False)
-        return state
-
-    @staticmethod
-    def _module(cin=32, cout=16, k=3):
-        conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
-        with torch.no_grad():
-            conv.weight.copy_(_weight_24(cout, cin, k, seed=21))
-        return SparseConv2d.from_dense(conv, pattern="2:4")
-
-    def test_fastest_correct_backend_then_straight_to_it(self, fake_gpu):
-        from sparseyolo.sparse.cuda_backend import cuda_forward
-
-        fake_gpu["ms"] = {"dense": 1.0, "mma_sp": 0.8, "mma_sp_tile128": 0.5, "mma_sp_tile128x256": 0.3}
-        fake_gpu["wrong"] = {"mma_sp_tile128x256"}  # fastest, but wrong: never chosen
-        mod = self._module()
-        x = torch.randn(2, 32, 10, 10, dtype=torch.bfloat16)
-        cuda_forward(mod, x)
-        st = mod._gpu_states[(x.device, x.dtype)]
-        assert st.choice[tuple(x.shape)] == "mma_sp_tile128"
-        assert st.timings[tuple(x.shape)]["mma_sp_tile128x256"] == float("inf")
-        # wgmma kernels are not tried by default, even on an sm_90 device
-        assert not any("wgmma" in b for b in fake_gpu["timed"])
-        fake_gpu["runs"].clear()
-        n_timed = len(fake_gpu["timed"])
-        for _ in range(3):
-            cuda_forward(mod, x)
-        assert fake_gpu["runs"] == ["mma_sp_tile128"] * 3 and len(fake_gpu["timed"]) == n_timed
-        # a new input shape is timed afresh; an identical layer reuses the timing of the same shape
-        cuda_forward(mod, torch.randn(1, 32, 7, 9, dtype=torch.bfloat16))
-        assert len(fake_gpu["timed"]) > n_timed
-        n_timed = len(fake_gpu["timed"])
-        twin = self._module()
-        cuda_forward(twin, x)
-        assert len(fake_gpu["timed"]) == n_timed
-        assert twin._gpu_states[(x.device, x.dtype)].choice[tuple(x.shape)] == "mma_sp_tile128"
-
-    def test_wgmma_only_on_opt_in_and_sm90(self, fake_gpu, monkeypatch):
-        from sparseyolo.sparse.cuda_backend import cuda_forward
-
-        fake_gpu["ms"] = {"dense": 1.0, "mma_sp_wgmma64": 0.2}
-        monkeypatch.setenv("SPARSEYOLO_AUTO_WGMMA", "1")
-        x = torch.randn(1, 32, 8, 8, dtype=torch.float16)
-        mod = self._module()
-        cuda_forward(mod, x)
-        assert mod._gpu_states[(x.device, x.dtype)].choice[tuple(x.shape)] == "mma_sp_wgmma64"
-        fake_gpu["capability"] = (8, 0)
-        fake_gpu["timed"].clear()
-        other = self._module(cout=24)  # another weight shape: timed afresh
-        cuda_forward(other, x)
-        assert fake_gpu["timed"] and not any("wgmma" in b for b in fake_gpu["timed"])
-
-    def test_dense_when_the_layer_cannot_run_sparse(self, fake_gpu):
-        from sparseyolo.sparse.cuda_backend import cuda_forward
-
-        mod = self._module()
-        x = torch.randn(1, 32, 8, 8)  # float32: the sparse tensor cores take fp16/bf16 only
-        cuda_forward(mod, x)
-        cuda_forward(mod, x)
-        assert fake_gpu["runs"] == ["dense", "dense"] and not fake_gpu["timed"]

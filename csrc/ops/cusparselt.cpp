@@ -1,8 +1,9 @@
 // Schemas of sparseyolo's cuSPARSELt ops: a 2:4 sparse weight times a dense activation matrix through NVIDIA
 // cuSPARSELt, the weight compressed once and cuSPARSELt's matmul plan built once per problem and cached. (PyTorch
 // 2.11's torch._cslt_sparse_mm builds one on every call, and took 170-210 ms per call on an H200.) The
-// "cusparselt" GPU backend of SparseConv2d runs 1x1 convolutions through them (sparseyolo/sparse/cuda_backend.py).
-// CUDA backend: ops/cuda/cusparselt_cuda.cpp, built when setup.py finds the torch wheel's cuSPARSELt
+// experimental "cuda_cusparselt" backend of SparseConv2d runs 1x1 convolutions through them
+// (sparseyolo/sparse/experimental/cusparselt.py). CUDA backend: experimental/ops/cuda/cusparselt_cuda.cpp, whose
+// binding is built when setup.py runs with SPARSEYOLO_EXPERIMENTAL_GPU=1, finds the torch wheel's cuSPARSELt
 // (nvidia/cusparselt) and defines SPARSEYOLO_WITH_CUSPARSELT; fake kernels: sparseyolo/_meta_registrations.py.
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>

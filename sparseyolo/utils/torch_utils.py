@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
-import statistics
 import time
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from sparseyolo._version import __version__
 from sparseyolo.utils.errors import ParameterError
+from sparseyolo.utils.timing import cuda_median_ms  # noqa: F401  (moved there; callers switch to it)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,35 +102,3 @@ class Profile(contextlib.ContextDecorator):
         self.t += self.dt
 
 
-def cuda_median_ms(fn, args_list: list[tuple], reps: int = 10, warmup: int = 3, calls: int | None = None) -> float:
-    """Median device milliseconds per call of ``fn(*args)``, with ``args`` rotating through ``args_list``.
-
-    Each of the ``reps`` samples times ``calls`` back-to-back calls (default: one pass over ``args_list``, at least
-    4) between two CUDA events, after one untimed lead call. The lead call keeps the device busy while the host
-    enqueues the start event and the timed calls, and back to back each call's launch work overlaps the device
-    work of the one before, as in a model's forward pass. So the figure is the device's time per call; the host's
-    dispatch cost shows only where it exceeds that. (Timing one call at a time between events adds the host's
-    dispatch of that call to every sample: tens of microseconds, a large share of a small layer.)
-
-    Raises whatever ``fn`` raises; the caller decides whether a failing method is an error.
-    """
-    if not args_list:
-        raise ValueError("cuda_median_ms: args_list is empty (give [()] for a function of no arguments)")
-    calls = max(4, len(args_list)) if calls is None else calls
-    if calls < 1 or reps < 1:
-        raise ValueError(f"cuda_median_ms: calls and reps must be >= 1, got {calls} and {reps}")
-    n = len(args_list)
-    for i in range(warmup):
-        fn(*args_list[i % n])
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        fn(*args_list[-1])  # lead call, not timed
-        start.record()
-        for i in range(calls):
-            fn(*args_list[i % n])
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)

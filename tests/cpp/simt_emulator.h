@@ -33,7 +33,7 @@
 //     landed (cp.async writes through the generic proxy, wgmma reads through the async one); plain stores to
 //     shared memory are not tracked.
 //     Unlike the mma.sp layout, this reading of the ISA has not been checked on hardware yet
-//     (tests/cpp/cuda_test_wgmma_sp_layout.cu will). SIMT_WGMMA_HW_META_SLOTS, _A_SWAP12 and _TRANS_B emulate a
+//     (tests/cpp/experimental/cuda_test_wgmma_sp_layout.cu will). SIMT_WGMMA_HW_META_SLOTS, _A_SWAP12 and _TRANS_B emulate a
 //     GPU that reads the A registers, the metadata or imm-trans-b otherwise (see wgmma_sp_m64n256k32 below).
 //   * Dynamic shared memory starts 144 bytes into the shared window, so alignment a kernel needs (1024 bytes for
 //     swizzle atoms) must be made by the kernel, as on a GPU. It starts filled with 0xFF bytes (NaN in fp16, bf16

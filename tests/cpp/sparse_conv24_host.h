@@ -117,9 +117,15 @@ void pack(const std::vector<float>& w, const Case& c, std::vector<T>& values, st
     }
 }
 
+// The kernels of this build: tile64 (hardware-proven) and, built with SPARSEYOLO_EXPERIMENTAL_GPU, the
+// experimental ones (csrc/experimental/kernels/cuda).
+#ifdef SPARSEYOLO_EXPERIMENTAL_GPU
 constexpr int kVariants[] = {k::kVariantTile64,      k::kVariantTile128, k::kVariantTile128x256,
                              k::kVariantTile256x128, k::kVariantWgmma,   k::kVariantWgmmaOverlap,
                              k::kVariantWgmma64};
+#else
+constexpr int kVariants[] = {k::kVariantTile64};
+#endif
 
 inline const char* variant_name(int variant) {
   switch (variant) {

@@ -1,5 +1,5 @@
 // The random 2:4 problem of the one-instruction layout probes (cuda_test_mma_sp_layout.cu for mma.sp m16n8k32,
-// cuda_test_wgmma_sp_layout.cu for wgmma.sp m64n8k32): a dense A (kRows x 32) with two kept values in every group
+// experimental/cuda_test_wgmma_sp_layout.cu for wgmma.sp m64n8k32): a dense A (kRows x 32) with two kept values in every group
 // of four, B (32 x 8), their product D, all exact in fp16, and the fragment and metadata words under test.
 #pragma once
 

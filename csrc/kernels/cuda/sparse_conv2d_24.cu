@@ -33,6 +33,14 @@ bool sparse_conv24_supported(int device) {
   return major >= 8;
 }
 
+bool sparse_conv24_variant_built(int variant) {
+#ifdef SPARSEYOLO_EXPERIMENTAL_GPU
+  return variant >= kVariantDefault && variant <= kVariantWgmma64;
+#else
+  return variant == kVariantDefault || variant == kVariantTile64;
+#endif
+}
+
 bool sparse_conv24_variant_supported(int variant, int device) {
   if (!is_wgmma_variant(variant)) return true;
   int major = 0, minor = 0;

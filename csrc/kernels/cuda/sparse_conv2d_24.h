@@ -68,6 +68,10 @@ bool sparse_conv24_supported(int device);
 // is built for sm_90a); the others nothing more.
 bool sparse_conv24_variant_supported(int variant, int device);
 
+// True when this build has `variant`'s kernel: the hardware-proven one (kVariantDefault, kVariantTile64) always,
+// the experimental ones (csrc/experimental/kernels/cuda) only when built with SPARSEYOLO_EXPERIMENTAL_GPU.
+bool sparse_conv24_variant_built(int variant);
+
 // Launches the kernel; returns the launch error (cudaSuccess when fine). Does not synchronise.
 cudaError_t sparse_conv24_cuda(const SparseConv24Params& p, DType dtype, cudaStream_t stream);
 

@@ -65,7 +65,10 @@ at::Tensor sparse_conv2d_24_cuda(const at::Tensor& input, const at::Tensor& valu
   p.silu = silu;
   p.variant = sparse_conv2d_24_variant(kernel);
   TORCH_CHECK(kernels::sparse_conv24_variant_supported(p.variant, input.get_device()), op, ": kernel '",
-              std::string(kernel), "' needs an sm_90 GPU (Hopper); use 'tile128' or 'default' on this one");
+              std::string(kernel), "' needs an sm_90 GPU (Hopper); use 'tile64' ('default') on this one");
+  TORCH_CHECK(kernels::sparse_conv24_variant_built(p.variant), op, ": kernel '", std::string(kernel),
+              "' is experimental (not yet run correctly on a GPU) and not in this build; rebuild with "
+              "SPARSEYOLO_EXPERIMENTAL_GPU=1, or use 'tile64' ('default')");
   check_launch(kernels::sparse_conv24_cuda(p, to_kernel_dtype(x.scalar_type()), c10::cuda::getCurrentCUDAStream()),
                op);
   return out;

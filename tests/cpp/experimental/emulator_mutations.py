@@ -1,11 +1,12 @@
 """How much the SIMT emulator test catches: break the 2:4 sparse-conv kernels on purpose, one bug at a time.
 
-Each mutation replaces text in a copy of csrc/kernels/cuda/, builds tests/cpp/test_sparse_conv24_emulated.cpp
-against the copy with g++, and runs it; the mutation is caught when the test fails (a wrong output, or an abort
+Each mutation replaces text in a copy of csrc/kernels/cuda/ and csrc/experimental/kernels/cuda/ (most target the
+experimental big-tile and wgmma kernels, so the copy is built with -DSPARSEYOLO_EXPERIMENTAL_GPU), builds
+tests/cpp/test_sparse_conv24_emulated.cpp against the copy with g++, and runs it; the mutation is caught when the test fails (a wrong output, or an abort
 from the emulator's checks). The unchanged kernels must pass. Needs g++ and the CUDA headers (CUDA_HOME, default
 /usr/local/cuda); takes about 7 minutes on 2 cores:
 
-    python tests/cpp/emulator_mutations.py [-j 2] [names...]
+    python tests/cpp/experimental/emulator_mutations.py [-j 2] [names...]
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-KERNEL = "kernels/cuda/sparse_conv2d_24_device.cuh"
+ROOT = Path(__file__).resolve().parents[3]
+# The kernel sources a mutation may edit (the first that contains its text), relative to csrc/.
+KERNELS = ("kernels/cuda/sparse_conv2d_24_device.cuh", "experimental/kernels/cuda/sparse_conv2d_24_experimental.cuh")
 
-# name -> [(old, new), ...]: every `old` must occur in the kernel file; its first occurrence is replaced.
+# name -> [(old, new), ...]: every `old` must occur in one of KERNELS; its first occurrence there is replaced.
 MUTATIONS: dict[str, list[tuple[str, str]]] = {
     "swizzle dropped on the ldmatrix side": [(" ^ b_swz) * 16", ") * 16")],
     "swizzle dropped on the store side": [("const int chunk = (my_half * 4 + q) ^ (row & 7);",
@@ -89,15 +91,15 @@ def run(name: str, edits: list[tuple[str, str]], work: Path, cuda_include: str) 
     """Builds and runs the emulated test against a mutated copy; returns (name, failed, first line of why)."""
     src = work / name.replace(" ", "_").replace(":", "").replace("'", "").replace("/", "_")
     shutil.copytree(ROOT / "csrc" / "kernels", src / "kernels")
-    path = src / KERNEL
-    text = path.read_text()
+    shutil.copytree(ROOT / "csrc" / "experimental", src / "experimental")
     for old, new in edits:
-        if old not in text:
-            raise SystemExit(f"{name}: {old!r} not in {KERNEL} (the kernel changed: update this mutation)")
-        text = text.replace(old, new, 1)
-    path.write_text(text)
+        path = next((src / k for k in KERNELS if old in (src / k).read_text()), None)
+        if path is None:
+            raise SystemExit(f"{name}: {old!r} not in {KERNELS} (the kernel changed: update this mutation)")
+        path.write_text(path.read_text().replace(old, new, 1))
     exe = src / "test"
-    build = subprocess.run(["g++", "-std=c++17", "-O2", "-U_FORTIFY_SOURCE", "-Wno-unknown-pragmas", f"-I{src}",
+    build = subprocess.run(["g++", "-std=c++17", "-O2", "-U_FORTIFY_SOURCE", "-Wno-unknown-pragmas",
+                            "-DSPARSEYOLO_EXPERIMENTAL_GPU", f"-I{src}",
                             f"-I{ROOT / 'tests' / 'cpp'}", f"-I{cuda_include}",
                             str(ROOT / "tests" / "cpp" / "test_sparse_conv24_emulated.cpp"), "-o", str(exe)],
                            capture_output=True, text=True, check=False)

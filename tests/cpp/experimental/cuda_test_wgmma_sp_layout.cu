@@ -23,8 +23,8 @@
 #include <cstring>
 #include <vector>
 
-#include "cuda_test_utils.h"
-#include "sparse_probe.h"
+#include "../cuda_test_utils.h"
+#include "../sparse_probe.h"
 
 namespace {
 

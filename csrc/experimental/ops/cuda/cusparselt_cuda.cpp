@@ -1,5 +1,7 @@
-// CUDA backend of sparseyolo::cusparselt_compress and sparseyolo::cusparselt_linear (schemas: ops/cusparselt.cpp)
-// through NVIDIA cuSPARSELt. Y[P, out] = X[P, in] @ W^T is computed as D = A * B with
+// EXPERIMENTAL (not yet shown correct on a GPU): CUDA backend of sparseyolo::cusparselt_compress and
+// sparseyolo::cusparselt_linear (schemas: csrc/ops/cusparselt.cpp) through NVIDIA cuSPARSELt. The binding is
+// compiled only when setup.py is run with SPARSEYOLO_EXPERIMENTAL_GPU=1 and finds the torch wheel's cuSPARSELt
+// (it defines SPARSEYOLO_WITH_CUSPARSELT); otherwise the ops' CUDA kernels say how to get it. Y[P, out] = X[P, in] @ W^T is computed as D = A * B with
 //   A = W            [out x in], structured (2:4 along in), row-major, ld = in;
 //   B = X^T          [in x P], column-major, ld = in (X row-major as it is in memory);
 //   C = D = Y^T      [out x P], column-major, ld = out (Y row-major, so an NHWC output needs no copy);
@@ -273,8 +275,9 @@ at::Tensor cusparselt_linear_cuda(const at::Tensor& compressed, const at::Tensor
 #else  // built without cuSPARSELt
 
 [[noreturn]] void not_built(const char* op) {
-  TORCH_CHECK(false, op, ": sparseyolo was built without cuSPARSELt (setup.py did not find the torch wheel's ",
-              "nvidia/cusparselt headers and library); the \"cusparselt\" backend is unavailable");
+  TORCH_CHECK(false, op, ": sparseyolo was built without cuSPARSELt (it is experimental: built with ",
+              "SPARSEYOLO_EXPERIMENTAL_GPU=1 when the torch wheel ships nvidia/cusparselt headers and library); the ",
+              "\"cuda_cusparselt\" backend is unavailable");
 }
 at::Tensor cusparselt_compress_cuda(const at::Tensor&) { not_built(kCompress); }
 at::Tensor cusparselt_linear_cuda(const at::Tensor&, const at::Tensor&, int64_t, const c10::optional<at::Tensor>&,

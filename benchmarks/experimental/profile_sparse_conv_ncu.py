@@ -5,9 +5,9 @@ are, the occupancy reached, and where warps wait (barrier, long scoreboard, MIO 
 method per layer is profiled, after a warm-up, between cudaProfilerStart/Stop:
 
     ncu --clock-control none --profile-from-start off --section SpeedOfLight ... --export prof \\
-        python benchmarks/profile_sparse_conv_ncu.py [--layers 320,320,3,1,40,40 ...] [--wgmma]
+        python benchmarks/experimental/profile_sparse_conv_ncu.py [--layers 320,320,3,1,40,40 ...] [--wgmma]
     ncu --import prof.ncu-rep --csv --page raw --print-units base > prof.csv
-    python benchmarks/profile_sparse_conv_ncu.py --summarize prof.csv > prof.md
+    python benchmarks/experimental/profile_sparse_conv_ncu.py --summarize prof.csv > prof.md
 
 (benchmarks/device_check.sh runs all three.) Without ncu the script only runs the calls; the start/stop marks
 then do nothing. --summarize needs no GPU.
@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 # Default layers (Cin, Cout, k, stride, H, W of the input; yolov5x at 640): the large 3x3 that occurs most (20

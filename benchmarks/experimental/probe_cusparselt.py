@@ -3,7 +3,7 @@ subprocess (a failure can leave the CUDA context unusable), one line each, the t
 of a first and a second call (a binding that rebuilds cuSPARSELt's plan on every call is as slow the second time).
 Diagnostic for benchmarks/device_check.sh; run from the repository root.
 
-  python benchmarks/probe_cusparselt.py
+  python benchmarks/experimental/probe_cusparselt.py
 """
 
 from __future__ import annotations

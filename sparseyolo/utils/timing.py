@@ -1,0 +1,88 @@
+"""Timers: one place for how sparseyolo times a function, on the CPU and on a CUDA device.
+
+* :func:`median_ms`: host wall clock (``time.perf_counter``), median of ``reps`` calls after a warm-up call.
+* :func:`cuda_median_ms`: device time per call between CUDA events, calls back to back (see its docstring).
+* :func:`interleaved_median_ms`: several functions timed in rounds, round-robin, best median of the rounds per
+  function, so that a burst of load on a shared machine hits every candidate alike. The autotuner
+  (:mod:`sparseyolo.sparse.autotune`) and ``sparsify``'s whole-model check use it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+
+def median_ms(fn: Callable[[], Any], reps: int = 5, warmup: int = 1) -> float:
+    """Median host milliseconds of ``fn()`` over ``reps`` calls, after ``warmup`` untimed calls (CPU work)."""
+    if reps < 1:
+        raise ValueError(f"median_ms: reps must be >= 1, got {reps}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def cuda_median_ms(fn, args_list: list[tuple], reps: int = 10, warmup: int = 3, calls: int | None = None) -> float:
+    """Median device milliseconds per call of ``fn(*args)``, with ``args`` rotating through ``args_list``.
+
+    Each of the ``reps`` samples times ``calls`` back-to-back calls (default: one pass over ``args_list``, at least
+    4) between two CUDA events, after one untimed lead call. The lead call keeps the device busy while the host
+    enqueues the start event and the timed calls, and back to back each call's launch work overlaps the device
+    work of the one before, as in a model's forward pass. So the figure is the device's time per call; the host's
+    dispatch cost shows only where it exceeds that. (Timing one call at a time between events adds the host's
+    dispatch of that call to every sample: tens of microseconds, a large share of a small layer.)
+
+    Raises whatever ``fn`` raises; the caller decides whether a failing method is an error.
+    """
+    if not args_list:
+        raise ValueError("cuda_median_ms: args_list is empty (give [()] for a function of no arguments)")
+    calls = max(4, len(args_list)) if calls is None else calls
+    if calls < 1 or reps < 1:
+        raise ValueError(f"cuda_median_ms: calls and reps must be >= 1, got {calls} and {reps}")
+    n = len(args_list)
+    for i in range(warmup):
+        fn(*args_list[i % n])
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        fn(*args_list[-1])  # lead call, not timed
+        start.record()
+        for i in range(calls):
+            fn(*args_list[i % n])
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def device_median_ms(fn: Callable[[], Any], device: str | torch.device, reps: int = 5) -> float:
+    """:func:`cuda_median_ms` (3 calls per sample) for a CUDA ``device``, :func:`median_ms` otherwise."""
+    if torch.device(device).type == "cuda":
+        return cuda_median_ms(fn, [()], reps=reps, calls=3)
+    return median_ms(fn, reps)
+
+
+def interleaved_median_ms(fns: Mapping[str, Callable[[], Any]], device: str | torch.device = "cpu", reps: int = 5,
+                          rounds: int = 2) -> dict[str, float]:
+    """Milliseconds per call of each of ``fns``: ``rounds`` round-robin passes of :func:`device_median_ms`, best
+    (smallest) median of the rounds per function.
+
+    Raises whatever a function raises (time the candidates that may fail one by one, or catch it).
+    """
+    if rounds < 1:
+        raise ValueError(f"interleaved_median_ms: rounds must be >= 1, got {rounds}")
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], device_median_ms(fn, device, reps))
+    return best
