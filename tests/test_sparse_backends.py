@@ -47,25 +47,30 @@ def _reference(x, w, b, geometry, activation):
     return F.silu(y) if activation == "silu" else y
 
 
-def _device_dtype(backend: SparseBackend) -> tuple[str, torch.dtype]:
+def _device(backend: SparseBackend) -> str:
     device = "cpu" if "cpu" in backend.devices else backend.devices[0]
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip(f"backend {backend.name} needs a CUDA device")
-    return device, backend.dtypes[0]
+    return device
 
 
-def _param(b: SparseBackend):
-    marks = [pytest.mark.cuda] if "cpu" not in b.devices else []
-    if "wgmma" in b.name:  # a fault ends the CUDA context: device_check runs these in their own process
-        marks.append(pytest.mark.wgmma)
-    return pytest.param(b, id=b.name, marks=marks)
+def _params():
+    """(backend, dtype) for every backend and each input dtype it declares (dense: its first, float32)."""
+    out = []
+    for b in ALL_BACKENDS:
+        marks = [pytest.mark.cuda] if "cpu" not in b.devices else []
+        if "wgmma" in b.name:  # a fault ends the CUDA context: device_check runs these in their own process
+            marks.append(pytest.mark.wgmma)
+        for dtype in b.dtypes[:1] if b.name == "dense" else b.dtypes:
+            out.append(pytest.param(b, dtype, id=f"{b.name}-{str(dtype).replace('torch.', '')}", marks=marks))
+    return out
 
 
-@pytest.mark.parametrize("backend", [_param(b) for b in ALL_BACKENDS])
+@pytest.mark.parametrize("backend,dtype", _params())
 @pytest.mark.parametrize("geometry", GEOMS, ids=["3x3", "1x1", "3x3s2"])
 @pytest.mark.parametrize("activation", ["identity", "silu"])
-def test_every_backend_equals_the_masked_dense_conv(backend, geometry, activation):
-    device, dtype = _device_dtype(backend)
+def test_every_backend_equals_the_masked_dense_conv(backend, dtype, geometry, activation):
+    device = _device(backend)
     w = _weight_24(geometry, seed=geometry.in_channels + geometry.out_channels)
     b = torch.randn(geometry.out_channels) * 0.1
     why = backend.why_not(w, geometry, activation, device, dtype)
@@ -189,9 +194,23 @@ class TestSparsifyConfig:
             assert torch.equal(a(x), b(x)) and torch.equal(a(x), c(x))
         assert [d.backend_name for d in a.sparsify_report.layers] == ["cpu_csr", "cpu_csr"]
 
-    def test_bf16_on_cpu_needs_the_bf16_backend(self):
-        with pytest.raises(ValueError, match="bf16 sparse models need the bf16 CPU backend"):
-            sparsify(self._model(), SparsifyConfig(dtype=torch.bfloat16))
+    @pytest.mark.parametrize("backend", ["cpu_block", "cpu_block_tiles", "auto"])
+    def test_bf16_on_cpu(self, backend):
+        """A bf16 model: every layer in bf16 (the sparse ones on the block-sparse kernel, channels-last)."""
+        model = self._model()
+        x = torch.randn(1, 16, 12, 12)
+        out = sparsify(model, SparsifyConfig(dtype=torch.bfloat16, backends=(backend,), example_input=x.bfloat16()))
+        names = {m.backend.name for m in out.modules() if isinstance(m, SparseConv2d)}
+        assert names == {backend} if backend != "auto" else names <= {"dense", "cpu_block", "cpu_block_tiles"}
+        ref = sparsify(model, backend="dense")
+        with torch.no_grad():
+            y, r = out(x.bfloat16()), ref(x)
+        assert y.dtype == torch.bfloat16
+        assert ((y.float() - r).norm() / r.norm()).item() < 2e-2
+
+    def test_float16_on_cpu_has_no_backend(self):
+        with pytest.raises(ValueError, match="no registered sparse backend runs torch.float16 on cpu"):
+            sparsify(self._model(), SparsifyConfig(dtype=torch.float16))
 
     def test_backend_of_another_device_is_refused(self):
         with pytest.raises(ValueError, match="backend 'cuda_mma_sp' runs on cuda only"):
@@ -287,7 +306,9 @@ class TestAutotuner:
         x = torch.randn(1, 32, 10, 10)
         fast = sparsify(model, SparsifyConfig(example_input=x, reps=1))
         d = fast.sparsify_report.layers[0]
-        assert set(d.times) == {"dense", "cpu_csr", "fake_ok"} and "fake_unsafe" not in timed
+        built_in = {b.name for b in available_backends("cpu", torch.float32) if b.in_auto} - {"fake_ok"}
+        assert set(d.times) == built_in | {"fake_ok"} and "fake_unsafe" not in timed
+        assert {"dense", "cpu_csr", "cpu_block"} <= built_in
         named = sparsify(model, SparsifyConfig(backends=("fake_unsafe",)))  # named: used
         assert named.sparsify_report.layers[0].backend_name == "fake_unsafe"
         with torch.no_grad():
@@ -299,25 +320,6 @@ class TestAutotuner:
         fast = sparsify(nn.Sequential(conv), SparsifyConfig(example_input=torch.randn(1, 8, 6, 6), reps=1))
         d = fast.sparsify_report.layers[0]
         assert d.backend == "dense" and d.reason == "groups != 1" and not fakes[1]
-
-    def test_a_bf16_cpu_backend_makes_bf16_sparsify_work(self, fakes):
-        add, _ = fakes
-        be = add("fake_bf16", 0.5)
-        be.dtypes = (torch.float32, torch.bfloat16)  # what the bf16 CPU kernel will declare
-        be.memory_format = torch.channels_last
-        conv = nn.Conv2d(32, 48, 3, padding=1, bias=True)
-        with torch.no_grad():
-            conv.weight.copy_(_weight_24(GEOMS[0], seed=4))
-        conv.register_buffer("weight_mask", (conv.weight != 0).float())
-        model = nn.Sequential(conv, nn.SiLU())
-        x = torch.randn(1, 32, 10, 10)
-        fast = sparsify(model, SparsifyConfig(dtype=torch.bfloat16, example_input=x, reps=1))
-        report = fast.sparsify_report
-        assert report.dtype == "bfloat16" and set(report.layers[0].times) == {"dense", "fake_bf16"}
-        with torch.no_grad():
-            y = fast(x.to(torch.bfloat16))
-            assert y.dtype == torch.bfloat16
-            torch.testing.assert_close(y.float(), model(x), rtol=5e-2, atol=5e-2)
 
 
 class TestTiming:

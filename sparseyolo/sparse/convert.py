@@ -105,11 +105,9 @@ def _resolve(config: SparsifyConfig) -> tuple[str, list[SparseBackend]]:
             raise ValueError(f"sparsify: backend '{be.name}' {why} (device={dev}, dtype={config.dtype})")
     backends = [be for be in backends if be.supports(dev, config.dtype) is None]
     if not backends:
-        hint = (" (bf16 sparse models need the bf16 CPU backend)" if dev == "cpu" and config.dtype != torch.float32
-                else "")
-        raise ValueError(f"sparsify: no registered sparse backend runs {config.dtype} on {dev}{hint}; registered: "
-                         f"{', '.join(registered)}. Use dtype=torch.float32 on the CPU, float16/bfloat16 on CUDA, or "
-                         "backend='dense'")
+        raise ValueError(f"sparsify: no registered sparse backend runs {config.dtype} on {dev}; registered: "
+                         f"{', '.join(registered)}. Use dtype=torch.float32 or torch.bfloat16 on the CPU, "
+                         "float16/bfloat16 on CUDA, or backend='dense'")
     fixed = len(backends) == 1 and "auto" not in config.backends and "dense" not in config.backends
     return ("fixed" if fixed else "auto"), backends
 
