@@ -1,17 +1,21 @@
-"""End to end on the CPU: YOLOv5n/s forward, dense PyTorch vs sparsified (2:4 and 75% global), batch 1 and 8.
+"""End to end on the CPU: pruned YOLOv5 through ``sparsify`` against every dense runtime a user could pick instead.
 
-Dense PyTorch is the BN-fused model (``DetectionModel.fuse()``) in channels-first and channels-last; the
-faster is the baseline. Sparsified models are pruned (``prune(model, "nm", 2, 4)`` or
-``prune(model, "global", 0.75)``, and 2:4 with masks shared by 4 output channels: ``block=4``) then converted by ``sparsify`` with ``backend="auto"`` (per layer, the
-faster of dense and sparse, timed for the benchmarked input shape, then the fastest of that model, dense NCHW and
-dense channels-last) and ``backend="sparse"`` (every pruned conv sparse). onnxruntime (dense, CPUExecutionProvider, same thread count) is the deployment baseline when
-installed (``pip install sparseyolo[bench]``), NaN otherwise. Weights: ../shared/weights/<model>.pt when
-present, else the config's random initialisation (speed does not depend on the values, but "75% global"
-then distributes sparsity by the initial magnitudes). All variants of a (model, batch) are built first and then timed
-round-robin, one forward each per round, ``--reps`` rounds after two warm-up forwards: medians. Interleaving
-makes a change of machine load hit every variant alike.
+Per model and batch, all in one process and timed round-robin (one forward of each variant per round, ``--reps``
+rounds after two warm-up forwards; medians), so a change of machine load hits every variant alike:
 
-  python benchmarks/bench_e2e_cpu.py --json benchmarks/results_e2e_cpu.json --markdown benchmarks/RESULTS.md
+* the dense runtimes of :mod:`sparseyolo.dense_runtimes` on the BN-folded model: PyTorch fp32 (NCHW and
+  channels-last), PyTorch bf16 autocast channels-last, onnxruntime fp32, OpenVINO (its default precision on this
+  CPU, bf16 where it has bf16) and OpenVINO f32; a runtime that is not installed is a row that says so;
+* pruned models converted by ``sparsify``: 2:4 masks shared by 16 output channels (``prune(..., "nm", block=16)``)
+  in fp32 and bf16, and tile pruning at 50% and 75% (``prune(..., "tile", amount)``, the unit the AMX kernel skips)
+  in bf16, each with ``backend="auto"`` (per layer the fastest backend timed for this input, then the whole-model
+  check) and with the block-sparse backend forced on every pruned conv (``cpu_block`` / ``cpu_block_tiles``).
+
+The stem (3 input channels) and the Detect head stay dense (``exclude``). Speedups are against the fastest dense
+runtime of the same run. Weights: ../shared/weights/<model>.pt when present, else the config's random initialisation
+(speed does not depend on the values; ``auto``'s choices can).
+
+  python benchmarks/bench_e2e_cpu.py --threads 2 --json benchmarks/results/e2e_cpu.json
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import math
 import os
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,13 +38,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_sparse_conv import machine  # noqa: E402
-from sparseyolo.bench import onnxruntime_session, time_round_robin  # noqa: E402
+from sparseyolo import ops  # noqa: E402
+from sparseyolo.dense_runtimes import dense_runtimes, fastest  # noqa: E402
 from sparseyolo.models import DetectionModel  # noqa: E402
 from sparseyolo.prune import prune  # noqa: E402
 from sparseyolo.sparse import sparsify, sparsify_report  # noqa: E402
 
 LOGGER = logging.getLogger("bench_e2e_cpu")
 SHARED = Path(os.environ.get("SPARSEYOLO_SHARED", ROOT.parent / "shared"))
+EXCLUDE = ["model.0.*", "model.24.*"]  # the stem (Cin = 3) and the Detect head stay dense
+PATTERNS = {  # label -> (prune kwargs, dtypes, forced backend)
+    "2:4 b16": (dict(method="nm", n=2, m=4, block=16), (torch.float32, torch.bfloat16), "cpu_block"),
+    "tiles 50%": (dict(method="tile", amount=0.5), (torch.bfloat16,), "cpu_block_tiles"),
+    "tiles 75%": (dict(method="tile", amount=0.75), (torch.bfloat16,), "cpu_block_tiles"),
+}
 
 
 def load(name: str) -> tuple[torch.nn.Module, str]:
@@ -52,90 +64,94 @@ def load(name: str) -> tuple[torch.nn.Module, str]:
     return DetectionModel(f"{name}.yaml").eval(), "random init"
 
 
+def round_robin(fns: dict, reps: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for _ in range(2):
+            for fn in fns.values():
+                fn()
+        for _ in range(reps):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                samples[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def sparse_variants(base: torch.nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
+    fns, notes = {}, {}
+    for label, (kw, dtypes, forced) in PATTERNS.items():
+        pruned = copy.deepcopy(base)
+        prune(pruned, exclude=EXCLUDE, **kw)
+        for dtype in dtypes:
+            xin = x.to(dtype).contiguous(memory_format=torch.channels_last)
+            tag = "fp32" if dtype == torch.float32 else "bf16"
+            for backend in ("auto", forced):
+                m = sparsify(pruned, backend=backend, dtype=dtype, example_input=xin)
+                rep = sparsify_report(m)
+                key = f"{label} {tag} {backend}"
+                fns[key] = (lambda m=m, xin=xin: m(xin))
+                notes[key] = (f"{len(rep.sparse_layers)}/{len(rep.layers)} sparse"
+                              + (f", returned {rep.chosen}" if rep.chosen else ""))
+    return fns, notes
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["yolov5n", "yolov5s"])
-    ap.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--batch", nargs="+", type=int, default=[1])
     ap.add_argument("--img", type=int, default=640)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
     load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
     rows = []
     for name in args.models:
         base, source = load(name)
-        dense = copy.deepcopy(base).fuse().eval()
-        pruned = {}
-        for label, kw in (("2:4", dict(method="nm", n=2, m=4)), ("2:4 block4", dict(method="nm", n=2, m=4, block=4)),
-                          ("75% global", dict(method="global", amount=0.75))):
-            p = copy.deepcopy(base)
-            prune(p, **kw)
-            pruned[label] = p
-        dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
+        dense = sparsify(base, backend="dense")
         for batch in args.batch:
             x = torch.rand(batch, 3, args.img, args.img)
-            x_cl = x.contiguous(memory_format=torch.channels_last)
-            row = {"model": name, "weights": source, "batch": batch}
-            # every variant is built first, then all are timed round-robin: load changes hit all alike
-            variants = {"dense_cf": (dense, x), "dense_cl": (dense_cl, x_cl)}
-            ort = onnxruntime_session(dense, x, torch.get_num_threads())
-            if ort is not None:
-                variants["onnxruntime"] = (ort, x)
-            reports = {}
-            for label, p in pruned.items():
-                for backend in ("auto", "sparse"):
-                    m = sparsify(p, backend=backend, example_input=x)
-                    rep = sparsify_report(m)
-                    xin = x_cl if rep.chosen == "dense_channels_last" else x
-                    variants[f"{label} {backend}"] = (m, xin)
-                    reports[f"{label} {backend}"] = rep
-            times = time_round_robin(variants, args.reps)
-            row["dense_cf_ms"], row["dense_cl_ms"] = times["dense_cf"], times["dense_cl"]
-            row["dense_ms"] = min(row["dense_cf_ms"], row["dense_cl_ms"])
-            row["onnxruntime_ms"] = times.get("onnxruntime", math.nan)
-            for key, rep in reports.items():
-                ms = times[key]
-                row[key] = {"ms": ms, "speedup": row["dense_ms"] / ms, "sparse_layers": len(rep.sparse_layers),
-                            "pruned_layers": len(rep.layers), "chosen": rep.chosen, "model_ms": rep.model_ms}
-                if key.endswith("auto"):
-                    row[key]["decisions"] = [
-                        {"name": d.name, "weight": d.weight_shape, "input": d.input_shape, "sparsity": d.sparsity,
-                         "dense_ms": d.dense_ms, "sparse_ms": d.sparse_ms, "backend": d.backend} for d in rep.layers]
-            del variants
-            LOGGER.info("%s b%d: dense %.1f ms (cf %.1f, cl %.1f), ort %.1f | %s", name, batch, row["dense_ms"],
-                        row["dense_cf_ms"], row["dense_cl_ms"], row["onnxruntime_ms"],
-                        "  ".join(f"{k}: {v['ms']:.1f} ({v['speedup']:.2f}x, {v['sparse_layers']}/{v['pruned_layers']})"
-                                  for k, v in row.items() if isinstance(v, dict)))
-            rows.append(row)
-    meta = {"machine": machine(), "threads": torch.get_num_threads(), "torch": torch.__version__, "img": args.img,
-            "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_before": load_before,
-            "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-            "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}
-    keys = ["2:4 auto", "2:4 sparse", "2:4 block4 auto", "2:4 block4 sparse", "75% global auto", "75% global sparse"]
-    lines = [f"### End to end, cpu ({meta['machine']}, {meta['threads']} threads), {args.img}x{args.img}, {meta['date']}",
-             "", f"torch {meta['torch']}; load average before/after: {meta['load_before']} / {meta['load_after']}; "
-             f"medians of {args.reps} forwards.", f"Command: `{meta['command']}`", "",
-             "| model (weights) | batch | dense ms (cf / cl) | onnxruntime ms | " + " | ".join(
-                 f"{k} ms (speedup, sparse/pruned layers)" for k in keys) + " |",
-             "|" + "---|" * (4 + len(keys))]
+            runtimes = dense_runtimes(dense, x)
+            fns = {k: r.run for k, r in runtimes.items() if r.run is not None}
+            notes = {k: r.note for k, r in runtimes.items()}
+            sfns, snotes = sparse_variants(base, x)
+            fns.update(sfns)
+            notes.update(snotes)
+            times = round_robin(fns, args.reps)
+            dense_ms = {k: times.get(k, math.nan) for k in runtimes}
+            best_name, best_ms = fastest(dense_ms)
+            rows.append({"model": name, "weights": source, "batch": batch, "ms": {k: times.get(k, math.nan)
+                                                                              for k in notes},
+                         "notes": notes, "fastest_dense": best_name, "fastest_dense_ms": best_ms})
+            LOGGER.warning("%s b%d: fastest dense %s %.1f ms", name, batch, best_name, best_ms)
+    meta = {"machine": machine(), "isa": ops.cpu_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "img": args.img, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "load_before": load_before, "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+            "command": "python benchmarks/bench_e2e_cpu.py " + shlex.join(argv or sys.argv[1:])}
+    lines = [f"Machine: {meta['machine']}; CPU path {meta['isa']}; {meta['threads']} threads; {args.img}x{args.img}; "
+             f"torch {meta['torch']}; load average before/after {meta['load_before']} / {meta['load_after']}; "
+             f"medians of {args.reps} round-robin forwards; {meta['date']}.", f"Command: `{meta['command']}`", ""]
     for r in rows:
-        lines.append(f"| {r['model']} ({r['weights']}) | {r['batch']} | {r['dense_cf_ms']:.1f} / {r['dense_cl_ms']:.1f} | "
-                     f"{r['onnxruntime_ms']:.1f} | " + " | ".join(
-                         f"{r[k]['ms']:.1f} ({r[k]['speedup']:.2f}x, {r[k]['sparse_layers']}/{r[k]['pruned_layers']}"
-                         + (f"; returned {r[k]['chosen'].replace('_', ' ')}" if r[k].get("chosen") else "") + ")"
-                         for k in keys) + " |")
-    md = "\n".join(lines) + "\n"
+        lines += [f"**{r['model']} ({r['weights']}), batch {r['batch']}**: fastest dense runtime "
+                  f"{r['fastest_dense']} {r['fastest_dense_ms']:.1f} ms", "",
+                  "| variant | ms | vs fastest dense | note |", "|---|---|---|---|"]
+        for k, ms in r["ms"].items():
+            ratio = r["fastest_dense_ms"] / ms if ms == ms else math.nan
+            lines.append(f"| {k} | {ms:.1f} | {ratio:.2f}x | {r['notes'][k]} |")
+        lines.append("")
+    md = "\n".join(lines)
     print(md)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write("\n" + md)
+        args.markdown.write_text(md + "\n")
     return 0
 
 

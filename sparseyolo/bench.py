@@ -3,15 +3,17 @@
 Times a forward pass of the checkpoint several ways on the same random input. Every variant has its BatchNorms
 folded, and the dense ones run the model as pruned: zeros multiplied.
 
-* ``dense (NCHW)`` and ``dense (channels_last)``: PyTorch's own kernels (oneDNN on CPU, cuDNN on GPU);
-* ``onnxruntime (dense)``: the same dense model exported to ONNX, CPU only, when onnxruntime is installed
-  (``pip install .[bench]``). It is the deployment baseline a user would otherwise reach for;
-* ``sparsify (sparse)``: every eligible pruned conv on the sparse kernel;
-* ``sparsify (auto)``: what :func:`sparseyolo.sparsify` returns: per layer the faster path, and then the fastest
+* On the CPU, every dense runtime a user could pick instead (:mod:`sparseyolo.dense_runtimes`): PyTorch fp32
+  (NCHW and channels-last), PyTorch bf16 autocast channels-last, and, with ``onnx`` (``pip install .[bench]``),
+  onnxruntime fp32 and OpenVINO in its default precision and in f32, from the ONNX export of the same model. A
+  runtime that is not installed is a row that says so. On a GPU: PyTorch (cuDNN) NCHW and channels-last, fp16.
+* ``sparsify (sparse)``: every eligible pruned conv on a sparse kernel;
+* ``sparsify (auto)``: what :func:`sparseyolo.sparsify` returns: per layer the fastest backend, and then the fastest
   of that model, dense NCHW and dense channels-last.
 
-Speedups are against the faster of the two dense PyTorch variants. Medians of ``reps`` timed forwards after
-warm-up, interleaved round-robin so that a change in machine load hits every variant alike.
+The sparse variants run in ``dtype`` (CPU: float32 or bfloat16; GPU: float16). Speedups are against the fastest
+dense row, whichever runtime it is. Medians of ``reps`` timed forwards after warm-up, interleaved round-robin so
+that a change in machine load hits every variant alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +59,16 @@ class BenchResult:
     sparsity: float = 0.0
     plots: list[Path] = field(default_factory=list)
 
+    dense_rows: tuple[str, ...] = ()  # the rows that are dense runtimes
+
+    @property
+    def fastest_dense(self) -> BenchRow:
+        """The fastest dense row that ran (a runtime that is not installed has ms NaN)."""
+        return min((r for r in self.rows if r.name in self.dense_rows and r.ms == r.ms), key=lambda r: r.ms)
+
     @property
     def dense_ms(self) -> float:
-        return min(r.ms for r in self.rows if r.name.startswith("dense"))
+        return self.fastest_dense.ms
 
     def table(self) -> str:
         head = f"{'variant':<24} {'ms/batch':>9} {'ms/img':>8} {'speedup':>8}  notes"
@@ -69,8 +77,9 @@ class BenchResult:
             sp = self.dense_ms / r.ms if r.ms == r.ms and r.ms > 0 else float("nan")
             lines.append(f"{r.name:<24} {r.ms:>9.2f} {r.ms / self.batch:>8.2f} {sp:>7.2f}x  {r.note}")
         lines.append(f"{self.weights}: {self.pruned_layers} pruned convs, {100 * self.sparsity:.1f}% of their weights "
-                     f"zero; {self.device} {self.dtype}, batch {self.batch}, {self.imgsz}x{self.imgsz}, "
-                     f"{self.threads} threads; speedup = fastest dense PyTorch / variant")
+                     f"zero; {self.device}, sparse variants {self.dtype}, batch {self.batch}, "
+                     f"{self.imgsz}x{self.imgsz}, {self.threads} threads; speedup = fastest dense runtime "
+                     f"({self.fastest_dense.name}) / variant")
         return "\n".join(lines)
 
 
@@ -95,34 +104,10 @@ def time_round_robin(variants: dict[str, tuple[object, torch.Tensor]], reps: int
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
-    """``x -> outputs`` through onnxruntime (CPU, ``threads`` intra-op threads, no spin-waiting) for ``model``
-    exported at ``x``'s shape; None, with the reason logged, when onnxruntime is missing or the export fails."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        LOGGER.info("bench: onnxruntime not installed (pip install .[bench]); its row is skipped")
-        return None
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "model.onnx"
-            torch.onnx.export(model, (x,), str(path), opset_version=17, dynamo=False, input_names=["images"])
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            # no spin-waiting after a run: its threads would steal the cores from the next variant timed
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - an export or runtime failure only loses this row
-        LOGGER.warning("bench: onnxruntime session failed (%s: %s); its row is skipped", type(e).__name__, e)
-        return None
-    return lambda t: sess.run(None, {"images": t.numpy()})
-
-
 @torch.no_grad()
 def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu", threads: int | None = None,
               reps: int = 20, onnx: bool = True, plots: bool = True, out: str | Path = "runs/bench",
-              progress: bool = True) -> BenchResult:
+              progress: bool = True, dtype: torch.dtype | None = None) -> BenchResult:
     """Time ``weights`` dense and sparsified (see the module doc); returns the rows, optionally writes plots.
 
     Args:
@@ -132,11 +117,15 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             backends (2:4 ``mma.sp``, cuDNN) per layer.
         threads: torch CPU threads (default: torch's choice).
         reps: timed forwards per variant (median).
-        onnx: add the onnxruntime row on CPU when onnxruntime is installed.
+        onnx: add the rows of the exported model on CPU: onnxruntime and OpenVINO (rows that say so when they are
+            not installed).
         plots: write ``bench_latency.png`` and, for a pruned model, ``bench_layer_speedup.png`` under ``out``.
         progress: a progress bar over the timed rounds.
+        dtype: the sparse variants' dtype: CPU ``torch.float32`` (default) or ``torch.bfloat16``; GPU
+            ``torch.float16`` (default).
     """
     from sparseyolo.checkpoint import load_model
+    from sparseyolo.dense_runtimes import DENSE_RUNTIMES, ONNXRUNTIME, OPENVINO, OPENVINO_F32, dense_runtimes
     from sparseyolo.prune import sparsity_report
     from sparseyolo.sparse import sparsify
 
@@ -146,7 +135,10 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
     gpu = dev.type == "cuda"
     if gpu and not torch.cuda.is_available():
         raise ParameterError(f"device {device!r} asks for a GPU but torch sees none; use device 'cpu'", "device")
-    dtype = torch.float16 if gpu else torch.float32
+    dtype = dtype or (torch.float16 if gpu else torch.float32)
+    allowed = (torch.float16,) if gpu else (torch.float32, torch.bfloat16)
+    if dtype not in allowed:
+        raise ParameterError(f"dtype {dtype} is not one of {allowed} on {dev.type}", "dtype")
     base = load_model(weights, fuse=False).float().eval()
     rep = sparsity_report(base)
     pruned = len(rep.masked_layers)
@@ -157,17 +149,25 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
     def prep(m: nn.Module) -> nn.Module:
         return m.to(dev, dtype).eval()
 
-    dense = prep(sparsify(base, backend="dense"))
-    variants: dict[str, tuple[object, torch.Tensor]] = {
-        "dense (NCHW)": (dense, x),
-        "dense (channels_last)": (copy.deepcopy(dense).to(memory_format=torch.channels_last), x_cl),
-    }
-    notes: dict[str, str] = {"dense (NCHW)": "BN folded", "dense (channels_last)": "BN folded"}
-    if onnx and not gpu:
-        sess = onnxruntime_session(dense, x_cpu, torch.get_num_threads())
-        if sess is not None:
-            variants["onnxruntime (dense)"] = (sess, x_cpu)
-            notes["onnxruntime (dense)"] = "CPUExecutionProvider, opset 17"
+    variants: dict[str, tuple[object, torch.Tensor]] = {}
+    notes: dict[str, str] = {}
+    missing: list[str] = []
+    if gpu:
+        dense = prep(sparsify(base, backend="dense"))
+        variants["dense (NCHW)"] = (dense, x)
+        variants["dense (channels_last)"] = (copy.deepcopy(dense).to(memory_format=torch.channels_last), x_cl)
+        notes = {k: "BN folded, cuDNN" for k in variants}
+    else:
+        names = DENSE_RUNTIMES if onnx else tuple(n for n in DENSE_RUNTIMES
+                                                  if n not in (ONNXRUNTIME, OPENVINO, OPENVINO_F32))
+        for name, rt in dense_runtimes(sparsify(base, backend="dense"), x_cpu, torch.get_num_threads(),
+                                       names).items():
+            notes[name] = f"BN folded; {rt.note}"
+            if rt.run is None:
+                missing.append(name)
+            else:
+                variants[name] = (lambda _x, run=rt.run: run(), x_cpu)
+    dense_rows = tuple(variants) + tuple(missing)
     reports: dict[str, object] = {}
     if pruned:
         if gpu:  # the GPU backends decide per layer at the first call, on the device
@@ -176,11 +176,12 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             variants["sparsify (sparse, GPU auto)"] = (sp, x_cl)
             notes["sparsify (sparse, GPU auto)"] = "per layer: mma.sp 2:4, cuSPARSELt or cuDNN, timed at first call"
         else:
-            sp = sparsify(base, backend="sparse")
+            sp = sparsify(base, backend="sparse", dtype=dtype)
             variants["sparsify (sparse)"] = (sp, x)
             r = sp.sparsify_report
-            notes["sparsify (sparse)"] = f"{len(r.sparse_layers)}/{len(r.layers)} convs on the sparse kernel"
-            auto = sparsify(base, backend="auto", example_input=x, reps=max(3, reps // 4))
+            kinds = sorted({d.backend_name for d in r.sparse_layers})
+            notes["sparsify (sparse)"] = (f"{len(r.sparse_layers)}/{len(r.layers)} convs on {', '.join(kinds) or '-'}")
+            auto = sparsify(base, backend="auto", example_input=x, reps=max(3, reps // 4), dtype=dtype)
             ra = auto.sparsify_report
             reports["sparsify (auto)"] = ra
             x_auto = x_cl if ra.chosen == "dense_channels_last" else x
@@ -189,10 +190,13 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
                                         f"{(ra.chosen or 'sparse').replace('_', ' ')}")
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     times = time_round_robin(variants, reps, sync, progress=progress)
+    rows = [BenchRow(k, times[k], notes.get(k, "")) for k in variants]
+    rows[len(dense_rows) - len(missing):len(dense_rows) - len(missing)] = [BenchRow(k, float("nan"), notes[k])
+                                                                          for k in missing]
     result = BenchResult(weights=str(weights), device=str(dev), dtype=str(dtype).replace("torch.", ""), imgsz=imgsz,
-                         batch=batch, threads=torch.get_num_threads(),
-                         rows=[BenchRow(k, times[k], notes.get(k, "")) for k in variants], reports=reports,
-                         pruned_layers=pruned, sparsity=rep.masked_sparsity if pruned else 0.0)
+                         batch=batch, threads=torch.get_num_threads(), rows=rows, reports=reports,
+                         pruned_layers=pruned, sparsity=rep.masked_sparsity if pruned else 0.0,
+                         dense_rows=dense_rows)
     if plots:
         result.plots = _plots(result, Path(out))
     return result

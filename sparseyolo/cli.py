@@ -338,9 +338,9 @@ def _cmd_sparsify(args: argparse.Namespace) -> int:
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="latency of a checkpoint: dense (NCHW, channels_last, onnxruntime) vs sparsify (sparse, auto)",
+        help="latency of a checkpoint: every dense runtime (PyTorch fp32/bf16, onnxruntime, OpenVINO) vs sparsify",
         description="Time a checkpoint's forward pass dense and sparsified on this machine (medians, interleaved "
-        "rounds) and print one table with speedups over the fastest dense PyTorch variant; --plots (default on) "
+        "rounds) and print one table with speedups over the fastest dense runtime; --plots (default on) "
         "writes bench_latency.png and, for a pruned checkpoint, bench_layer_speedup.png.",
     )
     p.add_argument("--weights", required=True, help="checkpoint (dense or pruned)")
@@ -350,10 +350,18 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--reps", type=int, default=20, help="timed forwards per variant (median)")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
-                   help="include onnxruntime (CPU, when installed: pip install .[bench])")
+                   help="include the exported model's runtimes: onnxruntime and OpenVINO (CPU; pip install .[bench])")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="the sparse variants' precision: CPU fp32 (default) or bf16; GPU fp16")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
     p.add_argument("--out", default="runs/bench", help="folder for the plots")
     p.set_defaults(func=_cmd_bench)
+
+
+def _dtypes() -> dict:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -362,7 +370,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.imgsz < 32 or args.reps < 1:
         raise _UserError("--batch and --reps must be >= 1 and --img >= 32")
     result = run_bench(args.weights, imgsz=args.imgsz, batch=args.batch, device=args.device, threads=args.threads,
-                       reps=args.reps, onnx=args.onnx, plots=args.plots, out=args.out)
+                       reps=args.reps, onnx=args.onnx, plots=args.plots, out=args.out,
+                       dtype=_dtypes()[args.dtype] if args.dtype else None)
     print(result.table())
     if result.plots:
         print("plots: " + ", ".join(str(p) for p in result.plots))

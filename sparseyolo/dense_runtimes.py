@@ -80,8 +80,10 @@ def _openvino(onnx_path: Path, x: torch.Tensor, threads: int, f32: bool) -> Dens
     compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
     request = compiled.create_infer_request()
     data = x.numpy()
-    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    return DenseRuntime(name, lambda: request.infer({0: data}), f"openvino {ov.__version__}, {precision}")
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)  # "bf16", "f32"
+    version = ov.__version__.split("-")[0]
+    return DenseRuntime(name, lambda: request.infer({0: data}), f"openvino {version}, {precision}")
 
 
 def dense_runtimes(model: nn.Module, x: torch.Tensor, threads: int | None = None,

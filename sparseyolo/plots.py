@@ -197,10 +197,10 @@ def plot_latency(rows: Sequence[ModelRow], path: Path, imgsz: int, threads: int)
 def plot_bench_latency(result: Any, path: Path) -> Path:
     """``sparseyolo bench``: ms per image of each variant (horizontal bars), speedup over the fastest dense."""
     plt = _plt()
-    rows = result.rows
+    rows = [r for r in result.rows if r.ms == r.ms]  # a runtime that is not installed has no bar
     fig, ax = plt.subplots(figsize=(8.0, 0.55 * len(rows) + 1.4))
     idx = np.arange(len(rows))[::-1]
-    colors = ["#7f7f7f" if r.name.startswith(("dense", "onnx")) else "#2ca02c" for r in rows]
+    colors = ["#7f7f7f" if r.name in result.dense_rows else "#2ca02c" for r in rows]
     per_img = [r.ms / result.batch for r in rows]
     ax.barh(idx, per_img, color=colors, height=0.6)
     for i, r, v in zip(idx, rows, per_img, strict=True):

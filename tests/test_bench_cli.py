@@ -22,27 +22,48 @@ def pruned_ckpt(tmp_path_factory):
 def test_bench_rows_and_plots(pruned_ckpt, tmp_path):
     res = run_bench(str(pruned_ckpt), imgsz=64, batch=2, reps=2, onnx=False, out=tmp_path)
     names = [r.name for r in res.rows]
-    assert names == ["dense (NCHW)", "dense (channels_last)", "sparsify (sparse)", "sparsify (auto)"]
+    assert names == ["pytorch fp32", "pytorch fp32 channels-last", "pytorch bf16 channels-last", "sparsify (sparse)",
+                     "sparsify (auto)"]
     assert all(r.ms > 0 for r in res.rows)
     assert res.pruned_layers > 50 and abs(res.sparsity - 0.5) < 0.01
-    assert res.dense_ms == min(res.rows[0].ms, res.rows[1].ms)
+    assert res.dense_ms == min(r.ms for r in res.rows[:3]) and res.fastest_dense.name in names[:3]
     assert "returned" in res.rows[-1].note  # which model sparsify(auto) handed back
     assert sorted(p.name for p in res.plots) == ["bench_latency.png", "bench_layer_speedup.png"]
     assert all(p.stat().st_size > 10_000 for p in res.plots)
     table = res.table()
-    assert "speedup = fastest dense PyTorch / variant" in table and "batch 2, 64x64" in table
+    assert "speedup = fastest dense runtime" in table and "batch 2, 64x64" in table
 
 
 def test_bench_dense_checkpoint_has_no_sparse_rows(tmp_path):
     res = run_bench(str(packaged_weights()), imgsz=64, reps=1, onnx=False, plots=False)
-    assert [r.name for r in res.rows] == ["dense (NCHW)", "dense (channels_last)"] and res.pruned_layers == 0
+    assert [r.name for r in res.rows] == ["pytorch fp32", "pytorch fp32 channels-last", "pytorch bf16 channels-last"]
+    assert res.pruned_layers == 0
 
 
-def test_bench_onnxruntime_row_matches_when_installed(pruned_ckpt):
+def test_bench_runtime_rows_when_installed(pruned_ckpt):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
     res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=True, plots=False)
-    assert "onnxruntime (dense)" in [r.name for r in res.rows]
+    rows = {r.name: r for r in res.rows}
+    for name in ("onnxruntime fp32", "openvino", "openvino f32"):
+        assert rows[name].ms > 0 and name in res.dense_rows
+    assert "f32" in rows["openvino f32"].note.lower()
+
+
+def test_bench_missing_runtime_is_a_row_that_says_so(pruned_ckpt, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=True, plots=False)
+    row = next(r for r in res.rows if r.name == "openvino")
+    assert row.ms != row.ms and "not installed" in row.note
+    assert res.dense_ms == res.dense_ms  # the fastest of the runtimes that ran
+
+
+def test_bench_bf16_sparse_variants(pruned_ckpt):
+    res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=False, plots=False, dtype=torch.bfloat16)
+    assert res.dtype == "bfloat16" and "cpu_block" in res.rows[3].note
 
 
 def test_bench_cli(pruned_ckpt, tmp_path, capsys):

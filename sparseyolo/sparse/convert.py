@@ -39,8 +39,8 @@ LOGGER = logging.getLogger(__name__)
 #: Shortcuts for ``backend=``: ``"auto"`` (autotune among every registered backend for the device/dtype),
 #: ``"sparse"`` (the default sparse backend of the device, wherever it applies), ``"dense"`` (fold only).
 BACKENDS = ("auto", "sparse", "dense")
-#: The backend ``"sparse"`` means on each device type.
-DEFAULT_SPARSE = {"cpu": "cpu_csr", "cuda": "cuda_mma_sp"}
+#: The backend ``"sparse"`` means on each device type (and, on the CPU, dtype: bf16 has only the block kernel).
+DEFAULT_SPARSE = {"cpu": "cpu_csr", "cpu/bfloat16": "cpu_block", "cuda": "cuda_mma_sp"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _resolve(config: SparsifyConfig) -> tuple[str, list[SparseBackend]]:
         elif name == "sparse":
             if dev not in DEFAULT_SPARSE:
                 raise ValueError(f"sparsify: no default sparse backend for device '{dev}'")
-            names.append(DEFAULT_SPARSE[dev])
+            names.append(DEFAULT_SPARSE.get(f"{dev}/{str(config.dtype).replace('torch.', '')}", DEFAULT_SPARSE[dev]))
         elif name != "dense":
             names.append(name)
     names = list(dict.fromkeys(names))
