@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from sparseyolo.dense_runtimes import dense_runtimes, fastest  # noqa: E402
 from sparseyolo.models import DetectionModel  # noqa: E402
 from sparseyolo.prune import prune  # noqa: E402
 from sparseyolo.sparse import sparsify, sparsify_report  # noqa: E402
+from sparseyolo.utils.timing import time_round_robin  # noqa: E402
 
 LOGGER = logging.getLogger("bench_e2e_cpu")
 SHARED = Path(os.environ.get("SPARSEYOLO_SHARED", ROOT.parent / "shared"))
@@ -62,20 +62,6 @@ def load(name: str) -> tuple[torch.nn.Module, str]:
         return load_model(weights, fuse=False).eval(), str(weights.name)
     torch.manual_seed(0)
     return DetectionModel(f"{name}.yaml").eval(), "random init"
-
-
-def round_robin(fns: dict, reps: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.no_grad():
-        for _ in range(2):
-            for fn in fns.values():
-                fn()
-        for _ in range(reps):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                samples[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def sparse_variants(base: torch.nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
@@ -123,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             sfns, snotes = sparse_variants(base, x)
             fns.update(sfns)
             notes.update(snotes)
-            times = round_robin(fns, args.reps)
+            with torch.no_grad():
+                times = time_round_robin({k: (lambda _x, f=f: f(), None) for k, f in fns.items()}, args.reps)
             dense_ms = {k: times.get(k, math.nan) for k in runtimes}
             best_name, best_ms = fastest(dense_ms)
             rows.append({"model": name, "weights": source, "batch": batch, "ms": {k: times.get(k, math.nan)

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from sparseyolo.utils.errors import ParameterError
+from sparseyolo.utils.timing import time_round_robin
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,27 +79,6 @@ class BenchResult:
                      f"{self.imgsz}x{self.imgsz}, {self.threads} threads; speedup = fastest dense runtime "
                      f"({self.fastest_dense.name}) / variant")
         return "\n".join(lines)
-
-
-@torch.no_grad()
-def time_round_robin(variants: dict[str, tuple[object, torch.Tensor]], reps: int, sync=lambda: None,
-                     warmup: int = 2, progress: bool = False) -> dict[str, float]:
-    """Median ms per variant ``{name: (fn, x)}``: ``warmup`` calls each, then ``reps`` rounds calling every variant
-    once, round-robin, so that a change of machine load hits every variant alike. ``progress``: a bar over the
-    rounds (on stderr)."""
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for fn, x in variants.values():
-        for _ in range(warmup):
-            fn(x)
-    sync()
-    for _ in tqdm(range(max(reps, 1)), desc="bench", unit="round", disable=not progress,
-                  bar_format="{l_bar}{bar:20}{r_bar}"):
-        for k, (fn, x) in variants.items():
-            t0 = time.perf_counter()
-            fn(x)
-            sync()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 @torch.no_grad()

@@ -179,7 +179,7 @@ def _quiet(verbose: bool):
 
 def _interleaved_ms(a: nn.Module, b: nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float]:
     """Median forward ms of ``a`` and of ``b``, timed alternately so load changes hit both alike."""
-    from sparseyolo.bench import time_round_robin  # the one round-robin timer (bench and demo)
+    from sparseyolo.utils.timing import time_round_robin
 
     t = time_round_robin({"a": (a, x), "b": (b, x)}, max(reps, 1), warmup=3)
     return t["a"], t["b"]

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from sparseyolo.bench import time_round_robin
+from sparseyolo.utils.timing import time_round_robin
 from sparseyolo.prune.calibrated import calibrated_prune
 from tests.test_prune_calibrated import _Tiny
 

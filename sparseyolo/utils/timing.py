@@ -5,6 +5,8 @@
 * :func:`interleaved_median_ms`: several functions timed in rounds, round-robin, best median of the rounds per
   function, so that a burst of load on a shared machine hits every candidate alike. The autotuner
   (:mod:`sparseyolo.sparse.autotune`) and ``sparsify``'s whole-model check use it.
+* :func:`time_round_robin`: whole forwards of several variants, one call of each per round, median per variant
+  (``sparseyolo bench``, the demo, benchmarks/bench_e2e_cpu.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 
 def median_ms(fn: Callable[[], Any], reps: int = 5, warmup: int = 1) -> float:
@@ -86,3 +89,24 @@ def interleaved_median_ms(fns: Mapping[str, Callable[[], Any]], device: str | to
         for name, fn in fns.items():
             best[name] = min(best[name], device_median_ms(fn, device, reps))
     return best
+
+
+@torch.no_grad()
+def time_round_robin(variants: dict[str, tuple[object, torch.Tensor]], reps: int, sync=lambda: None,
+                     warmup: int = 2, progress: bool = False) -> dict[str, float]:
+    """Median ms per variant ``{name: (fn, x)}``: ``warmup`` calls each, then ``reps`` rounds calling every variant
+    once, round-robin, so that a change of machine load hits every variant alike. ``progress``: a bar over the
+    rounds (on stderr)."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for fn, x in variants.values():
+        for _ in range(warmup):
+            fn(x)
+    sync()
+    for _ in tqdm(range(max(reps, 1)), desc="bench", unit="round", disable=not progress,
+                  bar_format="{l_bar}{bar:20}{r_bar}"):
+        for k, (fn, x) in variants.items():
+            t0 = time.perf_counter()
+            fn(x)
+            sync()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
