@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (_UserError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (_UserError, CheckpointError, OSError, ValueError) as e:  # OSError: unwritable output, disk full
         print(f"sparseyolo {args.command}: error: {e}", file=sys.stderr)
         return 2
 
