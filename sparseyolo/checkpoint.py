@@ -334,10 +334,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         qualname = f"{module}.{name}"
         if _RestrictedUnpickler._tensor_allowed is None:
             _RestrictedUnpickler._tensor_allowed = _tensor_globals()
+        if qualname in _PLAIN_GLOBALS:  # first: its bounded constructors replace torch's unbounded ones
+            return _PLAIN_GLOBALS[qualname]
         if qualname in _RestrictedUnpickler._tensor_allowed:
             return _RestrictedUnpickler._tensor_allowed[qualname]
-        if qualname in _PLAIN_GLOBALS:
-            return _PLAIN_GLOBALS[qualname]
         if _is_stand_in_name(module, name):
             return _stand_in_class(qualname)
         if qualname in _NUMPY_GLOBALS:
@@ -764,7 +764,10 @@ def _from_loaded(obj: Any, path: Path, cfg: str | Path | dict | None) -> Checkpo
         )
     sd = {k.removeprefix("module."): v for k, v in sd.items()}  # DataParallel prefixes
     if cfg is None:
-        yaml_cfg, yaml_file, nc = infer_config(sd)
+        try:
+            yaml_cfg, yaml_file, nc = infer_config(sd)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
     else:
         from sparseyolo.models.yolo import load_config
 

@@ -203,7 +203,8 @@ def _run(module, st: _GpuState, backend: str, x: torch.Tensor) -> torch.Tensor:
         from sparseyolo import ops
 
         return ops.sparse_conv2d_24(x, st.packed.values, st.packed.meta, module.out_channels, module.kernel_size,
-                                    st.bias, module.stride, module.padding, act, kernel=MMA_SP_BACKENDS[backend])
+                                    st.bias, module.stride, module.padding, act, kernel=MMA_SP_BACKENDS[backend],
+                                    in_channels=module.in_channels)
     if backend == "cusparselt":
         return st.cslt(x, act)
     y = F.conv2d(x.contiguous(memory_format=torch.channels_last), st.dense_w,

@@ -102,7 +102,7 @@ class SparseConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dtype == torch.float32:
             return ops.sparse_conv2d(x, self.values, self.columns, self.row_ptr, self.kernel_size, self.bias,
-                                     self.stride, self.padding, self.activation)
+                                     self.stride, self.padding, self.activation, in_channels=self.in_channels)
         if x.device.type == "cuda":
             from sparseyolo.sparse.cuda_backend import cuda_forward  # 2:4 tensor cores / cuSPARSELt / cuDNN
 
