@@ -100,6 +100,7 @@ class _BigSet:
         return (set, (range(ckpt.MAX_PICKLE_ITEMS + 1),))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")  # protocol 4 is how `range` gets pickled
 def test_pickled_range_refused(tmp_path: Path, tiny_model) -> None:
     path = tmp_path / "set.pt"
     torch.save({"state_dict": tiny_model.state_dict(), "ids": _BigSet()}, path, pickle_protocol=4)

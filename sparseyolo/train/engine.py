@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from sparseyolo.checkpoint import (
     CheckpointError,
+    check_model_size,
     load_checkpoint,
     load_model,
     rewrite_checkpoint_meta,
@@ -257,6 +258,7 @@ def _model_from_state(
     """A detector holding ``sd`` exactly, masks (and their N:M / unstructured patterns) included."""
     from sparseyolo.prune.masks import register_masks_for_state_dict
 
+    check_model_size(yaml_cfg, nc, source)  # a file's config must not allocate GBs before any shape check
     model = DetectionModel(yaml_cfg, nc=nc)
     if fused:
         model.fuse()
