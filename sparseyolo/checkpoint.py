@@ -8,12 +8,17 @@ Three kinds of files are understood:
   and turns those classes into inert :class:`_StandIn` records whose state is then walked to rebuild a
   flat ``state_dict``. Anything else in the pickle (``os.system``, ``builtins.eval``, an unknown class)
   raises :class:`UnsafeCheckpointError`.
-* **sparseyolo** files written by :func:`save_checkpoint`, read with ``torch.load(weights_only=True)``.
+* **sparseyolo** files written by :func:`save_checkpoint`, read with ``torch.load(weights_only=True)``; they
+  record a checksum of their tensors, verified on reading.
 * **plain state_dicts** (a dict of tensors, or one under ``'state_dict'`` or ``'model'``); the config is
   inferred by matching tensor shapes against the built-in configs.
 
 Any of them may be compressed whole with xz or gzip (``model.pt.xz``, as the packaged demo model is); such a
 file is decompressed in memory before it is read.
+
+A small file can ask for huge allocations (a class count, a pickled ``bytearray(n)``, a compression bomb, a
+config's multipliers): the limits below bound each of them, and a file beyond one is refused with a
+:class:`CheckpointError` that names the limit. docs/reliability.md lists what is refused and why.
 """
 
 from __future__ import annotations
@@ -716,7 +721,9 @@ def load_checkpoint(path: str | Path, cfg: str | Path | dict | None = None) -> C
         A :class:`Checkpoint`.
 
     Raises:
-        CheckpointError: missing, corrupt or non-checkpoint file, or an unrecognised layout.
+        CheckpointError: missing, corrupt or non-checkpoint file, an unrecognised or tampered layout, a checksum
+            mismatch (sparseyolo files), or a file asking for more than the ``MAX_*`` limits of this module; the
+            message starts with the path.
         UnsafeCheckpointError: the pickle asks for a global outside the allow-list (the message names it).
 
     Caveats:

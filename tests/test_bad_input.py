@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import errno
 import io
+import json
 import logging
 import lzma
 import zipfile
@@ -437,7 +438,7 @@ def test_val_refuses_images_missing_from_the_coco_json(tmp_path: Path, tiny_mode
     data = _val_set(tmp_path / "d", {})
     gt = {"images": [{"id": 1, "file_name": "other.jpg", "width": 64, "height": 48}], "annotations": [],
           "categories": [{"id": i + 1, "name": f"c{i}"} for i in range(NC)]}
-    (tmp_path / "gt.json").write_text(__import__("json").dumps(gt))
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
     with pytest.raises(ValueError, match=r"2 of 2 images cannot be matched by file name to .*gt\.json"):
         val.run(weights="tiny.pt", data=data, imgsz=64, batch_size=2, workers=0, coco_json=tmp_path / "gt.json",
                 model=copy.deepcopy(tiny_model))

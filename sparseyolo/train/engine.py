@@ -22,7 +22,7 @@ NumPy's and torch's global generators, CUDA's, the shuffling sampler's generator
 position in the gradient-accumulation cycle.
 
 What ``--resume`` guarantees: a single-process run with ``workers=0`` that is resumed from ``last.pt`` ends
-with bit-identical weights, EMA and optimizer state to the same run left uninterrupted, on the same machine
+with bit-identical weights and EMA to the same run left uninterrupted, on the same machine
 and device (tested on CPU). With loader workers (``workers > 0``), the workers are new processes after a
 resume: their augmentation draws restart from fresh seeds, so the resumed epochs see different (equally
 distributed) augmentations; under DDP the random states are not restored (each rank reseeds). A run
