@@ -176,6 +176,15 @@ def _conv_out_hw(op: str, input: torch.Tensor, kernel_size, stride, padding) -> 
     return (hp - kernel_size[0]) // stride[0] + 1, (wp - kernel_size[1]) // stride[1] + 1
 
 
+def _check_in_channels(op: str, input: torch.Tensor, in_channels: int) -> None:
+    """The packed weight's Cin against the input's channels (csrc/ops/conv_checks.h, same messages)."""
+    torch._check(in_channels >= -1,
+                 lambda: f"{op}: in_channels should be the packed weight's Cin, or -1 (not checked), got {in_channels}")
+    torch._check(in_channels < 0 or input.shape[1] == in_channels,
+                 lambda: f"{op}: input has {input.shape[1]} channels but the packed weight expects in_channels = "
+                         f"{in_channels} (was the weight packed for another layer?)")
+
+
 @torch.library.register_fake("sparseyolo::sparse_conv2d")
 def _sparse_conv2d_fake(
     input: torch.Tensor,
@@ -187,9 +196,11 @@ def _sparse_conv2d_fake(
     stride: list[int] = (1, 1),
     padding: list[int] = (0, 0),
     activation: str = "identity",
+    in_channels: int = -1,
 ) -> torch.Tensor:
     op = "sparseyolo::sparse_conv2d"
     torch._check(input.dim() == 4, lambda: f"{op}: input should be a 4D tensor [N, Cin, H, W], got {input.dim()}D")
+    _check_in_channels(op, input, in_channels)
     torch._check(input.dtype == torch.float32, lambda: f"{op}: input should be float32, got {input.dtype}")
     torch._check(values.dim() == 1 and values.dtype == torch.float32,
                  lambda: f"{op}: values should be a 1D float32 tensor (the packed nonzeros), got {values.dim()}D {values.dtype}")
@@ -262,12 +273,14 @@ def _sparse_conv2d_24_fake(
     padding: list[int] = (0, 0),
     activation: str = "identity",
     kernel: str = "default",
+    in_channels: int = -1,
 ) -> torch.Tensor:
     op = "sparseyolo::sparse_conv2d_24"
     torch._check(kernel in SPARSE_CONV2D_24_KERNELS,
                  lambda: f"{op}: kernel should be one of {', '.join(map(repr, SPARSE_CONV2D_24_KERNELS))}, "
                          f"got '{kernel}'")
     torch._check(input.dim() == 4, lambda: f"{op}: input should be a 4D tensor [N, Cin, H, W], got {input.dim()}D")
+    _check_in_channels(op, input, in_channels)
     torch._check(input.dtype in (torch.float16, torch.bfloat16),
                  lambda: f"{op}: input should be float16 or bfloat16, got {input.dtype}")
     torch._check(input.shape[1] % 8 == 0,

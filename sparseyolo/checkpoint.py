@@ -8,18 +8,23 @@ Three kinds of files are understood:
   and turns those classes into inert :class:`_StandIn` records whose state is then walked to rebuild a
   flat ``state_dict``. Anything else in the pickle (``os.system``, ``builtins.eval``, an unknown class)
   raises :class:`UnsafeCheckpointError`.
-* **sparseyolo** files written by :func:`save_checkpoint`, read with ``torch.load(weights_only=True)``.
+* **sparseyolo** files written by :func:`save_checkpoint`, read with ``torch.load(weights_only=True)``; they
+  record a checksum of their tensors, verified on reading.
 * **plain state_dicts** (a dict of tensors, or one under ``'state_dict'`` or ``'model'``); the config is
   inferred by matching tensor shapes against the built-in configs.
 
 Any of them may be compressed whole with xz or gzip (``model.pt.xz``, as the packaged demo model is); such a
 file is decompressed in memory before it is read.
+
+A small file can ask for huge allocations (a class count, a pickled ``bytearray(n)``, a compression bomb, a
+config's multipliers): the limits below bound each of them, and a file beyond one is refused with a
+:class:`CheckpointError` that names the limit. docs/reliability.md lists what is refused and why.
 """
 
 from __future__ import annotations
 
 import copy
-import gzip
+import hashlib
 import io
 import logging
 import lzma
@@ -30,7 +35,9 @@ import tempfile
 import types
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +50,14 @@ from sparseyolo.models import CONFIG_DIR, MODEL_NAMES, DetectionModel
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "CheckpointWriteError",
     "UnsafeCheckpointError",
     "load_checkpoint",
     "save_checkpoint",
     "load_model",
     "attempt_download",
     "infer_config",
+    "check_model_size",
     "RELEASE_ASSETS",
     "RELEASE_URL",
 ]
@@ -62,6 +71,35 @@ FORMAT_VERSION = 2  # 2: pruned weights may be stored compressed under "sparse_w
 RELEASE_ASSETS: frozenset[str] = frozenset(f"{n}{s}.pt" for n in MODEL_NAMES for s in ("", "6"))
 RELEASE_URL = "https://github.com/ultralytics/yolov5/releases/download/v7.0/{name}"
 
+# --------------------------------------------------------------------------------------------------------
+# Limits on what a file may ask for. A checkpoint is small data that can describe huge allocations (a class
+# count, a pickled bytearray(n), a compressed stream, a config's multipliers); beyond these a file is refused
+# with a CheckpointError that says which limit it hit, before anything that large is allocated.
+# --------------------------------------------------------------------------------------------------------
+
+#: Classes of a detector. COCO has 80, Objects365 365, LVIS 1203; an nc of 10**10 would build 10**10 names.
+MAX_CLASSES = 100_000
+#: Bytes one pickled ``bytearray(n)`` may allocate. Tensor data lives in the archive's storage records, not in
+#: the pickle, so a real checkpoint holds at most small byte strings (e.g. a git hash).
+MAX_PICKLE_BUFFER_BYTES = 16 * 2**20
+#: Length of one pickled ``range`` (and so of a set, frozenset or bytearray built from it).
+MAX_PICKLE_ITEMS = 1_000_000
+#: Nesting of containers and modules in a checkpoint. A YOLOv5 pickle nests about 15 deep (module tree and
+#: optimizer state); deeper structures only serve to exhaust the recursion of the code that walks them.
+MAX_NESTING_DEPTH = 200
+#: Decompressed size of an xz/gzip checkpoint: float weights barely compress (the packaged demo model's xz is
+#: 0.86 of its size) and a dense file of a 90%-pruned model compresses about 10x, so 64x the compressed size
+#: (never less than MIN_DECOMPRESSED_LIMIT, never more than MAX_DECOMPRESSED_BYTES) is ample for checkpoints
+#: and refuses compression bombs (a 234 KB xz that inflates to 1.5 GB).
+MAX_COMPRESSION_RATIO = 64
+MIN_DECOMPRESSED_LIMIT = 256 * 2**20
+MAX_DECOMPRESSED_BYTES = 8 * 2**30
+#: Parameters of a model built from a checkpoint's config. YOLOv5x6, the largest released, has 140.7M; a
+#: config with width x4 / depth x300 would allocate several GB before any shape check could refuse it.
+MAX_MODEL_PARAMETERS = 250_000_000
+#: Repeats of one config row after depth scaling (YOLOv5x6 has at most 12).
+MAX_CONFIG_REPEATS = 100
+
 
 class CheckpointError(ValueError):
     """A checkpoint file cannot be used (missing, corrupt, not a checkpoint, or not fitting the model)."""
@@ -69,6 +107,10 @@ class CheckpointError(ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A pickle asked for a global outside the allow-list; the file is refused and nothing of it ran."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, folder not writable...); no partial file is left."""
 
 
 @dataclass
@@ -194,15 +236,42 @@ _TORCH_NN_MODULES = (
     "torch.nn.modules.normalization",
     "torch.nn.modules.module",
 )
-# Plain-data globals that are safe to return as themselves (no code execution through them).
+
+
+def _bounded_bytearray(*args: Any) -> bytearray:
+    """``bytearray`` for pickles, refusing a size beyond :data:`MAX_PICKLE_BUFFER_BYTES` before allocating."""
+    source = args[0] if args else b""
+    size = source if isinstance(source, int) else len(source) if hasattr(source, "__len__") else None
+    if size is None or size > MAX_PICKLE_BUFFER_BYTES:
+        raise CheckpointError(
+            f"the pickle asks for a bytearray of {size if size is not None else 'unknown size'} bytes "
+            f"(limit {MAX_PICKLE_BUFFER_BYTES}); a checkpoint never needs one"
+        )
+    return bytearray(*args)
+
+
+def _bounded_range(*args: Any) -> range:
+    """``range`` for pickles, refusing more than :data:`MAX_PICKLE_ITEMS` items (sets are built from ranges)."""
+    r = range(*args)
+    try:
+        n = len(r)
+    except OverflowError:
+        n = MAX_PICKLE_ITEMS + 1
+    if n > MAX_PICKLE_ITEMS:
+        raise CheckpointError(f"the pickle asks for a range of {r.start}..{r.stop} (limit {MAX_PICKLE_ITEMS} items)")
+    return r
+
+
+# Plain-data globals that are safe to return as themselves (no code execution through them); the two that
+# could allocate without bound from a few pickle bytes are size-checked.
 _PLAIN_GLOBALS: dict[str, Any] = {
     "collections.OrderedDict": OrderedDict,
     "builtins.set": set,
     "builtins.frozenset": frozenset,
     "builtins.slice": slice,
     "builtins.complex": complex,
-    "builtins.bytearray": bytearray,
-    "builtins.range": range,
+    "builtins.bytearray": _bounded_bytearray,
+    "builtins.range": _bounded_range,
     "pathlib.Path": Path,
     "pathlib.PosixPath": Path,
     "pathlib.WindowsPath": Path,
@@ -270,10 +339,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         qualname = f"{module}.{name}"
         if _RestrictedUnpickler._tensor_allowed is None:
             _RestrictedUnpickler._tensor_allowed = _tensor_globals()
+        if qualname in _PLAIN_GLOBALS:  # first: its bounded constructors replace torch's unbounded ones
+            return _PLAIN_GLOBALS[qualname]
         if qualname in _RestrictedUnpickler._tensor_allowed:
             return _RestrictedUnpickler._tensor_allowed[qualname]
-        if qualname in _PLAIN_GLOBALS:
-            return _PLAIN_GLOBALS[qualname]
         if _is_stand_in_name(module, name):
             return _stand_in_class(qualname)
         if qualname in _NUMPY_GLOBALS:
@@ -361,6 +430,7 @@ def _from_ultralytics(ckpt: dict | _StandIn, path: Path) -> Checkpoint:
     nc = st.get("nc") or yaml_cfg.get("nc") or (detect.state.get("nc") if detect is not None else None)
     if nc is None:
         raise CheckpointError(f"{path}: cannot tell the number of classes of this model")
+    nc = _checked_nc(nc, path)
     stride = st.get("stride")
     anchors = None
     if detect is not None:
@@ -372,8 +442,8 @@ def _from_ultralytics(ckpt: dict | _StandIn, path: Path) -> Checkpoint:
     return Checkpoint(
         state_dict=sd,
         yaml=copy.deepcopy(yaml_cfg),
-        nc=int(nc),
-        names=_names_list(st.get("names"), int(nc)),
+        nc=nc,
+        names=_names_list(st.get("names"), nc),
         stride=stride.detach().float().clone() if isinstance(stride, torch.Tensor) else None,
         anchors=anchors.detach().clone() if isinstance(anchors, torch.Tensor) else None,
         epoch=int(epoch) if isinstance(epoch, int) else None,
@@ -467,22 +537,61 @@ _MAGIC_HINTS = (
 _XZ_MAGIC, _GZIP_MAGIC = b"\xfd7zXZ\x00", b"\x1f\x8b"
 
 
+def _decompression_limit(compressed_bytes: int) -> int:
+    """Largest decompressed size accepted for a compressed checkpoint of ``compressed_bytes`` (see the limits)."""
+    return min(max(MAX_COMPRESSION_RATIO * compressed_bytes, MIN_DECOMPRESSED_LIMIT), MAX_DECOMPRESSED_BYTES)
+
+
+def _inflate(path: Path, data: bytes, new_decompressor: Any) -> bytes:
+    """Decompress all concatenated streams of ``data``, refusing output beyond :func:`_decompression_limit`."""
+    limit = _decompression_limit(len(data))
+    out = bytearray()
+    while data:
+        dec = new_decompressor()
+        chunk = dec.decompress(data, max_length=limit + 1 - len(out))
+        out += chunk
+        if len(out) > limit:
+            raise CheckpointError(
+                f"{path}: decompresses to more than {limit} bytes ({MAX_COMPRESSION_RATIO}x its "
+                f"{len(data)} compressed bytes, at least {MIN_DECOMPRESSED_LIMIT}); refusing a likely compression bomb"
+            )
+        if not dec.eof:
+            raise CheckpointError(f"{path}: corrupt or truncated compressed checkpoint (stream ends early)")
+        data = dec.unused_data.lstrip(b"\x00")  # xz streams may be followed by zero padding
+    return bytes(out)
+
+
 def _decompressed(path: Path) -> Path | io.BytesIO:
-    """The file itself, or its content in memory when it is xz- or gzip-compressed (e.g. ``model.pt.xz``)."""
+    """The file itself, or its content in memory when it is xz- or gzip-compressed (e.g. ``model.pt.xz``).
+
+    Raises:
+        CheckpointError: corrupt stream, or one that inflates beyond :func:`_decompression_limit`.
+    """
     with open(path, "rb") as fh:
         head = fh.read(6)
     try:
         if head.startswith(_XZ_MAGIC):
-            return io.BytesIO(lzma.decompress(path.read_bytes()))
+            return io.BytesIO(_inflate(path, path.read_bytes(), lzma.LZMADecompressor))
         if head.startswith(_GZIP_MAGIC):
-            return io.BytesIO(gzip.decompress(path.read_bytes()))
-    except (lzma.LZMAError, OSError, EOFError) as e:
+            return io.BytesIO(_inflate(path, path.read_bytes(), lambda: zlib.decompressobj(wbits=31)))
+    except (lzma.LZMAError, zlib.error, OSError, EOFError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated compressed checkpoint ({e})") from e
     return path
 
 
-def _sniff(path: Path, source: Path | io.BytesIO | None = None) -> None:
-    """Raise CheckpointError unless the file (or its decompressed ``source``) starts like a torch zip or a pickle."""
+#: Globals that torch's own weights_only unpickler allows but whose argument can ask for any size (a 281-byte
+#: pickle with ``bytearray(2_500_000_000)``); a pickle naming one is read by the restricted unpickler, whose
+#: versions are bounded.
+_SIZED_GLOBAL_NAMES = (b"bytearray",)
+
+
+def _sniff(path: Path, source: Path | io.BytesIO | None = None) -> bool:
+    """Raise CheckpointError unless the file (or its decompressed ``source``) starts like a torch zip or a pickle.
+
+    Returns:
+        True when the pickle names a global in :data:`_SIZED_GLOBAL_NAMES`, so that only the restricted (bounded)
+        unpickler may read it.
+    """
     source = path if source is None else source
     if isinstance(source, io.BytesIO):
         head = source.getvalue()[:8]
@@ -492,10 +601,26 @@ def _sniff(path: Path, source: Path | io.BytesIO | None = None) -> None:
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(source) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise CheckpointError(f"{path}: not a readable checkpoint: corrupt or truncated zip archive ({e})") from e
-        if not any(n.endswith("data.pkl") for n in names):
+                infos = zf.infolist()
+                names = [i.filename for i in infos]
+                pkl = next((i for i in infos if i.filename.endswith("data.pkl")), None)
+                for info in infos:  # torch writes entries stored; a deflated one must not be a bomb either
+                    if info.compress_type != zipfile.ZIP_STORED and info.file_size > _decompression_limit(
+                        info.compress_size
+                    ):
+                        raise CheckpointError(
+                            f"{path}: zip entry {info.filename!r} inflates {info.compress_size} bytes to "
+                            f"{info.file_size}; refusing a likely compression bomb"
+                        )
+                data_pkl = zf.read(pkl) if pkl is not None else b""
+        except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, ValueError, NotImplementedError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            # A corrupt central directory can carry undecodable names: the message still names the file.
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint: corrupt or truncated zip archive ({type(e).__name__}: {e})"
+            ) from e
+        if pkl is None:
             raise CheckpointError(
                 f"{path}: a zip archive without a pickled object (data.pkl); not a PyTorch checkpoint"
             )
@@ -503,9 +628,10 @@ def _sniff(path: Path, source: Path | io.BytesIO | None = None) -> None:
             raise CheckpointError(
                 f"{path}: a TorchScript archive, not a checkpoint; load it with torch.jit.load if you trust it"
             )
-        return
+        return any(g in data_pkl for g in _SIZED_GLOBAL_NAMES)
     if head[:1] == b"\x80":  # pickle protocol >= 2: torch's legacy (pre-1.6) format
-        return
+        data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+        return any(g in data for g in _SIZED_GLOBAL_NAMES)
     what = next((d for m, d in _MAGIC_HINTS if head.startswith(m)), None)
     if what is None:
         what = (
@@ -516,23 +642,72 @@ def _sniff(path: Path, source: Path | io.BytesIO | None = None) -> None:
     raise CheckpointError(f"{path}: not a PyTorch checkpoint (it looks like {what})")
 
 
-def _torch_load(path: Path, source: Path | io.BytesIO | None = None) -> Any:
-    """Load with weights_only=True, or else with the restricted unpickler (Ultralytics model objects)."""
+def _torch_load(path: Path, source: Path | io.BytesIO | None = None, restricted_only: bool = False) -> Any:
+    """Load with weights_only=True, or else with the restricted unpickler (Ultralytics model objects).
+
+    ``restricted_only`` skips the weights_only attempt (see :data:`_SIZED_GLOBAL_NAMES`).
+    """
     source = path if source is None else source
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as first:
-        LOGGER.debug("weights_only load of %s failed (%s); trying the restricted unpickler", path, first)
-    if isinstance(source, io.BytesIO):
-        source.seek(0)
+    if not restricted_only:
+        try:
+            return torch.load(source, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as first:
+            LOGGER.debug("weights_only load of %s failed (%s); trying the restricted unpickler", path, first)
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
     try:
         return torch.load(source, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module())
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
-    except CheckpointError:
-        raise
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     except Exception as e:  # truncated streams, bad records, bad pickles
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _inspect_loaded(obj: Any, path: Path) -> None:
+    """Refuse loaded objects that only a crafted file holds, before any code walks or copies them.
+
+    Containers may nest at most :data:`MAX_NESTING_DEPTH` deep (deeper ones exhaust the recursion of the code
+    that walks them); tensors must be ordinary CPU tensors no larger than their storage (a zero-stride view
+    of 10**10 elements over one float is tiny in the file and huge once copied).
+    """
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    seen: set[int] = set()
+    while stack:
+        o, depth = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if depth > MAX_NESTING_DEPTH:
+            raise CheckpointError(f"{path}: nested more than {MAX_NESTING_DEPTH} levels deep; not a checkpoint")
+        if isinstance(o, torch.Tensor):
+            if o.layout != torch.strided or o.device.type != "cpu":
+                raise CheckpointError(f"{path}: holds a {o.layout} tensor on {o.device}; checkpoints hold CPU tensors")
+            if o.numel() and o.numel() * o.element_size() > o.untyped_storage().nbytes():
+                raise CheckpointError(
+                    f"{path}: a tensor of shape {tuple(o.shape)} overlaps itself ({o.untyped_storage().nbytes()} "
+                    "bytes of data); not a checkpoint"
+                )
+        elif isinstance(o, dict):
+            stack.extend((v, depth + 1) for kv in o.items() for v in kv)
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend((v, depth + 1) for v in o)
+        elif isinstance(o, _StandIn):
+            stack.append((o.state, depth + 1))
+            stack.append((o.args, depth + 1))
+
+
+def _checked_nc(nc: Any, path: Path) -> int:
+    """``nc`` as an int in ``[1, MAX_CLASSES]``, else CheckpointError."""
+    if isinstance(nc, bool) or not isinstance(nc, (int, float)) or int(nc) != nc or not 1 <= nc <= MAX_CLASSES:
+        raise CheckpointError(f"{path}: number of classes nc={nc!r} is not an int in [1, {MAX_CLASSES}]")
+    return int(nc)
+
+
+#: Exceptions that code reading a well-formed checkpoint never raises: on a tampered file they are turned
+#: into a CheckpointError naming the file.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError, OverflowError)
 
 
 def load_checkpoint(path: str | Path, cfg: str | Path | dict | None = None) -> Checkpoint:
@@ -546,7 +721,9 @@ def load_checkpoint(path: str | Path, cfg: str | Path | dict | None = None) -> C
         A :class:`Checkpoint`.
 
     Raises:
-        CheckpointError: missing, corrupt or non-checkpoint file, or an unrecognised layout.
+        CheckpointError: missing, corrupt or non-checkpoint file, an unrecognised or tampered layout, a checksum
+            mismatch (sparseyolo files), or a file asking for more than the ``MAX_*`` limits of this module; the
+            message starts with the path.
         UnsafeCheckpointError: the pickle asks for a global outside the allow-list (the message names it).
 
     Caveats:
@@ -557,11 +734,21 @@ def load_checkpoint(path: str | Path, cfg: str | Path | dict | None = None) -> C
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     source = _decompressed(path)
-    _sniff(path, source)
+    restricted_only = _sniff(path, source)
     if isinstance(source, io.BytesIO):
         source.seek(0)
-    obj = _torch_load(path, source)
+    obj = _torch_load(path, source, restricted_only)
+    _inspect_loaded(obj, path)
+    try:
+        return _from_loaded(obj, path, cfg)
+    except CheckpointError:
+        raise
+    except _MALFORMED as e:
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from e
 
+
+def _from_loaded(obj: Any, path: Path, cfg: str | Path | dict | None) -> Checkpoint:
+    """The :class:`Checkpoint` of a loaded object, by its layout."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
         return _from_sparseyolo(obj, path)
     if isinstance(obj, _StandIn) or (
@@ -584,12 +771,16 @@ def load_checkpoint(path: str | Path, cfg: str | Path | dict | None = None) -> C
         )
     sd = {k.removeprefix("module."): v for k, v in sd.items()}  # DataParallel prefixes
     if cfg is None:
-        yaml_cfg, yaml_file, nc = infer_config(sd)
+        try:
+            yaml_cfg, yaml_file, nc = infer_config(sd)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
     else:
         from sparseyolo.models.yolo import load_config
 
         yaml_cfg, yaml_file = load_config(cfg)
-        nc = int(yaml_cfg["nc"])
+        nc = yaml_cfg["nc"]
+    nc = _checked_nc(nc, path)
     det = max((int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.anchors$", k))), default=None)
     extra = (
         {k: v for k, v in obj.items() if k not in ("state_dict", "model", "ema")}
@@ -617,10 +808,22 @@ def _from_sparseyolo(obj: dict, path: Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: sparseyolo checkpoint version {version} is newer than this sparseyolo ({FORMAT_VERSION}); upgrade"
         )
+    _verify_checksum(obj, path)
+    nc = _checked_nc(obj["nc"], path)
     stride = obj.get("stride")
     state_dict, patterns = dict(obj["state_dict"]), {}
     if obj.get("sparse_weights"):
         from sparseyolo.prune.storage import decompress_state_dict
+
+        for wkey, entry in obj["sparse_weights"].items():
+            numel = 1
+            for d in entry["shape"]:
+                numel *= max(int(d), 0)
+            if numel > MAX_MODEL_PARAMETERS:
+                raise CheckpointError(
+                    f"{path}: compressed weight {wkey} claims shape {list(entry['shape'])}, more than "
+                    f"{MAX_MODEL_PARAMETERS} elements"
+                )
 
         try:
             state_dict, patterns = decompress_state_dict(state_dict, obj["sparse_weights"])
@@ -629,8 +832,8 @@ def _from_sparseyolo(obj: dict, path: Path) -> Checkpoint:
     return Checkpoint(
         state_dict=state_dict,
         yaml=obj.get("yaml") or {},
-        nc=int(obj["nc"]),
-        names=_names_list(obj.get("names"), int(obj["nc"])),
+        nc=nc,
+        names=_names_list(obj.get("names"), nc),
         stride=torch.tensor(stride, dtype=torch.float32) if stride is not None else None,
         anchors=next((v for k, v in obj["state_dict"].items() if k.endswith(".anchors")), None),
         epoch=obj.get("epoch"),
@@ -641,6 +844,81 @@ def _from_sparseyolo(obj: dict, path: Path) -> Checkpoint:
         path=path,
         mask_patterns=patterns,
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checksum of sparseyolo files
+# --------------------------------------------------------------------------------------------------------
+
+#: Algorithm of the ``'checksum'`` entry :func:`save_checkpoint` records over every tensor of the file.
+CHECKSUM_ALGORITHM = "sha256"
+
+
+def _tensor_checksum(obj: Any) -> str:
+    """Hex digest over every tensor in ``obj`` (dicts, lists, tuples), with its key path, dtype and shape.
+
+    A flipped byte in the tensor data of a zip archive loads without any error from torch; this digest is how
+    :func:`load_checkpoint` notices it in sparseyolo's own files.
+    """
+    h = hashlib.new(CHECKSUM_ALGORITHM)
+
+    def walk(o: Any, where: str) -> None:
+        if isinstance(o, torch.Tensor):
+            h.update(f"{where}|{o.dtype}|{tuple(o.shape)}|".encode())
+            h.update(o.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(v, f"{where}/{k}")
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{where}/{i}")
+
+    walk({k: v for k, v in obj.items() if k != "checksum"}, "")
+    return h.hexdigest()
+
+
+def _verify_checksum(obj: dict, path: Path) -> None:
+    """Raise CheckpointError when a sparseyolo file's recorded checksum disagrees with its tensors.
+
+    Files written before checksums were recorded (no ``'checksum'`` entry) are read without the check.
+    """
+    recorded = obj.get("checksum")
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict) or recorded.get("algorithm") != CHECKSUM_ALGORITHM:
+        raise CheckpointError(f"{path}: unknown checksum record {recorded!r}")
+    if _tensor_checksum(obj) != recorded.get("digest"):
+        raise CheckpointError(
+            f"{path}: tensor data does not match the checksum recorded when it was saved; the file is corrupted "
+            "(copy it again, or use another checkpoint)"
+        )
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a unique temporary file beside ``path``, then rename it over ``path``.
+
+    Concurrent writers (two runs with ``--exist-ok`` into one folder) never share a temporary file, a kill
+    leaves either the old or the new ``path``, and on any failure the temporary file is removed.
+
+    Raises:
+        CheckpointWriteError: the file could not be written (disk full, unwritable folder...); names the path.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # KeyboardInterrupt included: never leave a partial temporary file
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # torch reports a short write as RuntimeError "unexpected pos"
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            raise CheckpointWriteError(
+                f"could not write checkpoint {path}: {reason} (is the disk full or the folder not writable?); "
+                "no partial file was left"
+            ) from e
+        raise
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -667,7 +945,8 @@ def save_checkpoint(model: DetectionModel, path: str | Path, **meta: Any) -> Pat
     """Write ``model`` in sparseyolo's own format (a plain dict, loadable with ``weights_only=True``).
 
     The file holds ``{'format': 'sparseyolo', 'version': 1, 'yaml', 'yaml_file', 'names', 'nc', 'stride',
-    'fused', 'state_dict', 'meta'}``. The state_dict is saved as the model holds it (dtype and all extra
+    'fused', 'state_dict', 'meta', 'checksum'}``; ``checksum`` is a digest of every tensor in the file, which
+    :func:`load_checkpoint` verifies. The state_dict is saved as the model holds it (dtype and all extra
     buffers), moved to CPU. A pruned model (``weight_mask`` buffers from :mod:`sparseyolo.prune`) is written
     as version 2: each masked weight and its mask leave ``state_dict`` for ``'sparse_weights'``, compressed
     as described in :mod:`sparseyolo.prune.storage` (N:M values + packed positions, or a bitmask + kept
@@ -680,10 +959,17 @@ def save_checkpoint(model: DetectionModel, path: str | Path, **meta: Any) -> Pat
 
     Returns:
         The path written.
+
+    Raises:
+        CheckpointWriteError: the file could not be written; ``path`` is then unchanged and no temporary file is
+            left (the file is written to a unique temporary name and renamed into place).
     """
     _check_plain(meta, "meta")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointWriteError(f"could not create the folder of checkpoint {path}: {e.strerror or e}") from e
     obj = {
         "format": FORMAT_NAME,
         "version": 1,
@@ -707,16 +993,87 @@ def save_checkpoint(model: DetectionModel, path: str | Path, **meta: Any) -> Pat
         if obj["sparse_weights"]:
             obj["version"] = FORMAT_VERSION
     _check_plain(obj["yaml"], "model.yaml")
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    obj["checksum"] = {"algorithm": CHECKSUM_ALGORITHM, "digest": _tensor_checksum(obj)}
+    _atomic_torch_save(obj, path)
     LOGGER.info("saved %s (%d tensors)", path, len(obj["state_dict"]))
+    return path
+
+
+def rewrite_checkpoint_meta(path: str | Path, drop: tuple[str, ...] = (), **updates: Any) -> Path:
+    """Remove ``drop`` keys from a sparseyolo file's ``meta``, set ``updates``, and rewrite it atomically.
+
+    The checksum is verified before and recomputed after; the file is replaced by rename, so a kill leaves
+    either the old or the new file (as :func:`save_checkpoint` does).
+
+    Raises:
+        CheckpointError: not a sparseyolo file, or its checksum does not match.
+        CheckpointWriteError: the new file could not be written (the old one is unchanged).
+    """
+    path = Path(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME or not isinstance(obj.get("meta"), dict):
+        raise CheckpointError(f"{path}: not a sparseyolo checkpoint")
+    _verify_checksum(obj, path)
+    for k in drop:
+        obj["meta"].pop(k, None)
+    _check_plain(updates, "meta")
+    obj["meta"].update(updates)
+    obj["checksum"] = {"algorithm": CHECKSUM_ALGORITHM, "digest": _tensor_checksum(obj)}
+    _atomic_torch_save(obj, path)
     return path
 
 
 # --------------------------------------------------------------------------------------------------------
 # Models from files
 # --------------------------------------------------------------------------------------------------------
+
+
+def check_model_size(yaml_cfg: dict, nc: int, where: Any = "config") -> int:
+    """Count the parameters ``yaml_cfg`` would build, without allocating them; refuse oversized configs.
+
+    Each row's repeats after depth scaling are checked first (a depth x300 config would take minutes just to
+    create its modules), then the layers are built on the ``meta`` device, which allocates no memory.
+
+    Args:
+        yaml_cfg: a model config dict (``depth_multiple``, ``width_multiple``, ``backbone``, ``head``...).
+        nc: number of classes.
+        where: what to name in the error (the checkpoint path).
+
+    Returns:
+        The number of parameters.
+
+    Raises:
+        CheckpointError: more than :data:`MAX_CONFIG_REPEATS` repeats in a row, more than
+            :data:`MAX_MODEL_PARAMETERS` parameters, or a config that cannot be built.
+    """
+    from sparseyolo.models.yolo import parse_model
+
+    try:
+        gd = float(yaml_cfg["depth_multiple"])
+        for i, row in enumerate(list(yaml_cfg["backbone"]) + list(yaml_cfg["head"])):
+            n = row[1]
+            reps = max(round(n * gd), 1) if n > 1 else n
+            if not isinstance(reps, int) or not 1 <= reps <= MAX_CONFIG_REPEATS:
+                raise CheckpointError(
+                    f"{where}: config row {i} repeats its module {reps!r} times (depth_multiple {gd}); "
+                    f"at most {MAX_CONFIG_REPEATS} are accepted"
+                )
+        cfg = copy.deepcopy(yaml_cfg)
+        cfg["nc"] = _checked_nc(nc, where)
+        with torch.device("meta"):
+            layers, _ = parse_model(cfg, [int(cfg.get("ch", 3))])
+    except CheckpointError:
+        raise
+    except (*_MALFORMED, RuntimeError) as e:
+        raise CheckpointError(f"{where}: cannot build the model from its config: {type(e).__name__}: {e}") from e
+    count = sum(p.numel() for p in layers.parameters())
+    if count > MAX_MODEL_PARAMETERS:
+        raise CheckpointError(
+            f"{where}: its config builds {count / 1e6:.0f}M parameters (width_multiple "
+            f"{yaml_cfg.get('width_multiple')}, depth_multiple {gd}); at most {MAX_MODEL_PARAMETERS / 1e6:.0f}M are "
+            "accepted (YOLOv5x6 has 141M)"
+        )
+    return count
 
 
 def _load_state(model: torch.nn.Module, sd: dict[str, torch.Tensor], strict: bool, source: Path | None) -> None:
@@ -788,6 +1145,8 @@ def load_model(
     yaml_cfg = ck.yaml if cfg is None else cfg
     if not yaml_cfg:
         yaml_cfg, _, _ = infer_config(ck.state_dict)
+    if isinstance(yaml_cfg, dict):  # a built-in name or a user's yaml path is the user's own choice
+        check_model_size(yaml_cfg, ck.nc, path)
     try:
         model = DetectionModel(yaml_cfg, nc=ck.nc)
     except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -840,7 +1199,7 @@ def attempt_download(weights: str | Path, dir: str | Path | None = None, timeout
     Raises:
         CheckpointError: the file does not exist and is not an official asset, or the download failed.
     """
-    path = Path(str(weights).strip().replace("'", ""))
+    path = Path(weights)  # as given: quotes and spaces are legal in file names
     if path.is_file():
         return path
     if path.name not in RELEASE_ASSETS:

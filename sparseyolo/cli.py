@@ -492,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParameterError as e:  # named in API terms: say it with this command's flags
         print(f"sparseyolo {args.command}: error: {e.rename(_flag_names(parser, args.command))}", file=sys.stderr)
         return 2
-    except (_UserError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (_UserError, CheckpointError, OSError, ValueError) as e:  # OSError: unwritable output, disk full
         print(f"sparseyolo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -258,6 +258,7 @@ def sparse_conv2d(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     activation: str = "identity",
+    in_channels: int | None = None,
 ) -> torch.Tensor:
     """Direct sparse convolution ``act(conv2d(input, W, bias, stride, padding))``, groups = 1, on the CPU.
 
@@ -271,6 +272,8 @@ def sparse_conv2d(
         bias (Tensor[Cout] float32, optional).
         stride, padding: as in ``F.conv2d`` (zero padding).
         activation: ``"identity"`` or ``"silu"`` (fused in the epilogue).
+        in_channels: the packed weight's ``Cin``; an input with other channel counts is refused, as
+            ``F.conv2d`` refuses it. None skips the check (the CSR form alone cannot tell a larger input apart).
 
     Returns:
         Tensor[N, Cout, H', W'] float32, NCHW.
@@ -280,7 +283,8 @@ def sparse_conv2d(
         portable path). Sums run in a different order than ``F.conv2d``: results agree to ~1e-6 relative.
     """
     return _op("sparse_conv2d")(input, values, columns, row_ptr, _pair(kernel_size), bias,
-                                                      _pair(stride), _pair(padding), activation)
+                                                      _pair(stride), _pair(padding), activation,
+                                                      -1 if in_channels is None else int(in_channels))
 
 
 def sparse_conv2d_24(
@@ -294,6 +298,7 @@ def sparse_conv2d_24(
     padding: int | tuple[int, int] = 0,
     activation: str = "identity",
     kernel: str = "default",
+    in_channels: int | None = None,
 ) -> torch.Tensor:
     """2:4 sparse convolution on the sparse tensor cores: ``act(conv2d(input, W, bias, stride, padding))``.
 
@@ -316,6 +321,9 @@ def sparse_conv2d_24(
             ``"default"`` (``"tile64"``). All but ``tile64`` have so far been checked only under the CPU SIMT
             emulator. All give the same results up to fp32 summation order. The CPU backend checks the name and
             ignores it.
+        in_channels: the packed weight's ``Cin``; an input with other channel counts is refused, as
+            ``F.conv2d`` refuses it. None skips the check (the packed shape only fixes ``Cin`` up to a multiple
+            of 32). The CPU backend also refuses metadata codes that are not ascending position pairs.
 
     Returns:
         Tensor[N, Cout, H', W'] in the input's dtype, channels_last.
@@ -325,7 +333,8 @@ def sparse_conv2d_24(
         the slow reference (decode + float32 conv), for tests and tracing.
     """
     return _op("sparse_conv2d_24")(input, values, meta, out_channels, _pair(kernel_size), bias,
-                                                         _pair(stride), _pair(padding), activation, kernel)
+                                                         _pair(stride), _pair(padding), activation, kernel,
+                                                         -1 if in_channels is None else int(in_channels))
 
 
 def cusparselt_version() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from sparseyolo.checkpoint import load_model
 from sparseyolo.data.dataset import create_val_dataloader, load_data_config
 from sparseyolo.prune import prune_from_spec
 from sparseyolo.utils.boxes import scale_boxes, xywh2xyxy
-from sparseyolo.utils.coco import coco_class_map, evaluate_coco, image_id_for, predictions_to_coco, yolo_labels_to_coco
+from sparseyolo.utils.coco import (
+    coco_class_map,
+    evaluate_coco,
+    load_coco_json,
+    match_coco_images,
+    predictions_to_coco,
+    yolo_labels_to_coco,
+)
 from sparseyolo.utils.metrics import ap_per_class, process_batch
 from sparseyolo.utils.nms import non_max_suppression
 from sparseyolo.utils.errors import ParameterError
@@ -56,6 +64,22 @@ def _check_img_size(imgsz: int, stride: int) -> int:
     if new != imgsz:
         LOGGER.warning("--img %d must be a multiple of the max stride %d, updating to %d", imgsz, stride, new)
     return new
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file; on failure nothing is left and the error names ``path``.
+
+    Raises:
+        OSError: the file could not be written (disk full, unwritable folder...).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"could not write {path}: {e.strerror or e} (the metrics above are complete)") from e
 
 
 @torch.no_grad()
@@ -105,10 +129,22 @@ def run(
             for a pattern, ``l1`` for an amount. Pruning happens after BN fusion, as in YOLOv5, so magnitudes
             include the BN scale the deployed model applies.
         project, name: run folder ``project/name`` (incremented) for saved files.
+            Nothing is written before the metrics (and COCO stats) are computed and logged; the json is written
+            through a temporary file, so a failed write leaves no partial file.
         model: an already loaded model to evaluate instead of ``weights`` (used by training code).
         nms: ``"fused"`` (the compiled :func:`sparseyolo.ops.yolo_nms`, the default) or ``"reference"`` (the
             pure torch + torchvision implementation of YOLOv5's ``non_max_suppression``). Both keep the same
             boxes, so metrics do not change; only the Speed line's NMS figure does.
+
+    Raises:
+        ValueError: unusable settings, a data config that does not fit the model, or dataset images that cannot
+            be matched to the COCO json's images (matched by ``file_name``; see
+            :func:`sparseyolo.utils.coco.match_coco_images`), found before any inference.
+        OSError: the predictions json could not be written (after the metrics were logged and computed).
+
+    Caveats:
+        Label lines with a class id outside ``[0, nc)`` make their image corrupt: it is skipped and reported at
+        scan time with the label file and line, as YOLOv5 reports other corrupt labels.
     """
     if task == "speed":
         conf_thres, iou_thres, cocoeval, save_json = 0.25, 0.45, False, False
@@ -154,7 +190,7 @@ def run(
 
     pad, rect = (0.0, False) if task == "speed" else (0.5, True)
     dataloader, dataset = create_val_dataloader(
-        cfg[split], imgsz, batch_size, stride, pad=pad, rect=rect, workers=workers, prefix=f"{task}: "
+        cfg[split], imgsz, batch_size, stride, pad=pad, rect=rect, workers=workers, prefix=f"{task}: ", nc=nc
     )
 
     # Warm up so the first batch's timing is not the allocator's.
@@ -164,13 +200,17 @@ def run(
     niou = iouv.numel()
     class_map = list(range(nc))
     gt_coco = None
+    image_ids: dict[str, int] = {}
     if cocoeval or save_json:
         coco_json = coco_json or cfg.get("coco_json")
         if coco_json:
-            class_map = coco_class_map(coco_json, nc)
-            gt_coco = coco_json
+            gt_coco = load_coco_json(coco_json)
+            class_map = coco_class_map(gt_coco, nc)
         else:
             gt_coco = yolo_labels_to_coco(dataset.im_files, dataset.labels, dataset.shapes, names)
+        # Matched before inference: an image set that does not fit the json is refused, not scored wrongly.
+        where = str(coco_json) if coco_json else "the ground truth built from the YOLO labels"
+        image_ids = dict(zip(dataset.im_files, match_coco_images(gt_coco, dataset.im_files, where)))
 
     seen = 0
     dt = Profile(dev), Profile(dev), Profile(dev)
@@ -207,7 +247,7 @@ def run(
                 correct = process_batch(predn, torch.cat((labels[:, 0:1], tbox), 1), iouv)
             stats.append((correct, pred[:, 4], pred[:, 5], labels[:, 0]))
             if gt_coco is not None:
-                jdict += predictions_to_coco(predn, paths[si], class_map)
+                jdict += predictions_to_coco(predn, paths[si], class_map, image_ids[paths[si]])
 
     # Metrics
     res = ValResults(images=seen)
@@ -234,13 +274,15 @@ def run(
     shape = (batch_size, 3, imgsz, imgsz)
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s", *res.speed_ms, shape)
 
-    if save_json:
-        save_dir = increment_dir(Path(project) / name)
-        res.predictions_json = save_dir / f"{Path(str(weights)).stem}_predictions.json"
-        LOGGER.info("Saving %s...", res.predictions_json)
-        res.predictions_json.write_text(json.dumps(jdict))
     if cocoeval and gt_coco is not None:
         LOGGER.info("Evaluating pycocotools mAP...")
-        img_ids = [image_id_for(f) for f in dataset.im_files]
-        res.coco_stats = [float(s) for s in evaluate_coco(gt_coco, jdict, img_ids)]
+        res.coco_stats = [float(s) for s in evaluate_coco(gt_coco, jdict, list(image_ids.values()))]
+    if save_json:  # last: a write that fails cannot lose the metrics above
+        try:
+            save_dir = increment_dir(Path(project) / name)
+        except OSError as e:
+            raise OSError(e.errno, f"could not create {Path(project) / name}: {e.strerror or e}") from e
+        res.predictions_json = save_dir / f"{Path(str(weights)).stem}_predictions.json"
+        LOGGER.info("Saving %s...", res.predictions_json)
+        _write_text_atomic(res.predictions_json, json.dumps(jdict))
     return res

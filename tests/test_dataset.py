@@ -235,14 +235,17 @@ class TestVerify:
         np.testing.assert_allclose(r.labels, [[2, 0.3, 0.4, 0.4, 0.4]], atol=1e-7)
         assert len(r.segments) == 1
 
-    def test_jpeg_without_end_marker_is_restored(self, tmp_path, caplog):
+    def test_jpeg_without_end_marker_is_repaired_in_memory(self, tmp_path, caplog):
+        # YOLOv5 re-encodes such a file in place; the user's dataset must stay untouched (issue 20, item 3;
+        # more in tests/test_bad_input.py).
         im = _write(tmp_path / "images" / "x.jpg", _image(20, 20))
         im.write_bytes(im.read_bytes() + b"\x00\x00")  # trailing bytes after the end-of-image marker
+        before = im.read_bytes()
         with caplog.at_level(logging.WARNING):
             r = verify_image_label(str(im), str(tmp_path / "labels" / "x.txt"))
-        assert not r.corrupt and r.missing
-        assert "corrupt JPEG restored" in caplog.text
-        assert im.read_bytes()[-2:] == b"\xff\xd9"
+        assert not r.corrupt and r.missing and r.repair_jpeg
+        assert "corrupt JPEG" in caplog.text and "repaired in memory; file left unchanged" in caplog.text
+        assert im.read_bytes() == before
 
     def test_exif_rotation_swaps_size(self, tmp_path):
         from PIL import Image

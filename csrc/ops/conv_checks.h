@@ -25,5 +25,16 @@ inline bool check_conv_geometry(const char* op, at::IntArrayRef kernel_size, at:
   return activation == "silu";
 }
 
+// The packed weight's input channels, when the caller knows them (in_channels >= 0): the packed formats
+// cannot tell Cin apart from a larger input whose extra channels the weight never reads, so without this check
+// an input with more channels than the weight would be accepted, where a dense conv raises.
+inline void check_conv_in_channels(const char* op, const at::Tensor& input, int64_t in_channels) {
+  TORCH_CHECK(in_channels >= -1, op, ": in_channels should be the packed weight's Cin, or -1 (not checked), got ",
+              in_channels);
+  TORCH_CHECK(in_channels < 0 || input.size(1) == in_channels, op, ": input has ", input.size(1),
+              " channels but the packed weight expects in_channels = ", in_channels,
+              " (was the weight packed for another layer?)");
+}
+
 }  // namespace ops
 }  // namespace sparseyolo

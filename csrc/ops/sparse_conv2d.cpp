@@ -6,5 +6,5 @@
 TORCH_LIBRARY_FRAGMENT(sparseyolo, m) {
   m.def(
       "sparse_conv2d(Tensor input, Tensor values, Tensor columns, Tensor row_ptr, int[2] kernel_size, "
-      "Tensor? bias=None, int[2] stride=[1, 1], int[2] padding=[0, 0], str activation=\"identity\") -> Tensor");
+      "Tensor? bias=None, int[2] stride=[1, 1], int[2] padding=[0, 0], str activation=\"identity\", int in_channels=-1) -> Tensor");
 }

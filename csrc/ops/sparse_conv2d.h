@@ -14,9 +14,11 @@ namespace ops {
 inline bool check_sparse_conv2d_inputs(const at::Tensor& input, const at::Tensor& values, const at::Tensor& columns,
                                        const at::Tensor& row_ptr, at::IntArrayRef kernel_size,
                                        const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                       at::IntArrayRef padding, c10::string_view activation) {
+                                       at::IntArrayRef padding, c10::string_view activation,
+                                       int64_t in_channels) {
   const char* op = "sparseyolo::sparse_conv2d";
   TORCH_CHECK(input.dim() == 4, op, ": input should be a 4D tensor [N, Cin, H, W], got ", input.dim(), "D");
+  check_conv_in_channels(op, input, in_channels);
   TORCH_CHECK(input.scalar_type() == at::kFloat, op, ": input should be float32, got ", input.scalar_type());
   TORCH_CHECK(values.dim() == 1 && values.scalar_type() == at::kFloat, op,
               ": values should be a 1D float32 tensor (the packed nonzeros), got ", values.dim(), "D ",

@@ -7,5 +7,5 @@
 TORCH_LIBRARY_FRAGMENT(sparseyolo, m) {
   m.def(
       "sparse_conv2d_24(Tensor input, Tensor values, Tensor meta, int out_channels, int[2] kernel_size, "
-      "Tensor? bias=None, int[2] stride=[1, 1], int[2] padding=[0, 0], str activation=\"identity\", str kernel=\"default\") -> Tensor");
+      "Tensor? bias=None, int[2] stride=[1, 1], int[2] padding=[0, 0], str activation=\"identity\", str kernel=\"default\", int in_channels=-1) -> Tensor");
 }

@@ -33,10 +33,11 @@ inline bool check_sparse_conv2d_24_inputs(const at::Tensor& input, const at::Ten
                                           int64_t out_channels, at::IntArrayRef kernel_size,
                                           const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                           at::IntArrayRef padding, c10::string_view activation,
-                                          c10::string_view kernel) {
+                                          c10::string_view kernel, int64_t in_channels) {
   const char* op = "sparseyolo::sparse_conv2d_24";
   sparse_conv2d_24_variant(kernel);
   TORCH_CHECK(input.dim() == 4, op, ": input should be a 4D tensor [N, Cin, H, W], got ", input.dim(), "D");
+  check_conv_in_channels(op, input, in_channels);
   TORCH_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16, op,
               ": input should be float16 or bfloat16, got ", input.scalar_type());
   TORCH_CHECK(input.size(1) % 8 == 0, op, ": input channels should be a multiple of 8, got ", input.size(1),

@@ -233,6 +233,8 @@ class ImageLabel:
         found, missing, empty, corrupt: scan counters of this pair (YOLOv5 semantics: a corrupt label file
             also counts as found).
         message: the warning for this pair ('' when none).
+        repair_jpeg: the JPEG lacks a proper end marker; read it with :func:`repaired_jpeg` (the file is left as
+            it is).
     """
 
     im_file: str
@@ -244,6 +246,7 @@ class ImageLabel:
     empty: bool = False
     corrupt: bool = False
     message: str = ""
+    repair_jpeg: bool = False
 
 
 def exif_size(img: Image.Image) -> tuple[int, int]:
@@ -267,25 +270,46 @@ def _segments_to_boxes(segments: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _restore_jpeg(im_file: str) -> str:
-    """Re-encode a JPEG without its end-of-image marker in place, as YOLOv5 does; returns the warning."""
+def _jpeg_needs_repair(im_file: str) -> bool:
+    """True when a JPEG does not end with its end-of-image marker (truncated, or stray bytes after it)."""
+    with open(im_file, "rb") as f:
+        f.seek(-2, 2)
+        return f.read() != b"\xff\xd9"
+
+
+def repaired_jpeg(im_file: str) -> np.ndarray:
+    """Decode a JPEG without a proper end marker the way YOLOv5 repairs it, in memory; the file is not touched.
+
+    YOLOv5 re-encodes such a file in place (EXIF-transposed, quality 100, no chroma subsampling) and then reads
+    it with OpenCV; this does the same re-encoding into a buffer, so the pixels are YOLOv5's without modifying
+    the user's dataset.
+
+    Returns:
+        ndarray[h, w, 3] uint8 BGR.
+    """
     buf = io.BytesIO()
-    # Decoding errors propagate: a JPEG that cannot be decoded is corrupt, exactly as in YOLOv5.
-    ImageOps.exif_transpose(Image.open(im_file)).save(buf, "JPEG", subsampling=0, quality=100)
-    try:
-        with open(im_file, "wb") as f:
-            f.write(buf.getvalue())
-    except OSError as e:  # read-only dataset: the image still decodes, so keep it rather than drop it
-        return f"{im_file}: corrupt JPEG (no end marker) could not be restored ({e}); using it as is"
-    return f"{im_file}: corrupt JPEG restored and saved"
+    with Image.open(im_file) as im:
+        ImageOps.exif_transpose(im).convert("RGB").save(buf, "JPEG", subsampling=0, quality=100)
+    return cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR)
 
 
-def verify_image_label(im_file: str, lb_file: str, prefix: str = "", coord_tol: float = 0.0) -> ImageLabel:
+def _label_rows(lb_file: str) -> list[tuple[int, list[str]]]:
+    """Non-empty rows of a label file with their 1-based line numbers (rows as YOLOv5 splits them)."""
+    with open(lb_file, encoding="utf-8") as f:
+        text = f.read()
+    first = text[: len(text) - len(text.lstrip())].count("\n") + 1  # line of the first non-blank character
+    return [(first + i, x.split()) for i, x in enumerate(text.strip().splitlines()) if len(x)]
+
+
+def verify_image_label(
+    im_file: str, lb_file: str, prefix: str = "", coord_tol: float = 0.0, nc: int | None = None
+) -> ImageLabel:
     """Check one image and its label file with YOLOv5's rules.
 
     The image must open and verify with PIL, have both sides >= 10 px (EXIF-corrected size) and a format in
     :data:`IMG_FORMATS`. Label rows need 5 columns (polygons of more than 6 values are converted to boxes),
-    no negative values and coordinates <= 1 (+ ``coord_tol``). Duplicate rows are removed with a warning. A
+    no negative values, coordinates <= 1 (+ ``coord_tol``) and, when ``nc`` is given, integer class ids below
+    ``nc`` (an out-of-range id names the label file and line). Duplicate rows are removed with a warning. A
     missing label file marks a background image; an empty one too.
 
     Args:
@@ -293,17 +317,19 @@ def verify_image_label(im_file: str, lb_file: str, prefix: str = "", coord_tol: 
         lb_file: its label path (see :func:`img2label_paths`).
         prefix: prepended to warnings.
         coord_tol: tolerance above 1 for normalised coordinates; 0 reproduces YOLOv5 exactly.
+        nc: number of classes of the model/dataset; None skips the class-id check.
 
     Returns:
         An :class:`ImageLabel`; ``corrupt=True`` (labels and shape None) when the image or the label file is
         unusable, with the reason in ``message``. Warnings are logged with ``logging.warning``.
 
     Caveats:
-        A JPEG missing its end-of-image marker is re-encoded in place (quality 100, as YOLOv5 does). The image
+        A JPEG missing its end-of-image marker is flagged (``repair_jpeg``) and repaired in memory when loaded, as
+        YOLOv5 repairs it on disk; the file itself is never modified. The image
         check uses PIL (with the EXIF-corrected size); loading later uses ``cv2.imread``, which also applies the
         EXIF orientation. Removing duplicates reorders rows (sorted), as ``np.unique`` does in YOLOv5.
     """
-    found = missing = empty = False
+    found = missing = empty = repair = False
     segments: list[np.ndarray] = []
     message = ""
     try:
@@ -315,16 +341,15 @@ def verify_image_label(im_file: str, lb_file: str, prefix: str = "", coord_tol: 
         fmt = (im.format or "").lower()
         if fmt not in IMG_FORMATS:
             raise ValueError(f"invalid image format {im.format}")
-        if fmt in ("jpg", "jpeg"):
-            with open(im_file, "rb") as f:
-                f.seek(-2, 2)
-                if f.read() != b"\xff\xd9":
-                    message = _restore_jpeg(im_file)
+        if fmt in ("jpg", "jpeg") and _jpeg_needs_repair(im_file):
+            repaired_jpeg(im_file)  # a JPEG that cannot be decoded is corrupt, exactly as in YOLOv5
+            repair = True
+            message = f"{im_file}: corrupt JPEG (no end marker at the end of the file) repaired in memory; file left unchanged"
 
         if os.path.isfile(lb_file):
             found = True
-            with open(lb_file, encoding="utf-8") as f:
-                rows = [x.split() for x in f.read().strip().splitlines() if len(x)]
+            numbered = _label_rows(lb_file)
+            rows = [r for _, r in numbered]
             if any(len(x) > 6 for x in rows):  # polygons: cls x1 y1 x2 y2 ...
                 classes = np.array([x[0] for x in rows], dtype=np.float32)
                 segments = [np.array(x[1:], dtype=np.float32).reshape(-1, 2) for x in rows]
@@ -342,6 +367,15 @@ def verify_image_label(im_file: str, lb_file: str, prefix: str = "", coord_tol: 
                 if not (lb[:, 1:] <= 1 + coord_tol).all():
                     bad = lb[:, 1:][lb[:, 1:] > 1 + coord_tol]
                     raise ValueError(f"non-normalized or out of bounds coordinates {bad}")
+                if nc is not None:
+                    cls = lb[:, 0]
+                    bad_rows = np.flatnonzero((cls != np.floor(cls)) | (cls >= nc))
+                    if len(bad_rows):
+                        j = int(bad_rows[0])
+                        raise ValueError(
+                            f"{lb_file}:{numbered[j][0]}: class id {numbered[j][1][0]} is not an integer in "
+                            f"[0, {nc}) (nc={nc}); {len(bad_rows)} such line(s)"
+                        )
                 _, i = np.unique(lb, axis=0, return_index=True)
                 if len(i) < nl:
                     lb = lb[i]
@@ -361,7 +395,9 @@ def verify_image_label(im_file: str, lb_file: str, prefix: str = "", coord_tol: 
     if message:
         message = f"{prefix}{message}"
         LOGGER.warning(message)
-    return ImageLabel(im_file, lb, (int(shape[0]), int(shape[1])), segments, found, missing, empty, False, message)
+    return ImageLabel(
+        im_file, lb, (int(shape[0]), int(shape[1])), segments, found, missing, empty, False, message, repair
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -399,6 +435,9 @@ class ValDataset(Dataset):
         batch: ndarray[N] batch index of each image; batch_shapes: ndarray[nb, 2] ``(h, w)`` letterbox shapes.
         n_found, n_missing, n_empty, n_corrupt: scan counters (found = label files found); scan_message: the
             YOLOv5-style scan summary line; messages: every warning of the scan.
+        nc: number of classes labels are checked against (None: not checked); a label file with a class id
+            outside ``[0, nc)`` makes its image corrupt (skipped, reported with the file and line).
+        repair_jpeg: JPEGs without a proper end marker, repaired in memory when loaded (never on disk).
 
     Caveats:
         Images are resized so the long side is ``img_size`` with ``cv2.INTER_AREA`` when shrinking and
@@ -417,8 +456,10 @@ class ValDataset(Dataset):
         rect: bool = True,
         single_cls: bool = False,
         prefix: str = "",
+        nc: int | None = None,
     ) -> None:
         self.img_size = int(img_size)
+        self.nc = nc
         self.stride = int(stride)
         self.rect = bool(rect)
         self.path = path
@@ -466,9 +507,11 @@ class ValDataset(Dataset):
         cache_path = (last if last.is_file() else Path(label_files[0]).parent).with_suffix(".cache")
         nf = nm = ne = nc = 0
         self.im_files, self.labels, self.segments, self.messages = [], [], [], []
+        self.repair_jpeg: set[str] = set()
         shapes = []
         with ThreadPool(NUM_THREADS) as pool:
-            for r in pool.imap(lambda a: verify_image_label(*a, prefix=self.prefix), zip(im_files, label_files)):
+            check = lambda a: verify_image_label(*a, prefix=self.prefix, nc=self.nc)  # noqa: E731
+            for r in pool.imap(check, zip(im_files, label_files)):
                 nf += r.found
                 nm += r.missing
                 ne += r.empty
@@ -476,6 +519,8 @@ class ValDataset(Dataset):
                 if r.message:
                     self.messages.append(r.message)
                 if not r.corrupt:
+                    if r.repair_jpeg:
+                        self.repair_jpeg.add(r.im_file)
                     self.im_files.append(r.im_file)
                     self.labels.append(r.labels)
                     self.segments.append(r.segments)
@@ -503,7 +548,8 @@ class ValDataset(Dataset):
             ``(image ndarray[h, w, 3] uint8 BGR, (h0, w0) original, (h, w) resized)``.
         """
         f = self.im_files[i]
-        im = cv2.imread(f)  # BGR; grayscale and 4-channel images come back as 3-channel BGR
+        # BGR; grayscale and 4-channel images come back as 3-channel BGR
+        im = repaired_jpeg(f) if f in self.repair_jpeg else cv2.imread(f)
         if im is None:
             raise FileNotFoundError(f"cv2 could not read image {f} (it passed the PIL check; is the format supported?)")
         h0, w0 = im.shape[:2]
@@ -554,13 +600,18 @@ def create_val_dataloader(
     workers: int = 8,
     single_cls: bool = False,
     prefix: str = "",
+    nc: int | None = None,
 ) -> tuple[DataLoader, ValDataset]:
     """Build the val :class:`ValDataset` and an unshuffled DataLoader over it, with YOLOv5's worker count.
+
+    ``nc``, when given, is the number of classes labels are checked against (see :class:`ValDataset`).
 
     Returns:
         ``(loader, dataset)``; batches are ``(img uint8 Tensor[B, 3, H, W], labels Tensor[n, 6], paths, shapes)``.
     """
-    dataset = ValDataset(path, img_size, batch_size, stride, pad=pad, rect=rect, single_cls=single_cls, prefix=prefix)
+    dataset = ValDataset(
+        path, img_size, batch_size, stride, pad=pad, rect=rect, single_cls=single_cls, prefix=prefix, nc=nc
+    )
     batch_size = min(batch_size, len(dataset))
     nd = torch.cuda.device_count()
     nw = min((os.cpu_count() or 1) // max(nd, 1), batch_size if batch_size > 1 else 0, workers)

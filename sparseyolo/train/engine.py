@@ -17,8 +17,21 @@ Checkpoints go to ``project/name/weights/{last,best}.pt`` (``name`` incremented:
 :func:`sparseyolo.checkpoint.save_checkpoint`: the EMA model is the stored model (what ``sparseyolo val``
 evaluates, as Ultralytics prefers its ``ema``), and ``meta`` holds ``epoch``, ``best_fitness``, the training
 model's state (``model_state``), the ``optimizer`` state, ``ema_updates``, ``train_args``, the pruning recipe
-and the gradual pruner's state, so ``--resume`` continues exactly. At the end both files are stripped of the
-training state, as Ultralytics' ``strip_optimizer`` does (a finished run has nothing to resume).
+and the gradual pruner's state, plus every random state the next epoch draws from (Python's ``random``,
+NumPy's and torch's global generators, CUDA's, the shuffling sampler's generator), the AMP scaler and the
+position in the gradient-accumulation cycle.
+
+What ``--resume`` guarantees: a single-process run with ``workers=0`` that is resumed from ``last.pt`` ends
+with bit-identical weights and EMA to the same run left uninterrupted, on the same machine
+and device (tested on CPU). With loader workers (``workers > 0``), the workers are new processes after a
+resume: their augmentation draws restart from fresh seeds, so the resumed epochs see different (equally
+distributed) augmentations; under DDP the random states are not restored (each rank reseeds). A run
+interrupted inside an epoch resumes from the end of the last completed epoch.
+
+At the end both files are stripped of the training state, as Ultralytics' ``strip_optimizer`` does (a
+finished run has nothing to resume): ``best.pt`` first, then ``last.pt``, each rewritten atomically, so a kill
+during this step leaves a ``last.pt`` that either still resumes (and then only finishes the run) or is
+already final.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import dataclasses
 import datetime
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -42,7 +56,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sparseyolo.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from sparseyolo.checkpoint import (
+    CheckpointError,
+    check_model_size,
+    load_checkpoint,
+    load_model,
+    rewrite_checkpoint_meta,
+    save_checkpoint,
+)
 from sparseyolo.models import DetectionModel
 from sparseyolo.prune.config import PruneConfig
 from sparseyolo.prune.report import masked_sparsity
@@ -235,6 +256,7 @@ def _model_from_state(
     """A detector holding ``sd`` exactly, masks (and their N:M / unstructured patterns) included."""
     from sparseyolo.prune.masks import register_masks_for_state_dict
 
+    check_model_size(yaml_cfg, nc, source)  # a file's config must not allocate GBs before any shape check
     model = DetectionModel(yaml_cfg, nc=nc)
     if fused:
         model.fuse()
@@ -277,6 +299,34 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _rng_state(sampler: Any) -> dict[str, Any]:
+    """Every random state the next epoch draws from, as plain data for the checkpoint."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "sampler": None,
+    }
+    if isinstance(getattr(sampler, "generator", None), torch.Generator):
+        state["sampler"] = sampler.generator.get_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], sampler: Any) -> None:
+    """Inverse of :func:`_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["sampler"] is not None and isinstance(getattr(sampler, "generator", None), torch.Generator):
+        sampler.generator.set_state(state["sampler"])
 
 
 def _broadcast_object(obj: Any, ctx: DistContext) -> Any:
@@ -427,8 +477,8 @@ def train(
             if pruner is not None and meta.get("pruner"):
                 pruner.load_state_dict(meta["pruner"])
             LOGGER.info("resuming %s from epoch %d of %d", ck_resume.path, start_epoch, cfg.epochs)
-            if start_epoch >= cfg.epochs:
-                raise ValueError(f"--resume {ck_resume.path}: all {cfg.epochs} epochs are done; nothing to resume")
+            if start_epoch >= cfg.epochs:  # killed while finishing: only the final strip and validation remain
+                LOGGER.info("all %d epochs are done; finishing the run", cfg.epochs)
         elif pruner is not None and pruner.t0 == 0:
             pruner.maybe_update(0)  # masks exist before DDP and the EMA copy are made
             broadcast_masks(model, ctx)
@@ -447,6 +497,13 @@ def train(
         nw = max(round(cfg.warmup_epochs * nb), 100) if cfg.warmup_epochs > 0 else -1
         last_opt_step = -1
         step = (ema.updates if ema is not None else 0) if ck_resume is not None else 0
+        if ck_resume is not None:
+            # Last: nothing above may draw from the restored generators (model building and the loader do).
+            last_opt_step = int(ck_resume.meta.get("last_opt_step", -1))
+            if ck_resume.meta.get("scaler"):
+                scaler.load_state_dict(ck_resume.meta["scaler"])
+            if ck_resume.meta.get("rng") and not ctx.enabled:  # rank 0's states; other ranks had their own
+                _set_rng_state(ck_resume.meta["rng"], loader.sampler)
         if ctx.is_main:
             LOGGER.info(
                 "image sizes %d train, %d val; %d dataloader workers; logging to %s; training for %d epochs...",
@@ -574,6 +631,9 @@ def train(
                     "pruning": recipe.to_dict() if recipe is not None else None,
                     "pruner": pruner.state_dict() if pruner is not None else None,
                     "history": history,
+                    "last_opt_step": last_opt_step,
+                    "scaler": scaler.state_dict(),
+                    "rng": _rng_state(loader.sampler),
                     "sparsity": row["sparsity"],
                     "date": datetime.datetime.now().isoformat(timespec="seconds"),
                 }
@@ -588,7 +648,7 @@ def train(
         )
         if ctx.is_main:
             LOGGER.info("\n%d epochs completed in %.3f hours.", epochs_run, (time.time() - t_start) / 3600)
-            for f in (last_pt, best_pt):
+            for f in (best_pt, last_pt):  # last.pt last: until it is stripped, --resume can finish the run
                 if f.exists():
                     _strip_training_state(f)
             if best_pt.exists():
@@ -613,21 +673,35 @@ def train(
 
 
 def _write_results_csv(path: Path, history: list[dict[str, float]]) -> None:
+    """Write ``results.csv`` through a temporary file, so a failed write leaves the previous one intact."""
     keys = list(history[0])
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for row in history:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from e
+
+
+#: meta entries only a run in progress needs; a finished checkpoint drops them.
+_TRAINING_STATE_KEYS = (
+    "optimizer",
+    "model_state",
+    "mask_patterns",
+    "ema_updates",
+    "pruner",
+    "last_opt_step",
+    "scaler",
+    "rng",
+)
 
 
 def _strip_training_state(path: Path) -> None:
-    """Drop optimizer, training-model state and EMA counters from a finished run's checkpoint."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for k in ("optimizer", "model_state", "mask_patterns", "ema_updates", "pruner"):
-        obj["meta"].pop(k, None)
-    obj["meta"]["finished"] = True
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """Drop optimizer, training-model state, counters and random states from a finished run's checkpoint."""
+    rewrite_checkpoint_meta(path, drop=_TRAINING_STATE_KEYS, finished=True)
     LOGGER.info("Optimizer stripped from %s, %.1fMB", path, path.stat().st_size / 1e6)

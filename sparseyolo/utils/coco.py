@@ -29,6 +29,19 @@ LOGGER = logging.getLogger(__name__)
 _HASHED_ID_BASE = 1 << 48
 
 
+def load_coco_json(path: str | os.PathLike) -> Any:
+    """Read a COCO json (``.json`` or ``.json.gz``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not valid JSON (the message names it).
+    """
+    try:
+        return _load_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        raise ValueError(f"{path}: not a readable COCO json ({e})") from e
+
+
 def _load_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
@@ -76,6 +89,64 @@ def image_id_for(path: str | os.PathLike) -> int:
         return int(stem)
     digest = hashlib.blake2b(stem.encode("utf-8"), digest_size=6).digest()
     return _HASHED_ID_BASE + int.from_bytes(digest, "big")
+
+
+def match_coco_images(gt: dict, im_files: Sequence[str | os.PathLike], where: str = "the COCO json") -> list[int]:
+    """COCO image id of each image file, looked up in the ground truth ``gt``.
+
+    When every image entry of ``gt`` has a ``file_name``, images are matched by file name (the last path
+    component, as COCO stores it); otherwise by :func:`image_id_for` (COCO's numeric stems), which must then be
+    ids present in ``gt``. Matching by name matters: numeric names that happen to be ids of other entries
+    would otherwise be scored against the wrong ground truth without any error.
+
+    Args:
+        gt: a COCO dataset dict (``images`` with ``id`` and optionally ``file_name``).
+        im_files: the dataset's image paths.
+        where: what to call ``gt`` in errors (its path).
+
+    Returns:
+        list[int] of ids, one per image.
+
+    Raises:
+        ValueError: an image matches no entry, two images match one entry, or a file name is ambiguous in ``gt``;
+            the message names examples and what to do.
+    """
+    entries = gt.get("images") or []
+    ids, unmatched = [], []
+    if entries and all(isinstance(e.get("file_name"), str) for e in entries):
+        by_name: dict[str, list[int]] = {}
+        for e in entries:
+            by_name.setdefault(Path(e["file_name"]).name, []).append(int(e["id"]))
+        for f in im_files:
+            found = by_name.get(Path(f).name)
+            if not found:
+                unmatched.append(str(f))
+            elif len(found) > 1:
+                raise ValueError(f"{where} has {len(found)} images named {Path(f).name} (ids {found}); cannot match {f}")
+            else:
+                ids.append(found[0])
+        how = "by file name"
+    else:
+        known = {int(e["id"]) for e in entries}
+        for f in im_files:
+            img_id = image_id_for(f)
+            if img_id in known:
+                ids.append(img_id)
+            else:
+                unmatched.append(str(f))
+        how = "by numeric file stem (its images have no file_name)"
+    if unmatched:
+        raise ValueError(
+            f"{len(unmatched)} of {len(im_files)} images cannot be matched {how} to {where}, e.g. "
+            f"{', '.join(unmatched[:3])}; pass the annotation file of this image set (--coco-json), or none to "
+            "evaluate against the YOLO labels"
+        )
+    seen: dict[int, str] = {}
+    for f, img_id in zip(im_files, ids):
+        if img_id in seen:
+            raise ValueError(f"images {seen[img_id]} and {f} both match image id {img_id} of {where}")
+        seen[img_id] = str(f)
+    return ids
 
 
 def yolo_labels_to_coco(
@@ -129,7 +200,10 @@ def yolo_labels_to_coco(
 
 
 def predictions_to_coco(
-    predn: torch.Tensor | np.ndarray, path: str | os.PathLike, class_map: Sequence[int]
+    predn: torch.Tensor | np.ndarray,
+    path: str | os.PathLike,
+    class_map: Sequence[int],
+    image_id: int | None = None,
 ) -> list[dict]:
     """COCO result rows for one image's detections (YOLOv5's ``save_one_json`` format).
 
@@ -137,6 +211,7 @@ def predictions_to_coco(
         predn: Tensor|ndarray[n, 6] ``x1, y1, x2, y2, conf, cls`` in original-image pixels.
         path: the image path (its id comes from :func:`image_id_for`).
         class_map: YOLO class -> category id (:func:`coco_class_map`).
+        image_id: the image's id in the ground truth (:func:`match_coco_images`); default :func:`image_id_for`.
 
     Returns:
         ``[{'image_id', 'category_id', 'bbox': [x, y, w, h] (3 decimals), 'score' (5 decimals)}, ...]``.
@@ -144,7 +219,7 @@ def predictions_to_coco(
     predn = torch.as_tensor(predn)
     if predn.numel() == 0:
         return []
-    image_id = image_id_for(path)
+    image_id = image_id_for(path) if image_id is None else int(image_id)
     box = xyxy2xywh(predn[:, :4])
     box[:, :2] -= box[:, 2:] / 2  # centre -> top-left corner
     return [

@@ -8,11 +8,30 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cstdint>
+
 #include "../sparse_conv2d_24.h"
 
 namespace sparseyolo {
 namespace ops {
 namespace {
+
+// Every 4-bit code of the metadata names the two kept positions of a group of 4, ascending: 0b0100 (0, 1),
+// 0b1000, 0b1100, 0b1001, 0b1101, 0b1110. Other codes (equal or descending positions) are undefined for
+// mma.sp, and decoding them would silently drop or overwrite values, so the reference refuses them.
+void check_meta_codes(const at::Tensor& meta) {
+  const auto md = meta.contiguous();
+  const int32_t* mp = md.const_data_ptr<int32_t>();
+  for (int64_t i = 0; i < md.numel(); ++i) {
+    const uint32_t word = static_cast<uint32_t>(mp[i]);
+    for (int nib = 0; nib < 8; ++nib) {
+      const uint32_t code = (word >> (4 * nib)) & 0xFu;
+      TORCH_CHECK((code & 3u) < (code >> 2), "sparseyolo::sparse_conv2d_24: meta should hold ascending 2-bit "
+                  "position pairs (pack with sparseyolo.sparse.pack_mma_sp_weight), got the code ", code,
+                  " in word ", i, " (", word, ")");
+    }
+  }
+}
 
 // values [MT, KB, 32, 8], meta [MT, KB, 16] -> dense [Cout, Cin, KH, KW] float32.
 at::Tensor decode_mma_sp_weight(const at::Tensor& values, const at::Tensor& meta, int64_t cout, int64_t cin,
@@ -53,10 +72,12 @@ at::Tensor decode_mma_sp_weight(const at::Tensor& values, const at::Tensor& meta
 at::Tensor sparse_conv2d_24_cpu(const at::Tensor& input, const at::Tensor& values, const at::Tensor& meta,
                                 int64_t out_channels, at::IntArrayRef kernel_size,
                                 const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                at::IntArrayRef padding, c10::string_view activation, c10::string_view kernel) {
+                                at::IntArrayRef padding, c10::string_view activation, c10::string_view kernel,
+                                int64_t in_channels) {
   // `kernel` picks among the CUDA kernels; this reference backend checks it and has only one way to compute.
   const bool silu = check_sparse_conv2d_24_inputs(input, values, meta, out_channels, kernel_size, bias, stride,
-                                                  padding, activation, kernel);
+                                                  padding, activation, kernel, in_channels);
+  check_meta_codes(meta);
   const auto w = decode_mma_sp_weight(values, meta, out_channels, input.size(1), kernel_size[0], kernel_size[1]);
   auto y = at::conv2d(input.to(at::kFloat), w, bias, stride, padding);
   if (silu) y = at::silu(y);

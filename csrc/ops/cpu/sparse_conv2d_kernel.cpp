@@ -39,10 +39,10 @@ bool use_avx2(const char* op) {
 at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values, const at::Tensor& columns,
                              const at::Tensor& row_ptr, at::IntArrayRef kernel_size,
                              const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                             c10::string_view activation) {
+                             c10::string_view activation, int64_t in_channels) {
   const char* op = "sparseyolo::sparse_conv2d";
-  const bool silu =
-      check_sparse_conv2d_inputs(input, values, columns, row_ptr, kernel_size, bias, stride, padding, activation);
+  const bool silu = check_sparse_conv2d_inputs(input, values, columns, row_ptr, kernel_size, bias, stride, padding,
+                                               activation, in_channels);
   const auto x = input.contiguous();
   const auto vals = values.contiguous();
   const auto cols = columns.contiguous();

@@ -21,10 +21,11 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const
 at::Tensor sparse_conv2d_24_cuda(const at::Tensor& input, const at::Tensor& values, const at::Tensor& meta,
                                  int64_t out_channels, at::IntArrayRef kernel_size,
                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                 at::IntArrayRef padding, c10::string_view activation, c10::string_view kernel) {
+                                 at::IntArrayRef padding, c10::string_view activation, c10::string_view kernel,
+                                 int64_t in_channels) {
   const char* op = "sparseyolo::sparse_conv2d_24";
   const bool silu = check_sparse_conv2d_24_inputs(input, values, meta, out_channels, kernel_size, bias, stride,
-                                                  padding, activation, kernel);
+                                                  padding, activation, kernel, in_channels);
   TORCH_CHECK(input.is_cuda(), op, ": the CUDA kernel got a ", input.device(), " tensor");
   const c10::cuda::CUDAGuard guard(input.device());
   TORCH_CHECK(kernels::sparse_conv24_supported(input.get_device()), op,

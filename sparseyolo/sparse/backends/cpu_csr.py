@@ -39,7 +39,7 @@ class CpuCsrBackend(SparseBackend):
     def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
             return ops.sparse_conv2d(x, module.values, module.columns, module.row_ptr, module.kernel_size, module.bias,
-                                     module.stride, module.padding, module.activation)
+                                     module.stride, module.padding, module.activation, in_channels=module.in_channels)
         if not module.__dict__.get("_fallback_logged"):
             LOGGER.warning("SparseConv2d: no sparse kernel for %s input; running F.conv2d on the unpacked weight",
                            x.dtype)

@@ -61,7 +61,8 @@ class CudaMmaSpBackend(SparseBackend):
         if b is not None and b.dtype != torch.float32:  # a module cast with .half() after conversion
             b = b.float()
         return ops.sparse_conv2d_24(x, module.values, module.meta, module.out_channels, module.kernel_size, b,
-                                    module.stride, module.padding, module.activation, kernel=self.kernel)
+                                    module.stride, module.padding, module.activation, kernel=self.kernel,
+                                    in_channels=module.in_channels)
 
     def unpack(self, module: nn.Module) -> torch.Tensor:
         packed = MmaSpWeight(module.values, module.meta, module.geometry.weight_shape)
