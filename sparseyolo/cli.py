@@ -45,6 +45,12 @@ def _add_val_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the model runs in bfloat16 on the CPU (dense layers on oneDNN, pruned convs on the "
+                   "backend --sparsify names)")
+    p.add_argument("--sparsify", default=None, metavar="BACKEND",
+                   help="run the model through sparsify() first: auto, sparse, or a backend name (cpu_csr, cpu_block, "
+                   "cpu_block_tiles ...); default: as loaded, pruned convs dense")
     p.add_argument("--verbose", action="store_true", help="per-class table")
     p.add_argument("--save-json", action="store_true", help="save predictions json (COCO results format)")
     p.add_argument("--coco-json", default=None, help="COCO instances json of the split (default: found under the dataset root)")

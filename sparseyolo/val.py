@@ -95,6 +95,8 @@ def run(
     device: str = "",
     workers: int = 8,
     half: bool = False,
+    dtype: str = "fp32",
+    sparsify: str | None = None,
     verbose: bool = False,
     save_json: bool = False,
     coco_json: str | Path | None = None,
@@ -118,6 +120,10 @@ def run(
             padding, conf 0.25 / IoU 0.45, no COCOeval: for timing).
         device: ``''``, ``'cpu'``, ``'0'`` ...
         half: fp16 inference (CUDA only).
+        dtype: ``"fp32"`` or ``"bf16"`` (CPU): the model runs in bfloat16 (BN folded, dense layers on oneDNN's bf16
+            kernels, pruned convs on the sparse backend ``sparsify`` names; boxes are decoded in fp32).
+        sparsify: run the model through :func:`sparseyolo.sparsify` first with this backend (``"auto"``,
+            ``"sparse"`` or a registered backend name); None: as loaded (pruned convs run dense, zeros multiplied).
         verbose: per-class rows.
         save_json: write the predictions json (COCO results format) to the run folder.
         coco_json: COCO instances json of the split; default: found under the dataset root, else COCO-format
@@ -175,6 +181,16 @@ def run(
         prune_from_spec(model, prune, prune_method)
     if half:
         model.half()
+    if dtype not in ("fp32", "bf16"):
+        raise ParameterError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}", "dtype")
+    in_dtype = torch.half if half else torch.bfloat16 if dtype == "bf16" else torch.float
+    if dtype == "bf16" and dev.type != "cpu":
+        raise ParameterError("dtype 'bf16' runs the CPU kernels; use half on CUDA", "dtype", "half")
+    if sparsify or dtype == "bf16":
+        from sparseyolo.sparse import sparsify as to_sparse
+
+        model = to_sparse(model, backend=sparsify or "dense", dtype=in_dtype, device=dev,
+                          example_input=torch.zeros(1, 3, imgsz, imgsz, dtype=in_dtype))
 
     cfg = load_data_config(data)
     split = "val" if task == "speed" else task
@@ -194,7 +210,7 @@ def run(
     )
 
     # Warm up so the first batch's timing is not the allocator's.
-    model(torch.zeros(1, 3, imgsz, imgsz, device=dev, dtype=torch.half if half else torch.float))
+    model(torch.zeros(1, 3, imgsz, imgsz, device=dev, dtype=in_dtype))
 
     iouv = torch.linspace(0.5, 0.95, 10, device=dev)
     niou = iouv.numel()
@@ -221,7 +237,7 @@ def run(
         with dt[0]:
             im = im.to(dev, non_blocking=True)
             targets = targets.to(dev)
-            im = (im.half() if half else im.float()) / 255
+            im = (im.float() / 255).to(in_dtype)
             nb, _, height, width = im.shape
         with dt[1]:
             preds = model(im)[0]

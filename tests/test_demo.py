@@ -115,3 +115,24 @@ def test_demo_argument_errors(capsys):
     assert cli.main(["demo", "--calib-images", "-1"]) == 2
     assert "--calib-images" in capsys.readouterr().err
     assert cli.main(["demo", "--global-amount", "1.5"]) == 2
+
+
+def test_val_bf16_sparse_matches_fp32_masked(demo_weights, tmp_path):
+    """val's dtype='bf16' (+ sparsify): the bf16 model on the block-sparse kernel scores as the fp32 masked model."""
+    from sparseyolo import val
+    from sparseyolo.data.synthetic import make_synthetic_dataset
+    from sparseyolo.prune import prune
+
+    model = load_model(demo_weights, fuse=True)
+    ds = model.meta["dataset"]
+    prune(model, "l1", 0.3)  # a pruned model that still detects (one-shot 2:4 would score ~0 here)
+    data = make_synthetic_dataset(tmp_path / "shapes", 0, 16, ds["img_size"], model.meta["classes"], seed=ds["seed"],
+                                  max_objects=ds["max_objects"], size_range=tuple(ds["size_range"]))
+    kw = dict(weights="", data=str(data), imgsz=ds["img_size"], batch_size=8, device="cpu", workers=0,
+              cocoeval=False, project=str(tmp_path / "val"))
+    ref = val.run(model=model, **kw)
+    bf16 = val.run(model=model, dtype="bf16", sparsify="cpu_block", **kw)
+    assert ref.map > 0.1, ref.map  # something to lose
+    assert abs(bf16.map - ref.map) < 0.01 and abs(bf16.map50 - ref.map50) < 0.02, (ref.map, bf16.map)
+    with pytest.raises(ValueError, match="dtype must be 'fp32' or 'bf16'"):
+        val.run(model=model, dtype="fp16", **kw)
