@@ -27,10 +27,18 @@
 #include <vector>
 
 #include "cpu_isa.h"
+#include "simd_math.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define SPARSEYOLO_BS_X86 1
+#endif
+
+// GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsic headers (their _mm512_undefined_*
+// idiom) when they are inlined here: a known false positive that floods build logs.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace sparseyolo {
@@ -227,23 +235,6 @@ inline void bs_tile_portable(const BsArgs& a, const uint32_t* in, const int64_t*
 #define SPARSEYOLO_BS_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
 
 // ---------------------------------------------------------------------------------------------- AVX2 / FMA
-// exp(x), x clamped to [-87.3, 88.3]: Cody-Waite reduction, degree-6 polynomial (relative error ~2e-7).
-SPARSEYOLO_BS_AVX2_INLINE __m256 bs_exp_avx2(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.3981999507e-3f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 // bf16 pair halves as fp32: the low bf16 shifted up, the high one with the low bits cleared.
 SPARSEYOLO_BS_AVX2_INLINE __m256 bs_lo_avx2(__m256i v) { return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); }
 SPARSEYOLO_BS_AVX2_INLINE __m256 bs_hi_avx2(__m256i v) {
@@ -289,7 +280,7 @@ SPARSEYOLO_BS_AVX2 void bs_tile_avx2(const BsArgs& a, const uint32_t* in, const 
     __m256 v[2] = {_mm256_add_ps(acc[i][0], b0), _mm256_add_ps(acc[i][1], b1)};
     if (a.silu) {
       for (int h = 0; h < 2; ++h) {
-        const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), bs_exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v[h])));
+        const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v[h])));
         v[h] = _mm256_div_ps(v[h], den);
       }
     }
@@ -307,31 +298,13 @@ SPARSEYOLO_BS_AVX2 void bs_tile_avx2(const BsArgs& a, const uint32_t* in, const 
 }
 
 // ---------------------------------------------------------------------------------------------- AVX-512
-// exp(x), x clamped to [-87.3, 80]: the upper clamp keeps 1 / (1 + e^x) of the SiLU a normal number (rcp14 of
-// e^88 is a denormal, and each denormal operand costs a microcode assist on Intel cores: SiLU ran 3x slower).
-SPARSEYOLO_BS_AVX512_INLINE __m512 bs_exp_avx512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(80.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.3981999507e-3f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
-
 // Bias, SiLU and the store of one tile (all AVX-512 paths: the same rounding to bf16 on every one). Four pixels at
 // a time: SiLU is a ~15-deep dependent chain per vector, and four independent chains keep the FMA pipes busy
 // (one at a time, the epilogue cost ~40 cycles per vector, as much as the MACs of a 3x3 layer with Cin = 64).
 SPARSEYOLO_BS_AVX512_INLINE __m512 bs_silu_avx512(__m512 v) {
   // v / (1 + e^-v) with a reciprocal estimate and one Newton step (~1e-7 relative): a zmm division costs about
   // as much as the rest of the epilogue
-  const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.f), bs_exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), v)));
+  const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.f), exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), v)));
   __m512 r = _mm512_rcp14_ps(den);
   r = _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.f)));
   return _mm512_mul_ps(v, r);
@@ -546,3 +519,7 @@ inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t
 
 }  // namespace kernels
 }  // namespace sparseyolo
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

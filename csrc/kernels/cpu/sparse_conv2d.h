@@ -27,6 +27,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define SPARSEYOLO_SPCONV_X86 1
+#include "simd_math.h"
 #endif
 
 namespace sparseyolo {
@@ -249,29 +250,10 @@ inline void spconv_block_portable(const SpconvArgs& a, int64_t c0, int64_t c1, i
 #define SPARSEYOLO_AVX2 __attribute__((target("avx2,fma")))
 #define SPARSEYOLO_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
 
-// exp(x) for x in [-87.3, 88.3] (clamped outside): Cody-Waite reduction x = n ln2 + r, a degree-6
-// polynomial for e^r on |r| <= ln2/2 (relative error ~2e-7), 2^n built in the exponent bits.
-SPARSEYOLO_AVX2_INLINE __m256 spconv_exp_avx2(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.3981999507e-3f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  // 2^n with n in [-126, 127]: n + 127 in the exponent field.
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 SPARSEYOLO_AVX2_INLINE __m256 spconv_epilogue_avx2(__m256 v, __m256 bias, bool silu) {
   v = _mm256_add_ps(v, bias);
   if (!silu) return v;
-  const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), spconv_exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v)));
+  const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v)));
   return _mm256_div_ps(v, den);
 }
 
