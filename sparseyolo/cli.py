@@ -314,7 +314,11 @@ def _add_sparsify_parser(sub: argparse._SubParsersAction) -> None:
         "With --backend auto the choice is timed on this machine (and the whole model is checked against dense).",
     )
     p.add_argument("--weights", required=True, help="a pruned checkpoint (sparseyolo prune --out ...)")
-    p.add_argument("--backend", choices=["auto", "sparse", "dense"], default="auto")
+    p.add_argument("--backend", default="auto",
+                   help="auto (time every applicable backend per layer), sparse (the default sparse backend), dense, "
+                   "or a backend name: cpu_csr, cpu_block, cpu_block_tiles, cuda_mma_sp ...")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="the model's precision on the CPU (bf16: the block-sparse kernel, AMX tiles where the CPU has it)")
     p.add_argument("--img", "--imgsz", dest="imgsz", type=int, default=640, help="input size the layers are timed at")
     p.add_argument("--batch", type=int, default=1, help="input batch the layers are timed at")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -331,8 +335,9 @@ def _cmd_sparsify(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.weights, fuse=False).float()
-    x = torch.rand(args.batch, 3, args.imgsz, args.imgsz, generator=torch.Generator().manual_seed(0))
-    fast = sparsify(model, backend=args.backend, example_input=x, reps=args.reps)
+    dtype = _dtypes()[args.dtype]
+    x = torch.rand(args.batch, 3, args.imgsz, args.imgsz, generator=torch.Generator().manual_seed(0)).to(dtype)
+    fast = sparsify(model, backend=args.backend, example_input=x, reps=args.reps, dtype=dtype)
     report = fast.sparsify_report
     if not report.layers:
         raise _UserError(f"{args.weights} has no pruned convs (no weight_mask buffers): prune it first with "

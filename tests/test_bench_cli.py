@@ -85,3 +85,12 @@ def test_sparsify_cli_prints_the_report(pruned_ckpt, capsys):
 def test_sparsify_cli_refuses_an_unpruned_checkpoint(capsys):
     assert cli.main(["sparsify", "--weights", str(packaged_weights()), "--img", "64"]) == 2
     assert "prune it first" in capsys.readouterr().err
+
+
+def test_sparsify_cli_bf16_and_a_backend_name(pruned_ckpt, capsys):
+    rc = cli.main(["sparsify", "--weights", str(pruned_ckpt), "--backend", "cpu_block", "--dtype", "bf16", "--img",
+                   "64"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "cpu_block" in out and "bfloat16" in out
+    assert cli.main(["sparsify", "--weights", str(pruned_ckpt), "--backend", "nope", "--img", "64"]) == 2
+    assert "backend should be one of" in capsys.readouterr().err
