@@ -16,7 +16,9 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 def _dry_run(*args: str) -> list[str]:
     """The commands `make -n` would run from a state where nothing is set up (-B: every target out of date)."""
-    out = subprocess.run(["make", "-n", "-B", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    # --no-print-directory: under `make test` (CI) this make is a sub-make and would print "Entering directory"
+    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", *args], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
     return out.stdout.splitlines()
 
 
