@@ -17,8 +17,9 @@ Any of them may be compressed whole with xz or gzip (``model.pt.xz``, as the pac
 file is decompressed in memory before it is read.
 
 A small file can ask for huge allocations (a class count, a pickled ``bytearray(n)``, a compression bomb, a
-config's multipliers): the limits in :mod:`~sparseyolo.checkpoint.common` bound each of them, and a file beyond one is refused with a
-:class:`CheckpointError` that names the limit. docs/reliability.md lists what is refused and why.
+config's multipliers): the limits in :mod:`~sparseyolo.checkpoint.common` bound each of them, and a file beyond
+one is refused with a :class:`CheckpointError` that names the limit. docs/reliability.md lists what is refused
+and why.
 
 The package is split by job: :mod:`~sparseyolo.checkpoint.common` (errors, the :class:`Checkpoint` record, the
 limits), :mod:`~sparseyolo.checkpoint.safe_unpickle` (the restricted unpickler),
