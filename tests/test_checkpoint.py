@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparseyolo import checkpoint as ckpt_mod
+from sparseyolo.checkpoint import download as download_mod
 from sparseyolo.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -296,7 +296,7 @@ def test_attempt_download_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         calls.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(ckpt_mod.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", offline)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="offline") as info:
         attempt_download("yolov5s.pt")
@@ -309,7 +309,7 @@ def test_attempt_download_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_attempt_download_success_and_non_assets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     payload = os.urandom(3_000_000)
-    monkeypatch.setattr(ckpt_mod.urllib.request, "urlopen", lambda url, timeout=None: _FakeResponse(payload))
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", lambda url, timeout=None: _FakeResponse(payload))
     path = attempt_download("yolov5n.pt", dir=tmp_path)
     assert path == tmp_path / "yolov5n.pt" and path.read_bytes() == payload
     assert sorted(p.name for p in tmp_path.iterdir()) == ["yolov5n.pt"]
@@ -317,7 +317,7 @@ def test_attempt_download_success_and_non_assets(tmp_path: Path, monkeypatch: py
     def must_not_run(url, timeout=None):
         raise AssertionError("network used for a non-asset name")
 
-    monkeypatch.setattr(ckpt_mod.urllib.request, "urlopen", must_not_run)
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", must_not_run)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         attempt_download(tmp_path / "my_model.pt")
     assert attempt_download(path) == path  # existing files are returned as they are

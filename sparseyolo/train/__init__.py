@@ -2,8 +2,9 @@
 
 Modules: :mod:`~sparseyolo.train.loss` (YOLOv5 loss), :mod:`~sparseyolo.train.augmented_dataset` and
 :mod:`~sparseyolo.train.augment` (training data), :mod:`~sparseyolo.train.ema` (weight EMA),
-:mod:`~sparseyolo.train.gradual` (cubic gradual pruning), :mod:`~sparseyolo.train.distributed` (torchrun/DDP)
-and :mod:`~sparseyolo.train.engine` (the loop).
+:mod:`~sparseyolo.train.gradual` (cubic gradual pruning), :mod:`~sparseyolo.train.distributed` (torchrun/DDP),
+:mod:`~sparseyolo.train.config` (run settings), :mod:`~sparseyolo.train.checkpointing` (resume state,
+finished-run strip) and :mod:`~sparseyolo.train.engine` (the loop).
 """
 
 from sparseyolo.train.engine import TrainConfig, TrainResult, load_training_model, train

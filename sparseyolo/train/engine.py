@@ -14,10 +14,11 @@ clipping at norm 10, per-epoch validation and ``best.pt`` chosen by ``0.1 mAP50 
 Runs under ``torchrun`` with DistributedDataParallel (see :mod:`sparseyolo.train.distributed`).
 
 Checkpoints go to ``project/name/weights/{last,best}.pt`` (``name`` incremented: exp, exp2, ...), written with
-:func:`sparseyolo.checkpoint.save_checkpoint`: the EMA model is the stored model (what ``sparseyolo val``
-evaluates, as Ultralytics prefers its ``ema``), and ``meta`` holds ``epoch``, ``best_fitness``, the training
-model's state (``model_state``), the ``optimizer`` state, ``ema_updates``, ``train_args``, the pruning recipe
-and the gradual pruner's state, plus every random state the next epoch draws from (Python's ``random``,
+:func:`sparseyolo.checkpoint.save_checkpoint` (the resume and strip helpers are in
+:mod:`sparseyolo.train.checkpointing`): the EMA model is the stored model (what ``sparseyolo val`` evaluates,
+as Ultralytics prefers its ``ema``), and ``meta`` holds ``epoch``, ``best_fitness``, the training model's state
+(``model_state``), the ``optimizer`` state, ``ema_updates``, ``train_args``, the pruning recipe and the gradual
+pruner's state, plus every random state the next epoch draws from (Python's ``random``,
 NumPy's and torch's global generators, CUDA's, the shuffling sampler's generator), the AMP scaler and the
 position in the gradient-accumulation cycle.
 
@@ -47,7 +48,6 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +56,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sparseyolo.checkpoint import (
-    CheckpointError,
-    check_model_size,
-    load_checkpoint,
-    load_model,
-    rewrite_checkpoint_meta,
-    save_checkpoint,
-)
-from sparseyolo.models import DetectionModel
-from sparseyolo.prune.config import PruneConfig
+from sparseyolo.checkpoint import load_checkpoint, save_checkpoint
 from sparseyolo.prune.report import masked_sparsity
-from sparseyolo.train.augment import AugmentConfig
 from sparseyolo.train.augmented_dataset import create_train_dataloader
+from sparseyolo.train.checkpointing import (
+    _latest_last,
+    _model_from_state,
+    _rng_state,
+    _set_rng_state,
+    _strip_training_state,
+    load_training_model,
+)
+from sparseyolo.train.config import TrainConfig, TrainResult
 from sparseyolo.train.distributed import DistContext, barrier, broadcast_masks, cleanup, init_distributed, wrap_ddp
 from sparseyolo.train.ema import ModelEMA, unwrap
 from sparseyolo.train.gradual import GradualPruner, mask_buffers
-from sparseyolo.train.loss import LossGains, YoloLoss, scaled_loss_gains
+from sparseyolo.train.loss import YoloLoss, scaled_loss_gains
 from sparseyolo.utils.errors import ParameterError
 from sparseyolo.utils.run_dirs import increment_dir
 from sparseyolo.utils.torch_utils import environment_line, select_device
@@ -88,117 +87,6 @@ HEADER = ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "
 MAX_GRAD_NORM = 10.0
 
 
-@dataclass
-class TrainConfig:
-    """Everything a fine-tuning run needs; defaults are YOLOv5's ``train.py`` + ``hyp.scratch-low.yaml``.
-
-    Attributes:
-        weights: checkpoint to start from (Ultralytics, sparseyolo or state_dict; pruned sparseyolo files keep
-            their masks).
-        data: data yaml with a ``train`` split (``val`` is used for per-epoch validation).
-        epochs, imgsz, batch_size: epochs, square training size, total batch over all ranks.
-        nbs: nominal batch size; gradients are accumulated over ``round(nbs / batch_size)`` batches and weight
-            decay is scaled by ``batch_size * accumulate / nbs``.
-        lr0, lrf: initial LR and final LR fraction. cos_lr: cosine instead of linear decay.
-        momentum, weight_decay: SGD settings (nesterov).
-        warmup_epochs, warmup_momentum, warmup_bias_lr: warm-up length (at least 100 batches when > 0, as in
-            YOLOv5), starting momentum, and the bias group's starting LR (ramped down to its scheduled LR).
-        loss: loss gains before scaling to the model (:func:`~sparseyolo.train.loss.scaled_loss_gains`).
-        aug: augmentation strengths; ``mosaic=False`` disables mosaic whatever ``aug.mosaic`` says.
-        prune: what to prune (None: keep the checkpoint's masks, or train dense when it has none).
-        device, workers: ``select_device`` string and max loader workers per rank.
-        project, name, exist_ok: run folder ``project/name`` (incremented unless ``exist_ok``).
-        seed: RNG seed (rank added, so ranks augment differently).
-        noval: validate only after the last epoch.
-        amp: mixed precision on CUDA (ignored on CPU).
-        ema_decay, ema_tau: EMA settings.
-        max_batches: stop each epoch after this many batches (smoke tests; None = full epochs).
-        single_cls: train as a single class.
-        resume: a ``last.pt`` to continue from, True for the newest under ``project``, False for a new run.
-    """
-
-    weights: str = "yolov5n.pt"
-    data: str = ""
-    epochs: int = 10
-    imgsz: int = 640
-    batch_size: int = 16
-    nbs: int = 64
-    lr0: float = 0.01
-    lrf: float = 0.01
-    cos_lr: bool = False
-    momentum: float = 0.937
-    weight_decay: float = 0.0005
-    warmup_epochs: float = 3.0
-    warmup_momentum: float = 0.8
-    warmup_bias_lr: float = 0.1
-    loss: LossGains = field(default_factory=LossGains)
-    aug: AugmentConfig = field(default_factory=AugmentConfig)
-    mosaic: bool = True
-    prune: PruneConfig | None = None
-    device: str = ""
-    workers: int = 8
-    project: str = "runs/finetune"
-    name: str = "exp"
-    exist_ok: bool = False
-    seed: int = 0
-    noval: bool = False
-    amp: bool = True
-    ema_decay: float = 0.9999
-    ema_tau: float = 2000.0
-    max_batches: int | None = None
-    single_cls: bool = False
-    resume: str | bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain-data form stored in checkpoints (``train_args``)."""
-        d = dataclasses.asdict(self)
-        d["resume"] = False
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        d["loss"] = LossGains(**d.get("loss", {}))
-        d["aug"] = AugmentConfig(**d.get("aug", {}))
-        d["prune"] = PruneConfig.from_dict(d["prune"]) if d.get("prune") else None
-        return cls(**d)
-
-    def check(self) -> None:
-        """Raise :class:`ParameterError` naming the field and the fix for an unusable setting."""
-        if self.epochs < 1:
-            raise ParameterError(f"epochs must be >= 1, got {self.epochs}", "epochs")
-        if self.batch_size < 1 or self.nbs < 1:
-            raise ParameterError(f"batch_size and nbs must be >= 1, got {self.batch_size} and {self.nbs}",
-                                 "batch_size", "nbs")
-        if self.imgsz < 32:
-            raise ParameterError(f"imgsz must be >= 32, got {self.imgsz}", "imgsz")
-        if not 0.0 < self.lrf <= 1.0 or self.lr0 <= 0:
-            raise ParameterError(f"need lr0 > 0 and 0 < lrf <= 1, got lr0={self.lr0}, lrf={self.lrf}", "lr0", "lrf")
-        if self.prune is not None:
-            self.prune.validate(self.epochs)
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` produced (on rank 0; other ranks get the same with ``final=None``).
-
-    Attributes:
-        save_dir: the run folder. last, best: checkpoint paths.
-        epochs_run: epochs completed in this call. best_fitness: ``0.1 mAP50 + 0.9 mAP50-95`` of ``best.pt``.
-        history: per-epoch dicts (losses, metrics, LRs, sparsity), also in ``results.csv``.
-        final: the last validation of ``best.pt`` (a ``sparseyolo.val.ValResults``), or None.
-        model: the trained (unwrapped) model of this rank; ema: the EMA model (rank 0), or None.
-    """
-
-    save_dir: Path
-    last: Path
-    best: Path
-    epochs_run: int = 0
-    best_fitness: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    final: Any = None
-    model: nn.Module | None = None
-    ema: nn.Module | None = None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -250,83 +138,10 @@ def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: 
     return opt
 
 
-def _model_from_state(
-    yaml_cfg: dict, nc: int, sd: dict[str, torch.Tensor], fused: bool, patterns: dict[str, str], source: Any
-) -> DetectionModel:
-    """A detector holding ``sd`` exactly, masks (and their N:M / unstructured patterns) included."""
-    from sparseyolo.prune.masks import register_masks_for_state_dict
-
-    check_model_size(yaml_cfg, nc, source)  # a file's config must not allocate GBs before any shape check
-    model = DetectionModel(yaml_cfg, nc=nc)
-    if fused:
-        model.fuse()
-    register_masks_for_state_dict(model, sd, patterns)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{source}: its tensors do not fit the model: {e}") from e
-    return model
-
-
-def load_training_model(weights: str | Path, device: str | torch.device = "cpu") -> DetectionModel:
-    """Build a trainable (unfused, float32, gradients on, train mode) detector from a checkpoint, with its masks.
-
-    Args:
-        weights: any checkpoint :func:`~sparseyolo.checkpoint.load_model` reads, or an official asset name.
-        device: where to put it.
-
-    Returns:
-        A ``DetectionModel``; layers pruned in the file carry their ``weight_mask`` buffers.
-
-    Caveats:
-        A BN-fused checkpoint cannot be un-fused: it is trained as it is (convolutions with biases, no
-        BatchNorm), with a warning.
-    """
-    model = load_model(weights, device=device, fuse=False)
-    if model.is_fused():
-        LOGGER.warning("%s holds BN-fused weights: training without BatchNorm layers (no way to un-fuse them)", weights)
-    return model.requires_grad_(True).train()
-
-
-def _latest_last(project: str | Path) -> Path:
-    runs = sorted(Path(project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(f"--resume: no weights/last.pt under {project}; pass the checkpoint path")
-    return runs[-1]
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _rng_state(sampler: Any) -> dict[str, Any]:
-    """Every random state the next epoch draws from, as plain data for the checkpoint."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "sampler": None,
-    }
-    if isinstance(getattr(sampler, "generator", None), torch.Generator):
-        state["sampler"] = sampler.generator.get_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], sampler: Any) -> None:
-    """Inverse of :func:`_rng_state`."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if state["sampler"] is not None and isinstance(getattr(sampler, "generator", None), torch.Generator):
-        sampler.generator.set_state(state["sampler"])
 
 
 def _broadcast_object(obj: Any, ctx: DistContext) -> Any:
@@ -686,22 +501,3 @@ def _write_results_csv(path: Path, history: list[dict[str, float]]) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from e
-
-
-#: meta entries only a run in progress needs; a finished checkpoint drops them.
-_TRAINING_STATE_KEYS = (
-    "optimizer",
-    "model_state",
-    "mask_patterns",
-    "ema_updates",
-    "pruner",
-    "last_opt_step",
-    "scaler",
-    "rng",
-)
-
-
-def _strip_training_state(path: Path) -> None:
-    """Drop optimizer, training-model state, counters and random states from a finished run's checkpoint."""
-    rewrite_checkpoint_meta(path, drop=_TRAINING_STATE_KEYS, finished=True)
-    LOGGER.info("Optimizer stripped from %s, %.1fMB", path, path.stat().st_size / 1e6)
