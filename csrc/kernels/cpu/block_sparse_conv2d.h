@@ -398,8 +398,8 @@ SPARSEYOLO_BS_AVX512BF16 void bs_tile_avx512bf16(const BsArgs& a, const uint32_t
 // --------------------------------------------------------------------------------------- AMX (experimental)
 // One call: 64 wide pixels (4 A tiles of 16 pixel rows at the pixel stride) x one block of 16 output channels
 // (4 C tiles of 16 x 16 fp32); per tiles32 unit, one B tile (16 pairs x 16 channels, 1 KiB, the unit's panel in
-// VNNI order) and 4 tdpbf16ps. The tile configuration is loaded per call: oneDNN may configure the tiles of the
-// same thread differently between our calls.
+// VNNI order) and 4 tdpbf16ps. The tile configuration is loaded per call and released at its end: oneDNN may
+// configure the tiles of the same thread differently between our calls.
 struct alignas(64) BsTileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t colsb[16] = {};
@@ -432,6 +432,9 @@ SPARSEYOLO_BS_AMX void bs_tile_amx(const BsArgs& a, const uint32_t* in, const in
   _tile_stored(1, c + 16 * kBsBlock, 64);
   _tile_stored(2, c + 32 * kBsBlock, 64);
   _tile_stored(3, c + 48 * kBsBlock, 64);
+  // Back to the initial tile state: a thread that keeps AMX state in use carries ~11 KiB more in every signal frame
+  // and context switch (and a signal delivered on a small sigaltstack cannot be), so nothing outlives the call.
+  _tile_release();
   __m512 acc[64];
   for (int i = 0; i < 64; ++i) acc[i] = _mm512_load_ps(c + i * kBsBlock);
   bs_store_avx512<64>(a, out_pix, ob, acc);
