@@ -35,10 +35,8 @@ help:
 demo: $(SETUP)
 	$(PY) -m sparseyolo demo
 
-# pytest outside make's environment (MAKEFLAGS, MAKELEVEL), faulthandler on from interpreter start, no cache plugin:
-# the configuration under which the suite passed with ../shared beside the clone (see the 2026-12-03 session note)
 test: $(SETUP)
-	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(PY) -X faulthandler -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q tests
 
 setup: $(SETUP)
 

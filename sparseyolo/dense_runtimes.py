@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparseyolo.utils.openvino_core import openvino_core
+
 LOGGER = logging.getLogger(__name__)
 
 PYTORCH_FP32 = "pytorch fp32"
@@ -77,7 +79,7 @@ def _openvino(onnx_path: Path, x: torch.Tensor, threads: int, f32: bool) -> Dens
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
     if f32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+    compiled = openvino_core().compile_model(str(onnx_path), "CPU", config)
     request = compiled.create_infer_request()
     data = x.numpy()
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from sparseyolo.checkpoint import load_model
 from sparseyolo.models import DetectionModel
+from sparseyolo.utils.openvino_core import openvino_core
 
 LOGGER = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def export_openvino(onnx_path: str | Path, model: DetectionModel | None = None,
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
     if model is None or not inputs:
         return xml, None
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     diff = 0.0
     for x in inputs:
         with torch.no_grad():
