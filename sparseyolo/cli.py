@@ -90,8 +90,8 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
                    help="fraction of weights to prune, in [0, 1) (l1, global, tile)")
     p.add_argument("--nm", default=None, metavar="N:M", help="N:M pattern for --method nm, e.g. 2:4 (default 2:4)")
     p.add_argument("--nm-block", type=int, default=1, metavar="B",
-                   help="share each N:M choice across B consecutive output channels (4 lets the CPU sparse kernel "
-                   "feed 4 output channels per input load; costs accuracy); default 1")
+                   help="share each N:M choice across B consecutive output channels (the block-sparse CPU kernel "
+                   "skips work only for patterns shared by its 16-channel blocks; costs accuracy); default 1")
     p.add_argument("--include", nargs="+", default=None, metavar="PATTERN",
                    help="only prune layers whose name matches one of these fnmatch patterns (e.g. 'model.2*')")
     p.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN", help="never prune layers matching these")
@@ -103,7 +103,7 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     c = p.add_argument_group("one-shot calibrated pruning (SparseGPT masks + weight updates, layer by layer)")
     c.add_argument("--calibrate", default=None, metavar="DATA",
                    help="data yaml whose train split (else val) gives the calibration images; with --method l1 "
-                   "(per-layer unstructured --amount) or nm")
+                   "(per-layer unstructured --amount), nm (also with --nm-block) or tile")
     c.add_argument("--calib-images", type=int, default=128, help="number of calibration images (first in file order)")
     c.add_argument("--calib-img", type=int, default=640, help="calibration image size (pixels, rect letterbox)")
     c.add_argument("--calib-batch", type=int, default=8, help="calibration images per batch")
@@ -117,7 +117,7 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
                    "on the pruned inputs (layer, plain SparseGPT)")
     c.add_argument("--calib-steps", type=int, default=None, metavar="K",
                    help="prune each layer in K increments, each followed by the refit (default: 1 for N:M, 3 for "
-                   "unstructured; see README)")
+                   "unstructured and tiles; see README)")
     c.add_argument("--no-refit", dest="refit", action="store_false",
                    help="keep SparseGPT's weights as they are; by default the kept weights (and a per-channel bias, "
                    "folded into the BatchNorm) are re-solved exactly once each layer's mask is chosen")
@@ -152,7 +152,7 @@ def _calibrated_prune(model, cfg):
     kwargs = cfg.prune_kwargs()
     report = calibrated_prune(model, batches, blocksize=cfg.blocksize, damp=cfg.damp,
                               bn_recalibration=cfg.bn_recalib, target=cfg.calib_target, refit=cfg.refit,
-                              steps=cfg.steps, **kwargs)
+                              steps=cfg.steps, method=cfg.method, **kwargs)
     return report  # its summary is logged by calibrated_prune
 
 

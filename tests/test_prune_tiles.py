@@ -70,10 +70,9 @@ def test_cli_offers_every_prune_method():
     assert tuple(cli._PRUNE_METHODS) == METHODS
 
 
-def test_prune_config_accepts_tile_but_not_with_calibration():
+def test_prune_config_accepts_tile_also_with_calibration():
     from sparseyolo.prune import PruneConfig
-    from sparseyolo.utils.errors import ParameterError
 
     assert PruneConfig(method="tile", amount=0.5).validate().prune_kwargs()["amount"] == 0.5
-    with pytest.raises(ParameterError, match="calibrate works with method l1"):
-        PruneConfig(method="tile", amount=0.5, calibrate="data.yaml").validate()
+    cfg = PruneConfig(method="tile", amount=0.5, calibrate="data.yaml").validate()
+    assert cfg.steps == 3 and cfg.to_dict()["calib_steps"] == 3

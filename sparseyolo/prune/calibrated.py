@@ -279,6 +279,8 @@ def calibrated_prune(
     refit: bool = True,
     steps: int = 1,
     progress: bool = True,
+    method: str | None = None,
+    block: int = 1,
 ) -> CalibratedPruneReport:
     """Prune ``model`` in place, one layer at a time, with SparseGPT masks and weight updates from calibration data.
 
@@ -318,6 +320,12 @@ def calibrated_prune(
             Measured on yolov5n (64 calibration images, held-out mAP50-95): 75% unstructured 0.066 with 1 step,
             0.104 with 3; 2:4 0.255 with 1, 0.248 with 2 (its only other schedule, 3:4 then 2:4).
         progress: show a progress bar over the layers (on stderr; a layer takes seconds to a minute).
+        method: ``"nm"`` (with ``n, m``), ``"l1"`` (unstructured ``amount``) or ``"tile"``: ``amount`` of the
+            ``16 x 32`` channel tiles of each tap of every conv (what the AMX CPU kernel skips), the tiles of least
+            OBS cost at each of the ``steps`` (:func:`sparseyolo.prune.obs.group_obs_mask`). Default: ``"nm"``
+            with ``n, m``, else ``"l1"``.
+        block: ``"nm"`` only: every ``block`` consecutive output channels share one N:M choice, made on their
+            summed OBS saliency (the pattern of ``prune(..., block=B)`` that the block-sparse CPU kernel wants).
 
     Returns:
         A :class:`CalibratedPruneReport`.
@@ -334,13 +342,18 @@ def calibrated_prune(
         A layer that is not reached by the forward pass is left dense and reported as skipped.
     """
     amount, n, m = _check_pattern(amount, n, m)
+    method = method or ("nm" if n is not None else "l1")
+    if method not in ("nm", "l1", "tile") or (method == "nm") != (n is not None):
+        raise ValueError(f"calibrated pruning: method {method!r} does not fit the pattern given (nm takes n and m; "
+                         "l1 and tile take amount)")
+    if not (isinstance(block, int) and block >= 1) or (block > 1 and method != "nm"):
+        raise ValueError(f"block must be a positive int and is for method nm only, got {block!r} with {method}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
     if bn_recalibration not in BN_RECALIBRATION:
         raise ValueError(f"bn_recalibration must be one of {', '.join(BN_RECALIBRATION)}, got '{bn_recalibration}'")
-    method = "nm" if n is not None else "l1"
     selected, skipped = select_layers(model, method, m or 4, include, exclude, filter_fn)
     if not selected:
         why = "; ".join(f"{name}: {reason}" for name, reason in skipped[:5]) or "the model has no Conv2d/Linear layer"
@@ -390,7 +403,8 @@ def calibrated_prune(
                     key = f"{names[mod]}.weight"
                     rel = prune_layer(mod, accs[mod], amount, n, m, blocksize, damp,
                                       row_weight=_row_weight(bns.get(mod)) if amount is not None else None,
-                                      refit=refit, bn=bns.get(mod), steps=steps)
+                                      refit=refit, bn=bns.get(mod), steps=steps, block=block,
+                                      tiles=method == "tile")
                     report.rel_error[key] = rel
                     report.calib_rows[key] = accs[mod].rows
                     LOGGER.debug("%s: relative output error %.4f over %d rows", key, rel, accs[mod].rows)

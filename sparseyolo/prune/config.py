@@ -63,7 +63,7 @@ class PruneConfig:
         blocksize, damp: the solver's lazy-update block and Hessian dampening.
         bn_recalib: ``'reset'`` re-estimates BatchNorm statistics afterwards, ``'none'`` keeps them.
         calib_target: fit each layer to the dense model's output (``'dense'``) or its own (``'layer'``).
-        calib_steps: prune each layer in this many increments (None: 1 for N:M, 3 for unstructured).
+        calib_steps: prune each layer in this many increments (None: 1 for N:M, 3 for unstructured and tiles).
         refit: re-solve the kept weights once each layer's mask is chosen.
         fused: the BatchNorms were folded before pruning (recorded).
         source: the checkpoint that was pruned (recorded).
@@ -156,12 +156,9 @@ class PruneConfig:
         return self
 
     def _validate_calibration(self) -> None:
-        if self.method in ("global", "tile"):
-            raise ParameterError(f"calibrate works with method l1 (per-layer amount) or nm, not {self.method}",
+        if self.method == "global":
+            raise ParameterError("calibrate works with method l1 (per-layer amount), nm or tile, not global",
                                  "calibrate", "method", "amount")
-        if self.block != 1:
-            raise ParameterError("block is not supported with calibrate (the solver picks each row's N:M "
-                                 "positions)", "block", "calibrate")
         if self.calib_images < 1 or self.calib_batch < 1:
             raise ParameterError("calib_images and calib_batch must be at least 1", "calib_images", "calib_batch")
         if self.steps < 1:

@@ -13,7 +13,15 @@ from torch import nn
 
 from sparseyolo.prune.masks import has_mask
 from sparseyolo.prune.methods import _set
-from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP, _quadratic, masked_least_squares, sparsegpt_prune
+from sparseyolo.prune.obs import (
+    DEFAULT_BLOCKSIZE,
+    DEFAULT_DAMP,
+    _quadratic,
+    group_obs_mask,
+    masked_least_squares,
+    sparsegpt_prune,
+)
+from sparseyolo.prune.tiles import TILE_OUT, TILE_PATTERN, tile_column_groups
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -143,6 +151,8 @@ def prune_layer(
     refit: bool = True,
     bn: nn.BatchNorm2d | None = None,
     steps: int = 1,
+    block: int = 1,
+    tiles: bool = False,
 ) -> float:
     """Prune one ``Conv2d``/``Linear`` in place given its input statistics, and register the mask.
 
@@ -159,13 +169,18 @@ def prune_layer(
         module: the layer; an existing ``weight_mask`` is honoured (its pruned entries stay pruned).
         stats: a :class:`HessianAccumulator` filled on this layer, or just its Hessian Tensor[d, d] (then no
             dense target and no bias).
-        amount: unstructured fraction; or ``n``, ``m``: N:M along input channels.
+        amount: unstructured fraction (of tiles with ``tiles``); or ``n``, ``m``: N:M along input channels.
         blocksize, damp, row_weight: see :func:`sparseyolo.prune.obs.sparsegpt_prune`.
         refit: re-solve the kept weights (and the bias) once the mask is chosen.
         bn: the BatchNorm that follows the layer (receives the fitted bias).
         steps: prune in this many increments (N:M: keep ``m-1`` of ``m``, ... down to ``n``; unstructured:
             ``amount / steps`` more each time), each followed by the refit: closer to OBC's one-weight-at-a-time
             greedy order than choosing the whole mask at once.
+        block: N:M only: every ``block`` consecutive output channels share one N:M choice, made on their summed
+            OBS saliency (the pattern of ``prune(..., block=B)``, which the block-sparse CPU kernel wants).
+        tiles: prune ``amount`` of the ``16 x 32`` tiles of each tap (a conv; :mod:`sparseyolo.prune.tiles`), the
+            tiles of least OBS cost (:func:`sparseyolo.prune.obs.group_obs_mask`) at each step. Without ``refit``
+            the kept weights stay as they are.
 
     Returns:
         The relative output error ``||W* X - W' X - b||^2 / ||W* X||^2`` on the calibration inputs, where ``W*`` is
@@ -196,13 +211,23 @@ def prune_layer(
     inv = None if perm is None else torch.argsort(perm)
     h = hessian if perm is None else hessian[perm][:, perm]
     cur, bias = w2, None
-    for amount_k, n_k in _schedule(amount, n, m, steps):
+    if tiles:
+        if w.dim() != 4:
+            raise ValueError("tile pruning is for conv weights [Cout, Cin, KH, KW]")
+        groups = tile_column_groups(w.shape, w.device)
+        for amount_k, _ in _schedule(amount, None, None, steps):
+            keep = group_obs_mask(cur, hessian, groups, TILE_OUT, amount_k, keep, damp, row_weight)
+            cur = cur * keep
+            if do_refit:
+                cur, bias, rel = _refit(acc, w0, w2, keep, damp, with_bias=sink is not None, init=cur)
+    for amount_k, n_k in _schedule(amount, n, m, steps) if not tiles else ():
         # From the second stage on, pruning the refitted weights W_k (the least-squares optimum for the current
         # mask) with H is exact: the target's residual is orthogonal to what W_k can reach, so
         # ||T - W'X||^2 = ||T - W_k X||^2 + ||(W_k - W')X||^2 for every W' inside the current mask.
         wp, old = (cur, keep) if perm is None else (cur[:, perm], keep[:, perm])
         res = sparsegpt_prune(wp, h, sparsity=amount_k, n=n_k, m=m if n_k is not None else None,
-                              blocksize=blocksize, damp=damp, row_weight=row_weight, pruned=~old)
+                              blocksize=blocksize, damp=damp, row_weight=row_weight, pruned=~old,
+                              block_rows=block if n_k is not None else 1)
         cur, keep = (res.weight, res.mask) if perm is None else (res.weight[:, inv], res.mask[:, inv])
         if do_refit:
             cur, bias, rel = _refit(acc, w0, w2, keep, damp, with_bias=sink is not None, init=cur)
@@ -215,7 +240,8 @@ def prune_layer(
         else:
             sink.data.add_(bias.to(sink.dtype))
     w.data.copy_(cur.view_as(w).to(w.dtype))
-    _set(module, keep.reshape(w.shape).contiguous(), f"{n}:{m}" if n is not None else "unstructured")
+    pattern = TILE_PATTERN if tiles else f"{n}:{m}" if n is not None else "unstructured"
+    _set(module, keep.reshape(w.shape).contiguous(), pattern)
     return rel
 
 

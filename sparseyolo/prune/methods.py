@@ -79,7 +79,7 @@ def select_layers(
     ``fnmatch`` patterns on module names (``"model.24.*"``); a layer must match one ``include`` pattern (when
     any are given) and no ``exclude`` pattern. Grouped/depthwise convolutions are skipped (a group would mix
     channels of different filters' slices), and for ``nm`` so is every layer whose input channels are not a
-    multiple of ``m`` (e.g. the 3-channel stem).
+    multiple of ``m`` (e.g. the 3-channel stem), and for ``tile`` every ``nn.Linear``.
     """
     inc, exc = _patterns(include), _patterns(exclude)
     selected, skipped = [], []
@@ -95,6 +95,8 @@ def select_layers(
             skipped.append((name, f"grouped convolution (groups={mod.groups})"))
         elif method == "nm" and cin % m != 0:
             skipped.append((name, f"{cin} input channels, not a multiple of m={m}"))
+        elif method == "tile" and not isinstance(mod, nn.Conv2d):
+            skipped.append((name, "a Linear layer (tiles are of conv taps)"))
         elif filter_fn is not None and not filter_fn(name, mod):
             skipped.append((name, "rejected by filter_fn"))
         else:
@@ -222,8 +224,6 @@ def prune(
             _set(mod, _mask_lowest(mod, k), "unstructured")
     elif method == "tile":
         for _, mod in selected:
-            if mod.weight.dim() != 4:
-                raise ValueError("method 'tile' prunes conv weights [Cout, Cin, KH, KW]; exclude Linear layers")
             w = mod.weight * mod.weight_mask if has_mask(mod) else mod.weight
             _set(mod, tile_mask(w, amount), TILE_PATTERN)
     else:

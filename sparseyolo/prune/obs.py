@@ -93,6 +93,13 @@ def _upper_cholesky_of_inverse(h: torch.Tensor, damp: float) -> tuple[torch.Tens
     raise RuntimeError(f"could not factorise the layer Hessian even with dampening {damp:g} of its mean diagonal")
 
 
+def _spd_inverse(h: torch.Tensor) -> torch.Tensor:
+    """``H^-1`` of a positive definite ``H`` from its Cholesky factor (triangular solve and GEMM; see above)."""
+    lower = torch.linalg.cholesky(h)
+    linv = torch.linalg.solve_triangular(lower, torch.eye(h.shape[0], dtype=h.dtype, device=h.device), upper=False)
+    return linv.t() @ linv
+
+
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -103,6 +110,7 @@ def sparsegpt_prune(
     damp: float = DEFAULT_DAMP,
     row_weight: torch.Tensor | None = None,
     pruned: torch.Tensor | None = None,
+    block_rows: int = 1,
 ) -> ObsResult:
     """Prune a weight matrix and update its kept entries to minimise ``tr(dW H dW^T)`` (SparseGPT).
 
@@ -121,6 +129,8 @@ def sparsegpt_prune(
             rows (e.g. a following BatchNorm's ``|gamma| / sigma``); it scales saliencies by ``row_weight^2``.
             N:M masks never compare rows, so it has no effect on them.
         pruned (Tensor[rows, d] bool, optional): entries that must be pruned (an existing mask's False entries).
+        block_rows: N:M only: every ``block_rows`` consecutive rows (the last block may be shorter) share one N:M
+            choice, made on the saliency summed over the block's rows (the pattern block-sparse kernels want).
 
     Returns:
         An :class:`ObsResult`; the computation runs in float64 and the weight comes back in ``weight.dtype``.
@@ -147,6 +157,10 @@ def sparsegpt_prune(
         blocksize = max(m, blocksize // m * m)
     elif not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsegpt_prune: sparsity must be in [0, 1), got {sparsity}")
+    if not (isinstance(block_rows, int) and block_rows >= 1):
+        raise ValueError(f"sparsegpt_prune: block_rows must be a positive int, got {block_rows!r}")
+    if block_rows > 1 and not nm:
+        raise ValueError("sparsegpt_prune: block_rows shares N:M choices; unstructured masks take no blocks")
     if blocksize < 1:
         raise ValueError(f"sparsegpt_prune: blocksize must be positive, got {blocksize}")
 
@@ -191,6 +205,9 @@ def sparsegpt_prune(
             if nm and j % m == 0:
                 sal = w1[:, j:j + m] ** 2 / diag1[j:j + m].reshape(1, -1) ** 2
                 sal = sal.masked_fill(forced1[:, j:j + m], -1.0)
+                if block_rows > 1:  # one choice per block of rows: the block's summed saliency, forced if any row is
+                    sal = _block_sum(sal.clamp(min=0.0), block_rows).masked_fill(
+                        _block_sum(forced1[:, j:j + m].double(), block_rows) > 0, -1.0)
                 top = torch.sort(sal, dim=1, descending=True, stable=True).indices[:, :n]
                 grp = torch.zeros_like(sal, dtype=torch.bool).scatter_(1, top, True)
                 keep1[:, j:j + m] = grp & ~forced1[:, j:j + m]
@@ -213,6 +230,15 @@ def sparsegpt_prune(
     w0 = weight.detach().to(f64)
     error, baseline = _quadratic(dw, h_orig), _quadratic(w0, h_orig)
     return ObsResult(weight=w.to(weight.dtype), mask=keep, error=error, baseline=baseline, damp=used_damp)
+
+
+def _block_sum(t: torch.Tensor, block: int) -> torch.Tensor:
+    """Rows of ``t`` summed over blocks of ``block`` consecutive rows (the last block may be shorter), repeated
+    back to every row of the block."""
+    rows = t.shape[0]
+    ids = torch.arange(rows, device=t.device) // block
+    sums = torch.zeros((int(ids[-1]) + 1, *t.shape[1:]), dtype=t.dtype, device=t.device).index_add_(0, ids, t)
+    return sums[ids]
 
 
 def output_error(weight: torch.Tensor, new_weight: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -382,3 +408,120 @@ def _masked_cg(h, rhs, mask, reference, lam, sums, count, rhs_bias, init, iters)
     x = x * m
     x[~mask] = 0.0
     return x, (xb if with_bias else None)
+
+
+def group_obs_mask(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    col_groups: torch.Tensor,
+    block_rows: int,
+    sparsity: float,
+    keep: torch.Tensor | None = None,
+    damp: float = DEFAULT_DAMP,
+    row_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mask pruning whole groups of weights by their OBS cost: a group is ``block_rows`` consecutive rows times the
+    columns of one column group (a ``16 x 32`` tile of a conv tap, or a row-block column), and the groups of
+    lowest cost (:func:`group_obs_costs`) are pruned until ``round(sparsity * groups)`` are.
+
+    The costs are exact for removing one group; pruned together, the groups' interactions are ignored, which is
+    why :func:`sparseyolo.prune.layerwise.prune_layer` prunes in steps with an exact refit between them.
+
+    Args:
+        weight, hessian, col_groups, block_rows, keep, damp, row_weight: as for :func:`group_obs_costs`.
+        sparsity: fraction of the ``ceil(rows / block_rows) * G`` groups pruned in the result, in ``[0, 1)``;
+            groups already pruned (none of their entries kept in ``keep``) count toward it.
+
+    Returns:
+        The new mask, Tensor[rows, d] bool; the pruned entries of ``keep`` stay pruned.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"group_obs_mask: sparsity must be in [0, 1), got {sparsity}")
+    rows, d = weight.shape
+    keep = torch.ones(rows, d, dtype=torch.bool, device=weight.device) if keep is None else keep.to(weight.device,
+                                                                                                  torch.bool)
+    cost = group_obs_costs(weight, hessian, col_groups, block_rows, keep, damp, row_weight)
+    alive = torch.isfinite(cost)
+    need = round(sparsity * cost.numel()) - int((~alive).sum())
+    if need > 0:
+        order = torch.sort(cost.flatten(), stable=True).indices[:need]
+        alive.view(-1)[order] = False
+    col_groups = col_groups.to(weight.device, torch.int64)
+    return keep & alive[torch.arange(rows, device=weight.device) // block_rows][:, col_groups]
+
+
+def group_obs_costs(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    col_groups: torch.Tensor,
+    block_rows: int,
+    keep: torch.Tensor | None = None,
+    damp: float = DEFAULT_DAMP,
+    row_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The OBS cost of pruning each group of weights, Tensor[ceil(rows / block_rows), G] float64 (``inf`` for a
+    group already pruned).
+
+    Group ``(b, g)`` is rows ``b*block_rows ..`` (the last block may be shorter) times the columns ``q`` with
+    ``col_groups == g``. Its cost is the output error of pruning it and re-fitting the rest of each of its rows
+    optimally: the multi-weight OBS saliency ``sum_r w_rq^T ([H_K^-1]_qq)^-1 w_rq`` over the block's rows ``r``
+    (Hassibi & Stork 1993; the structured form used by OBC, Frantar et al. 2022), with ``H_K^-1`` the inverse of
+    the (damped) ``H`` over the columns the block still keeps.
+
+    Args:
+        weight (Tensor[rows, d]): the current weight (treated as zero where ``keep`` is False).
+        hessian (Tensor[d, d]): the input statistics ``sum x x^T``.
+        col_groups (Tensor[d] int64): the group of every column, ``0 .. G-1`` (in any column order).
+        block_rows: rows sharing each group.
+        keep (Tensor[rows, d] bool, optional): the current mask; a block keeps the columns any of its rows keeps.
+        damp: dampening of ``H``, as a fraction of its mean diagonal.
+        row_weight (Tensor[rows], optional): weight of each row's error when groups of different blocks compete
+            (a following BatchNorm's ``|gamma| / sigma``); costs scale by ``row_weight^2``.
+    """
+    rows, d = weight.shape
+    if hessian.shape != (d, d) or col_groups.shape != (d,):
+        raise ValueError(f"group_obs_mask: a {rows}x{d} weight needs a {d}x{d} hessian and {d} column groups, got "
+                         f"{tuple(hessian.shape)} and {tuple(col_groups.shape)}")
+    if not (isinstance(block_rows, int) and block_rows >= 1):
+        raise ValueError(f"group_obs_mask: block_rows must be a positive int, got {block_rows!r}")
+    f64 = torch.float64
+    dev = weight.device
+    w = weight.detach().to(f64).clone()
+    h = hessian.detach().to(dev, f64).clone()
+    keep = torch.ones(rows, d, dtype=torch.bool, device=dev) if keep is None else keep.to(dev, torch.bool)
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0  # no input ever reaches these columns: they cost nothing to prune
+    w[~keep] = 0.0
+    mean_diag = float(torch.diag(h).mean())
+    h += (damp * (mean_diag if mean_diag > 0 else 1.0)) * torch.eye(d, dtype=f64, device=dev)
+    rw2 = torch.ones(rows, dtype=f64, device=dev) if row_weight is None else row_weight.detach().to(dev, f64) ** 2
+
+    col_groups = col_groups.to(dev, torch.int64)
+    n_groups = int(col_groups.max()) + 1
+    n_blocks = -(-rows // block_rows)
+    # the columns of each group, grouped by size (edge tiles are narrower) so that the small inverses batch
+    members = [torch.nonzero(col_groups == g).flatten() for g in range(n_groups)]
+    by_size: dict[int, list[int]] = {}
+    for g, idx in enumerate(members):
+        by_size.setdefault(int(idx.numel()), []).append(g)
+    cost = torch.full((n_blocks, n_groups), float("inf"), dtype=f64, device=dev)
+    for b in range(n_blocks):
+        r0, r1 = b * block_rows, min((b + 1) * block_rows, rows)
+        kept_cols = keep[r0:r1].any(0)
+        alive = torch.zeros(n_groups, dtype=torch.long, device=dev).index_add_(0, col_groups, kept_cols.long()) > 0
+        # H^-1 over the kept columns; pruned columns get an identity block (their weights are zero: they add
+        # nothing to a group's cost)
+        k = torch.nonzero(kept_cols).flatten()
+        hinv = torch.eye(d, dtype=f64, device=dev)
+        if k.numel():
+            hinv[k.unsqueeze(1), k.unsqueeze(0)] = _spd_inverse(h[k][:, k])
+        wb = w[r0:r1]
+        for gs in by_size.values():
+            idx = torch.stack([members[g] for g in gs])  # [n, size]
+            sub = hinv[idx.unsqueeze(2), idx.unsqueeze(1)]  # [n, size, size]
+            wq = wb[:, idx]  # [block rows, n, size]
+            per_row = torch.einsum("rni,nij,rnj->rn", wq, torch.linalg.inv(sub), wq)
+            gs_t = torch.tensor(gs, device=dev)
+            cost[b, gs_t] = torch.where(alive[gs_t], (per_row * rw2[r0:r1].unsqueeze(1)).sum(0), float("inf"))
+    return cost

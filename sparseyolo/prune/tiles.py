@@ -50,3 +50,15 @@ def is_tile_mask(mask: torch.Tensor) -> bool:
     """True when every tile of ``mask`` is all kept or all pruned."""
     kept = tile_norms(mask.float()) > 0
     return bool(torch.equal(expand_tiles(kept, mask.shape), mask.bool()))
+
+
+def tile_column_groups(shape: torch.Size | tuple[int, ...], device: torch.device | str | None = None) -> torch.Tensor:
+    """The tile of every column of a conv weight flattened to ``[Cout, Cin * KH * KW]`` (column ``c * KH*KW + t``
+    for channel ``c`` at tap ``t``): ``t * ceil(Cin / 32) + c // 32``, Tensor[Cin * KH * KW] int64. A tile is
+    then ``16`` consecutive rows times the columns of one group (what :func:`sparseyolo.prune.obs.group_obs_mask`
+    takes)."""
+    _, cin, kh, kw = shape
+    taps = kh * kw
+    c = torch.arange(cin, device=device).repeat_interleave(taps)
+    t = torch.arange(taps, device=device).repeat(cin)
+    return t * (-(-cin // TILE_IN)) + c // TILE_IN
