@@ -239,10 +239,27 @@ def test_cli_calibrates_tiles_and_block_nm_of_yolov5n(shared, tmp_path):
     for name, mod in mt.named_modules():
         if hasattr(mod, "weight_mask"):
             assert is_tile_mask(mod.weight_mask), name
-            kept = tile_norms(mod.weight_mask.float()) > 0
-            assert int((~kept).sum()) == round(0.5 * kept.numel()), name
+            kept = tile_norms(mod.weight_mask.float()) > 0  # [blocks, input tiles, KH, KW]
+            blocks = kept.shape[0]  # each block of 16 output channels keeps at least one tile
+            assert int((~kept).sum()) == min(round(0.5 * kept.numel()), kept.numel() - blocks), name
+            assert bool(kept.flatten(1).any(1).all()), name
     for name, mod in mb.named_modules():
         if hasattr(mod, "weight_mask"):
             w = mod.weight_mask
             rows = w.shape[0] // 8 * 8
             assert is_nm_mask(w, 2, 4) and bool((w[:rows].view(-1, 8, *w.shape[1:]) == w[:rows:8].unsqueeze(1)).all())
+
+
+def test_a_block_keeps_its_last_group_and_an_emptied_layer_still_gets_its_bias():
+    h, w = _spd(32, 4), torch.randn(16, 32, dtype=torch.float64)
+    one_tile = torch.zeros(32, dtype=torch.int64)  # a 16 x 32 layer is a single tile
+    assert bool(group_obs_mask(w, h, one_tile, 16, 0.75).all())
+    assert not bool(group_obs_mask(w, h, one_tile, 16, 0.75, keep_one_per_block=False).any())
+    groups = torch.arange(32) // 8  # 4 groups: at 0.99 each of the 2 blocks keeps exactly one
+    w2 = torch.randn(32, 32, dtype=torch.float64)
+    mask = group_obs_mask(w2, h, groups, 16, 0.99)
+    assert [int(mask[b * 16].view(4, 8).any(1).sum()) for b in (0, 1)] == [1, 1]
+    # the refit of a layer with nothing kept fits only the bias: the mean target over the positions
+    out_w, out_b = masked_least_squares(h, w @ h, torch.zeros(16, 32, dtype=torch.bool), w, sums=torch.ones(32),
+                                        count=4, rhs_bias=torch.arange(16.0))
+    assert not out_w.any() and torch.allclose(out_b, torch.arange(16.0, dtype=torch.float64) / 4)

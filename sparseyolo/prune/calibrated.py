@@ -82,6 +82,7 @@ class CalibratedPruneReport(PruneReport):
         seconds: wall time of the calibration (excluding loading the images); peak_rss_mb: the process's peak
             resident memory afterwards (``ru_maxrss``; includes everything loaded before).
         bn_recalibrated: number of BatchNorm layers whose running statistics were re-estimated.
+        block: output channels sharing each N:M choice (``"nm"``).
     """
 
     calib_images: int = 0
@@ -90,10 +91,16 @@ class CalibratedPruneReport(PruneReport):
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     bn_recalibrated: int = 0
+    block: int = 1
 
     def __str__(self) -> str:
-        what = f"{self.n}:{self.m}" if self.n is not None else f"{100 * (self.amount or 0):g}% unstructured"
+        if self.method == "nm":
+            what = f"{self.n}:{self.m}" + (f" shared by {self.block} output channels" if self.block > 1 else "")
+        else:
+            unit = "of the 16x32 tiles" if self.method == "tile" else "unstructured"
+            what = f"{100 * (self.amount or 0):g}% {unit}"
         errs = list(self.rel_error.values())
+        worst = sorted(self.rel_error.items(), key=lambda kv: -kv[1])[:3]
         mean_err = sum(errs) / len(errs) if errs else 0.0
         lines = [
             f"calibrated (SparseGPT) pruning of {len(self.pruned)} layer(s), {what}: {self.zeros}/{self.numel} "
@@ -101,6 +108,7 @@ class CalibratedPruneReport(PruneReport):
             f"{self.seconds:.1f} s, peak RSS {self.peak_rss_mb:.0f} MB",
             f"  mean relative layer output error {mean_err:.4f} (max {max(errs, default=0.0):.4f}); "
             f"BatchNorm statistics re-calibrated in {self.bn_recalibrated} layer(s)",
+            "  largest: " + ", ".join(f"{name} {err:.4f}" for name, err in worst),
         ]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
         return "\n".join(lines)
@@ -369,7 +377,7 @@ def calibrated_prune(
 
     names = {mod: name for name, mod in selected}
     report = CalibratedPruneReport(method=method, amount=amount, n=n, m=m, skipped=list(skipped),
-                                   calib_images=sum(int(x.shape[0]) for x in images))
+                                   calib_images=sum(int(x.shape[0]) for x in images), block=block)
     bns = _following_batchnorms(model)
     stages, routes, save = _stages(model)
     last_use: dict[int, int] = {}

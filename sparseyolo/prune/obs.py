@@ -314,7 +314,9 @@ def masked_least_squares(
     kmax = int(kept.max()) if rows else 0
     out_w = torch.zeros(rows, d, dtype=f64, device=h.device)
     out_b = torch.zeros(rows, dtype=f64, device=h.device) if with_bias else None
-    if kmax == 0 and not with_bias:
+    if kmax == 0:  # every weight pruned: only the bias (the mean target) is left to fit
+        if with_bias:
+            out_b = rhs_bias.to(f64) / count
         return out_w, out_b
     if method == "auto":
         method = "direct" if rows * (kmax + int(with_bias)) ** 3 / 3 <= DIRECT_SOLVE_FLOPS else "cg"
@@ -419,10 +421,14 @@ def group_obs_mask(
     keep: torch.Tensor | None = None,
     damp: float = DEFAULT_DAMP,
     row_weight: torch.Tensor | None = None,
+    keep_one_per_block: bool = True,
 ) -> torch.Tensor:
     """Mask pruning whole groups of weights by their OBS cost: a group is ``block_rows`` consecutive rows times the
     columns of one column group (a ``16 x 32`` tile of a conv tap, or a row-block column), and the groups of
     lowest cost (:func:`group_obs_costs`) are pruned until ``round(sparsity * groups)`` are.
+
+    With ``keep_one_per_block`` (the default) every block of rows keeps its most costly group: a small layer (one
+    16 x 32 tile per tap) is never emptied, so fewer groups than asked may be pruned there.
 
     The costs are exact for removing one group; pruned together, the groups' interactions are ignored, which is
     why :func:`sparseyolo.prune.layerwise.prune_layer` prunes in steps with an exact refit between them.
@@ -431,6 +437,7 @@ def group_obs_mask(
         weight, hessian, col_groups, block_rows, keep, damp, row_weight: as for :func:`group_obs_costs`.
         sparsity: fraction of the ``ceil(rows / block_rows) * G`` groups pruned in the result, in ``[0, 1)``;
             groups already pruned (none of their entries kept in ``keep``) count toward it.
+        keep_one_per_block: never prune a block's last kept group.
 
     Returns:
         The new mask, Tensor[rows, d] bool; the pruned entries of ``keep`` stay pruned.
@@ -444,7 +451,13 @@ def group_obs_mask(
     alive = torch.isfinite(cost)
     need = round(sparsity * cost.numel()) - int((~alive).sum())
     if need > 0:
-        order = torch.sort(cost.flatten(), stable=True).indices[:need]
+        candidates = cost.clone()
+        if keep_one_per_block:  # each block's most costly kept group is not a candidate
+            top = torch.argmax(cost.masked_fill(~alive, -1.0), dim=1)
+            has = alive.any(1)
+            candidates[has, top[has]] = float("inf")
+        need = min(need, int(torch.isfinite(candidates).sum()))
+        order = torch.sort(candidates.flatten(), stable=True).indices[:need]
         alive.view(-1)[order] = False
     col_groups = col_groups.to(weight.device, torch.int64)
     return keep & alive[torch.arange(rows, device=weight.device) // block_rows][:, col_groups]
