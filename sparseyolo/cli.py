@@ -191,6 +191,12 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prune-freq", type=int, default=0, help="--gradual: batches between mask updates (0: 4 per epoch)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="LAST_PT",
                    help="resume a run from its weights/last.pt (default: the newest under --project)")
+    p.add_argument("--teacher", default="auto", metavar="WEIGHTS",
+                   help="dense checkpoint to distil from (head outputs, objectness-weighted); 'auto' (default): the "
+                   "weights themselves when pruned in this run, else the dense source a pruned checkpoint records "
+                   "when that file is here; 'none': labels only")
+    p.add_argument("--distill", type=float, default=1.0, metavar="W",
+                   help="weight of the distillation term relative to the detection loss (default 1.0)")
     p.add_argument("--noval", action="store_true", help="validate only after the final epoch")
     p.add_argument("--single-cls", action="store_true", help="train as a single class")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -241,6 +247,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         noval=args.noval,
         single_cls=args.single_cls,
+        teacher=args.teacher,
+        distill=args.distill,
     )
     LOGGER.info("finetune: " + ", ".join(f"{k}={v}" for k, v in vars(args).items() if k not in ("func", "command")))
     train(cfg)

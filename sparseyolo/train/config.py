@@ -44,6 +44,10 @@ class TrainConfig:
         max_batches: stop each epoch after this many batches (smoke tests; None = full epochs).
         single_cls: train as a single class.
         resume: a ``last.pt`` to continue from, True for the newest under ``project``, False for a new run.
+        teacher: dense checkpoint to distil from (:mod:`sparseyolo.train.distill`): a path, ``"auto"`` (the
+            weights themselves when pruned in this run, else the dense source a pruned checkpoint records, when
+            that file is here) or None (no distillation).
+        distill: weight of the distillation term relative to the detection loss (with a teacher).
     """
 
     weights: str = "yolov5n.pt"
@@ -77,6 +81,8 @@ class TrainConfig:
     max_batches: int | None = None
     single_cls: bool = False
     resume: str | bool = False
+    teacher: str | None = "auto"
+    distill: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form stored in checkpoints (``train_args``)."""
@@ -87,6 +93,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d.setdefault("teacher", None)  # runs stored before distillation existed resume without it
         d["loss"] = LossGains(**d.get("loss", {}))
         d["aug"] = AugmentConfig(**d.get("aug", {}))
         d["prune"] = PruneConfig.from_dict(d["prune"]) if d.get("prune") else None
@@ -103,6 +110,9 @@ class TrainConfig:
             raise ParameterError(f"imgsz must be >= 32, got {self.imgsz}", "imgsz")
         if not 0.0 < self.lrf <= 1.0 or self.lr0 <= 0:
             raise ParameterError(f"need lr0 > 0 and 0 < lrf <= 1, got lr0={self.lr0}, lrf={self.lrf}", "lr0", "lrf")
+        if self.distill <= 0:
+            raise ParameterError(f"distill (the distillation weight) must be > 0, got {self.distill}; "
+                                 "use teacher none to train without a teacher", "distill", "teacher")
         if self.prune is not None:
             self.prune.validate(self.epochs)
 

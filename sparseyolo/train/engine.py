@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sparseyolo.checkpoint import load_checkpoint, save_checkpoint
+from sparseyolo.checkpoint import load_checkpoint, load_model, save_checkpoint
 from sparseyolo.prune.report import masked_sparsity
 from sparseyolo.train.augmented_dataset import create_train_dataloader
 from sparseyolo.train.checkpointing import (
@@ -71,6 +71,7 @@ from sparseyolo.train.config import TrainConfig, TrainResult
 from sparseyolo.train.distributed import DistContext, barrier, broadcast_masks, cleanup, init_distributed, wrap_ddp
 from sparseyolo.train.ema import ModelEMA, unwrap
 from sparseyolo.train.gradual import GradualPruner, mask_buffers
+from sparseyolo.train.distill import DetectionDistiller, resolve_teacher
 from sparseyolo.train.loss import YoloLoss, scaled_loss_gains
 from sparseyolo.utils.errors import ParameterError
 from sparseyolo.utils.run_dirs import increment_dir
@@ -276,7 +277,14 @@ def train(
         optimizer = build_optimizer(model, cfg.lr0, cfg.momentum, weight_decay)
         lf = lr_lambda(cfg.epochs, cfg.lrf, cfg.cos_lr)
         nl = model.model[-1].nl
-        compute_loss = YoloLoss(model, scaled_loss_gains(cfg.loss, nl, model.nc, cfg.imgsz))
+        gains = scaled_loss_gains(cfg.loss, nl, model.nc, cfg.imgsz)
+        compute_loss = YoloLoss(model, gains)
+        distiller = None
+        teacher = resolve_teacher(cfg.teacher, cfg.weights, recipe is not None and not had_masks)
+        if teacher is not None:
+            distiller = DetectionDistiller(load_model(teacher, device=device, fuse=False).float(), gains, cfg.distill)
+            if ctx.is_main:
+                LOGGER.info("distilling from %s (weight %g)", teacher, cfg.distill)
         amp = cfg.amp and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
@@ -337,6 +345,7 @@ def train(
             for g in optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * lf(epoch)
             mloss = torch.zeros(3, device=device)
+            mdist = torch.zeros((), device=device)
             pbar: Any = enumerate(loader)
             if ctx.is_main:
                 LOGGER.info(("\n" + "%11s" * 8) % HEADER)
@@ -362,6 +371,10 @@ def train(
                     with torch.autocast(device_type=device.type, enabled=amp):
                         preds = ddp_model(imgs)
                         loss, loss_items = compute_loss(preds, targets.to(device))
+                        if distiller is not None:
+                            dloss, ditem = distiller(imgs, preds)
+                            loss = loss + dloss
+                            mdist = (mdist * i + ditem) / (i + 1)
                     if ctx.enabled:
                         loss = loss * world  # DDP averages gradients over ranks; YOLOv5's loss is a sum
                     scaler.scale(loss).backward()
@@ -413,6 +426,8 @@ def train(
             if ctx.is_main:
                 row = {"epoch": epoch}
                 row.update(zip(("box_loss", "obj_loss", "cls_loss"), mloss.tolist(), strict=True))
+                if distiller is not None:
+                    row["distill_loss"] = float(mdist)
                 row.update({"P": 0.0, "R": 0.0, "mAP50": 0.0, "mAP50-95": 0.0})
                 if not cfg.noval or final_epoch:
                     res = val_mod.run(
