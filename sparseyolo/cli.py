@@ -92,6 +92,9 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nm-block", type=int, default=1, metavar="B",
                    help="share each N:M choice across B consecutive output channels (the block-sparse CPU kernel "
                    "skips work only for patterns shared by its 16-channel blocks; costs accuracy); default 1")
+    p.add_argument("--permute", action="store_true",
+                   help="nm: first reorder input channels (folded into the weights; outputs unchanged) so that the "
+                   "N:M groups keep more saliency: |w|, or with --calibrate w^2 times the input's mean square")
     p.add_argument("--include", nargs="+", default=None, metavar="PATTERN",
                    help="only prune layers whose name matches one of these fnmatch patterns (e.g. 'model.2*')")
     p.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN", help="never prune layers matching these")
@@ -132,8 +135,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     cfg = PruneConfig.from_cli_args(args)
     model = load_model(args.weights, fuse=args.fused)
+    batches = _calibration_batches(model, cfg) if cfg.calibrate else None
+    if cfg.permute:
+        _permute(model, cfg, batches)
     if cfg.calibrate:
-        report = _calibrated_prune(model, cfg)
+        report = _calibrated_prune(model, cfg, batches)
         cfg.calib_images = report.calib_images  # the images there were, recorded
     else:
         report = prune(model, cfg.method, **cfg.prune_kwargs())
@@ -144,11 +150,25 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrated_prune(model, cfg):
-    from sparseyolo.prune.calibrated import calibrated_prune, calibration_batches
+def _calibration_batches(model, cfg):
+    from sparseyolo.prune.calibration_data import calibration_batches
 
     stride = int(max(model.stride)) if hasattr(model, "stride") else 32
-    batches = calibration_batches(cfg.calibrate, cfg.calib_images, cfg.calib_img, cfg.calib_batch, stride)
+    return calibration_batches(cfg.calibrate, cfg.calib_images, cfg.calib_img, cfg.calib_batch, stride)
+
+
+def _permute(model, cfg, batches) -> None:
+    from sparseyolo.prune import select_layers
+    from sparseyolo.prune.permute import activation_energy, permute_channels
+
+    chosen = {mod for _, mod in select_layers(model, "nm", cfg.m, cfg.include, cfg.exclude)[0]}
+    energy = activation_energy(model.eval(), batches) if batches is not None else None
+    permute_channels(model, cfg.n, cfg.m, block=cfg.block, energy=energy, layers=chosen.__contains__)  # logs a summary
+
+
+def _calibrated_prune(model, cfg, batches):
+    from sparseyolo.prune.calibrated import calibrated_prune
+
     kwargs = cfg.prune_kwargs()
     report = calibrated_prune(model, batches, blocksize=cfg.blocksize, damp=cfg.damp,
                               bn_recalibration=cfg.bn_recalib, target=cfg.calib_target, refit=cfg.refit,

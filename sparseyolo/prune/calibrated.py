@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sparseyolo.prune.calibration_data import calibration_batches, recalibrate_batchnorm
+from sparseyolo.prune.calibration_data import as_float_images, calibration_batches, recalibrate_batchnorm
 from sparseyolo.prune.layerwise import (
     HessianAccumulator,
     _row_weight,
@@ -120,11 +120,6 @@ class _StopForward(Exception):
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def _as_float_images(batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    x = batch.to(device)
-    return x.to(dtype) / 255.0 if not x.is_floating_point() else x.to(dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -240,7 +235,7 @@ class _ActivationStream:
 
     def input(self, i: int, b: int):
         if i == 0:
-            return _as_float_images(self.images[b], self.device, self.dtype)
+            return as_float_images(self.images[b], self.device, self.dtype)
         f = self.routes[i]
         if f == -1:
             return self.prev[b]
@@ -434,7 +429,7 @@ def calibrated_prune(
         report.zeros += zeros
         report.numel += mod.weight.numel()
     if bn_recalibration == "reset":
-        report.bn_recalibrated = recalibrate_batchnorm(model, (_as_float_images(x, device, dtype) for x in images))
+        report.bn_recalibrated = recalibrate_batchnorm(model, (as_float_images(x, device, dtype) for x in images))
     model.train(was_training)
     report.seconds = time.perf_counter() - t0
     report.peak_rss_mb = _peak_rss_mb()

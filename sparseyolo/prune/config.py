@@ -53,6 +53,8 @@ class PruneConfig:
             ``'nm'``.
         n, m: the N:M pattern of ``'nm'``.
         block: ``'nm'`` only: share each N:M choice across ``block`` consecutive output channels.
+        permute: ``'nm'`` only, ``sparseyolo prune``: first permute input channels (folded into the weights,
+            :mod:`sparseyolo.prune.permute`) so that the N:M groups keep more saliency.
         include, exclude: ``fnmatch`` patterns of layer names to prune / never prune.
         gradual: training only: prune along the cubic schedule instead of once before training.
         start, end: gradual pruning window in epochs (``start < end``).
@@ -74,6 +76,7 @@ class PruneConfig:
     n: int = 2
     m: int = 4
     block: int = 1
+    permute: bool = False
     include: list[str] | None = None
     exclude: list[str] | None = None
     gradual: bool = False
@@ -129,6 +132,9 @@ class PruneConfig:
             if self.block != 1:
                 raise ParameterError(f"n:m and block are for method nm, not method {self.method}", "n:m", "block",
                                      "method")
+            if self.permute:
+                raise ParameterError(f"permute is for method nm (N:M groups), not method {self.method}", "permute",
+                                     "method")
             low = "(0, 1)" if epochs is not None else "[0, 1)"
             if self.amount is None:
                 raise ParameterError(f"method {self.method} needs amount, a fraction in {low}", "method", "amount")
@@ -137,6 +143,9 @@ class PruneConfig:
                 raise ParameterError(f"amount must be in {low}, got {self.amount}", "amount")
         if self.calibrate is not None:
             self._validate_calibration()
+        if self.permute and (self.gradual or epochs is not None):
+            raise ParameterError("permute applies to one-shot pruning (sparseyolo prune), not during training: "
+                                 "prune with permute first, then fine-tune the result", "permute")
         if self.gradual:
             if epochs is None:
                 raise ParameterError("gradual pruning happens during training (sparseyolo.train)", "gradual")
@@ -258,7 +267,7 @@ class PruneConfig:
                           freq=args.prune_freq,
                           end=args.prune_end if args.prune_end is not None else max(args.epochs // 2, 1))
         else:
-            fields.update(fused=bool(args.fused), source=str(args.weights))
+            fields.update(fused=bool(args.fused), source=str(args.weights), permute=bool(args.permute))
             if args.calibrate:
                 fields.update(calibrate=str(args.calibrate), calib_images=args.calib_images, calib_img=args.calib_img,
                               calib_batch=args.calib_batch, blocksize=args.blocksize, damp=args.damp,
