@@ -211,3 +211,10 @@ def test_permute_is_refused_where_it_does_not_apply(tmp_path, capsys):
     code = cli.main(["prune", "--weights", str(tmp_path / "none.pt"), "--method", "l1", "--amount", "0.3",
                      "--permute", "--out", str(tmp_path / "o.pt")])
     assert code != 0 and "--permute" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_over_spaces(progress, capsys):
+    permute_channels(_Toy().eval(), 2, 4, progress=progress)
+    err = capsys.readouterr().err
+    assert ("permute: 100%" in err and "3/3" in err) if progress else "permute:" not in err

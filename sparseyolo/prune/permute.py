@@ -39,6 +39,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from sparseyolo.prune.calibration_data import as_float_images
 from sparseyolo.prune.masks import has_mask
@@ -415,6 +416,7 @@ def permute_channels(
     energy: Mapping[nn.Conv2d, torch.Tensor] | None = None,
     layers: Callable[[nn.Conv2d], bool] | None = None,
     max_rounds: int = 200,
+    progress: bool = True,
 ) -> PermutationReport:
     """Permute ``model``'s channels in place so that N:M pruning keeps more saliency; outputs stay the same.
 
@@ -428,6 +430,7 @@ def permute_channels(
         layers: which consumer convs will be N:M pruned (default: every conv whose input channels divide by
             ``m``); the others still receive the permutation but do not steer it.
         max_rounds: per space, see :func:`search_permutation`.
+        progress: show a progress bar over the channel spaces (on stderr).
     """
     masked = [name for name, mod in model.named_modules() if has_mask(mod)]
     if masked:
@@ -435,7 +438,8 @@ def permute_channels(
                          f"{masked[0]}); permuting them would break their N:M groups")
     names = {mod: name for name, mod in model.named_modules()}
     report = PermutationReport()
-    for space in channel_spaces(model):
+    spaces = channel_spaces(model)
+    for space in tqdm(spaces, desc="permute", disable=not progress, bar_format="{l_bar}{bar:20}{r_bar}"):
         label = names[space.producers[0]]
         if space.length % m:
             report.skipped.append((label, f"{space.length} channels are not a multiple of {m}"))
