@@ -215,6 +215,35 @@ def plot_bench_latency(result: Any, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_accuracy_vs_speed(points: Sequence[tuple[str, float, float]], dense_map: float, path: Path,
+                           title: str = "") -> Path:
+    """mAP50-95 against speedup over the fastest dense runtime, one labelled point per pruned variant.
+
+    Args:
+        points: ``(name, speedup, mAP50-95)`` per variant.
+        dense_map: the dense model's mAP50-95 (a dashed line; the dense model sits at 1.0x on it).
+        path: output PNG.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10.0, 4.6))
+    ax.axhline(dense_map, color="#888888", lw=0.8, ls="--")
+    ax.axvline(1.0, color="#888888", lw=0.8, ls=":")
+    ax.plot([1.0], [dense_map], "s", color="#444444", ms=8)
+    ax.annotate(f"dense {dense_map:.3f}", (1.0, dense_map), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    cmap = plt.get_cmap("tab20")
+    markers = "oDs^vP*X"
+    for i, (name, speedup, m) in enumerate(points):
+        ax.plot([speedup], [m], markers[i // 10 % len(markers)], color=cmap(2 * i % 20 + i // 10 % 2), ms=7,
+                label=f"{name}: {m:.3f}, {speedup:.2f}x")
+    ax.set_xlabel("speedup over the fastest dense runtime (same run)")
+    ax.set_ylabel("mAP50-95, held-out images")
+    ax.set_ylim(bottom=0, top=max([dense_map, *(m for *_, m in points)]) * 1.12)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    ax.set_title(title or "Accuracy vs speed", fontsize=9)
+    return _save(fig, path)
+
+
 @torch.no_grad()
 def detect(model: torch.nn.Module, image_bgr: np.ndarray, imgsz: int, conf: float = 0.25,
            iou: float = 0.45) -> np.ndarray:
