@@ -363,7 +363,8 @@ def search_permutation(
 class PermutationReport:
     """What :func:`permute_channels` did: per permuted space, its size and the kept saliency before -> after."""
 
-    rows: list[tuple[str, int, float, float, int]] = field(default_factory=list)  # producer, length, before, after, rounds
+    #: ``(first producer's name, channels, kept saliency before, after, search rounds)`` per permuted space
+    rows: list[tuple[str, int, float, float, int]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # producer, reason
 
     @property
