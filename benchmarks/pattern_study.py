@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the project's shared folder")
     p.add_argument("--work", default="runs/pattern_study", help="pruned checkpoints and data yamls")
     p.add_argument("--out", default="benchmarks/results/pattern_study_yolov5n", help="writes OUT.json/.md/.png")
-    p.add_argument("--only", nargs="+", default=None, metavar="STEM", help="variants by file stem (default all)")
+    p.add_argument("--only", nargs="+", default=None, metavar="STEM", help="variants by file stem (default all; dense is always in)")
     p.add_argument("--extra", action="append", default=[], metavar="NAME=CHECKPOINT", help="another checkpoint")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=9, help="timed forwards per runtime (median)")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     calib, val_yaml = write_yamls(shared, work, list(load_model(weights, fuse=False).names))
     runs: list[tuple[str, Path, str]] = []
     for name, stem, opts in VARIANTS:
-        if args.only and stem not in args.only:
+        if args.only and stem not in args.only and opts is not None:  # dense always: the reference
             continue
         ckpt = work / f"{stem}.pt"
         if opts is None:

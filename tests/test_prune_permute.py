@@ -218,3 +218,14 @@ def test_progress_bar_over_spaces(progress, capsys):
     permute_channels(_Toy().eval(), 2, 4, progress=progress)
     err = capsys.readouterr().err
     assert ("permute: 100%" in err and "3/3" in err) if progress else "permute:" not in err
+
+
+def test_config_refuses_permute_outside_one_shot_nm():
+    from sparseyolo.prune import PruneConfig
+    from sparseyolo.utils.errors import ParameterError
+
+    assert PruneConfig(method="nm", permute=True).validate().permute
+    with pytest.raises(ParameterError, match="not method l1"):
+        PruneConfig(method="l1", amount=0.3, permute=True).validate()
+    with pytest.raises(ParameterError, match="then fine-tune"):
+        PruneConfig(method="nm", permute=True).validate(epochs=5)

@@ -56,7 +56,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
 # --------------------------------------------------------------------------------------------------------------
 
 
-def as_float_images(batch: torch.Tensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def as_float_images(batch: torch.Tensor, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A calibration batch as the model takes it: uint8 0-255 scaled to [0, 1]; float batches only moved/cast."""
     x = batch.to(device)
     return x.to(dtype) / 255.0 if not x.is_floating_point() else x.to(dtype)

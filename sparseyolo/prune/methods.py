@@ -18,6 +18,7 @@ from torch import nn
 from sparseyolo import ops
 from sparseyolo.prune.config import METHODS
 from sparseyolo.prune.masks import PATTERN_ATTR, has_mask, set_mask
+from sparseyolo.prune.obs import block_sums
 from sparseyolo.prune.tiles import TILE_PATTERN, is_tile_mask, tile_mask
 
 LOGGER = logging.getLogger(__name__)
@@ -266,25 +267,12 @@ def _move_axis1_last(t: torch.Tensor) -> torch.Tensor:
     return t.movedim(1, -1) if t.dim() > 2 else t
 
 
-def _block_scores(w: torch.Tensor, block: int) -> torch.Tensor:
-    """``|w|`` summed over groups of ``block`` consecutive output channels, repeated back to ``w``'s shape."""
-    a = w.abs().float()
-    full = a.shape[0] // block * block
-    parts = []
-    if full:
-        parts.append(a[:full].reshape(full // block, block, *a.shape[1:]).sum(1).repeat_interleave(block, 0))
-    if full < a.shape[0]:
-        tail = a[full:]
-        parts.append(tail.sum(0, keepdim=True).expand_as(tail))
-    return torch.cat(parts).contiguous()
-
-
 def _prune_nm(mod: nn.Module, n: int, m: int, block: int = 1) -> None:
     w = mod.weight.detach()
     if block > 1:
         if has_mask(mod):
             raise ValueError("block > 1 needs a layer without masks (prune the unpruned model)")
-        new = ops.nm_mask(_block_scores(w, block), n, m)
+        new = ops.nm_mask(block_sums(w.abs().float(), block, repeat=True), n, m)  # |w| summed per block
     elif not has_mask(mod):
         new = ops.nm_mask(w, n, m)
     else:

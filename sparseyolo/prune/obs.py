@@ -206,8 +206,8 @@ def sparsegpt_prune(
                 sal = w1[:, j:j + m] ** 2 / diag1[j:j + m].reshape(1, -1) ** 2
                 sal = sal.masked_fill(forced1[:, j:j + m], -1.0)
                 if block_rows > 1:  # one choice per block of rows: the block's summed saliency, forced if any row is
-                    sal = _block_sum(sal.clamp(min=0.0), block_rows).masked_fill(
-                        _block_sum(forced1[:, j:j + m].double(), block_rows) > 0, -1.0)
+                    sal = block_sums(sal.clamp(min=0.0), block_rows, repeat=True).masked_fill(
+                        block_sums(forced1[:, j:j + m].double(), block_rows, repeat=True) > 0, -1.0)
                 top = torch.sort(sal, dim=1, descending=True, stable=True).indices[:, :n]
                 grp = torch.zeros_like(sal, dtype=torch.bool).scatter_(1, top, True)
                 keep1[:, j:j + m] = grp & ~forced1[:, j:j + m]
@@ -232,13 +232,12 @@ def sparsegpt_prune(
     return ObsResult(weight=w.to(weight.dtype), mask=keep, error=error, baseline=baseline, damp=used_damp)
 
 
-def _block_sum(t: torch.Tensor, block: int) -> torch.Tensor:
-    """Rows of ``t`` summed over blocks of ``block`` consecutive rows (the last block may be shorter), repeated
-    back to every row of the block."""
-    rows = t.shape[0]
-    ids = torch.arange(rows, device=t.device) // block
+def block_sums(t: torch.Tensor, block: int, repeat: bool = False) -> torch.Tensor:
+    """Rows of ``t`` summed over blocks of ``block`` consecutive rows (the last block may be shorter):
+    ``Tensor[ceil(rows / block), ...]``, or with ``repeat`` each block's sum repeated back to its rows."""
+    ids = torch.arange(t.shape[0], device=t.device) // block
     sums = torch.zeros((int(ids[-1]) + 1, *t.shape[1:]), dtype=t.dtype, device=t.device).index_add_(0, ids, t)
-    return sums[ids]
+    return sums[ids] if repeat else sums
 
 
 def output_error(weight: torch.Tensor, new_weight: torch.Tensor, hessian: torch.Tensor) -> float:

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from sparseyolo.prune.calibration_data import as_float_images
 from sparseyolo.prune.masks import has_mask
+from sparseyolo.prune.obs import block_sums
 
 __all__ = [
     "ChannelSpace",
@@ -148,9 +149,6 @@ def channel_spaces(model: nn.Module) -> list[ChannelSpace]:
         for node in _nodes_in(arg):
             frozen.update(layout.get(node, ()))
 
-    def new_space(length: int) -> int:
-        return uf.new(length)
-
     def unify(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
         if [uf.length[s] for s in a] != [uf.length[s] for s in b]:
             return None
@@ -168,7 +166,7 @@ def channel_spaces(model: nn.Module) -> list[ChannelSpace]:
 
     def produce(conv: nn.Conv2d) -> tuple[int, ...]:
         if conv not in conv_out:
-            conv_out[conv] = new_space(conv.out_channels)
+            conv_out[conv] = uf.new(conv.out_channels)
             producers[conv_out[conv]] = [conv]
         return (conv_out[conv],)
 
@@ -455,7 +453,7 @@ def permute_channels(
                 sal = w.square() * (e[offset:offset + space.length].view(1, -1, 1, 1) if e is not None else 1.0)
             else:
                 sal = w.abs()
-            sal = _block_sum(sal, block)
+            sal = block_sums(sal, block) if block > 1 else sal
             parts.append(sal.movedim(1, -1).reshape(-1, space.length))
         if not parts:
             report.skipped.append((label, "no N:M-pruned conv reads these channels"))
@@ -471,16 +469,6 @@ def permute_channels(
         report.rows.append((label, space.length, before, after, rounds))
     LOGGER.info("%s", report.summary())
     return report
-
-
-def _block_sum(sal: torch.Tensor, block: int) -> torch.Tensor:
-    if block <= 1:
-        return sal
-    full = sal.shape[0] // block * block
-    parts = [sal[:full].reshape(full // block, block, *sal.shape[1:]).sum(1)] if full else []
-    if full < sal.shape[0]:
-        parts.append(sal[full:].sum(0, keepdim=True))
-    return torch.cat(parts)
 
 
 @torch.no_grad()
