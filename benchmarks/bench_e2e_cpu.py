@@ -38,10 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_sparse_conv import machine  # noqa: E402
 from sparseyolo import ops  # noqa: E402
-from sparseyolo.dense_runtimes import dense_runtimes, fastest  # noqa: E402
+from sparseyolo.dense_runtimes import DENSE_RUNTIMES, PYTORCH_BF16_COMPILED, dense_runtimes, fastest  # noqa: E402
 from sparseyolo.models import DetectionModel  # noqa: E402
 from sparseyolo.prune import prune  # noqa: E402
 from sparseyolo.sparse import sparsify, sparsify_report  # noqa: E402
+from sparseyolo.utils.compile import compile_inference  # noqa: E402
 from sparseyolo.utils.timing import time_round_robin  # noqa: E402
 
 LOGGER = logging.getLogger("bench_e2e_cpu")
@@ -64,7 +65,7 @@ def load(name: str) -> tuple[torch.nn.Module, str]:
     return DetectionModel(f"{name}.yaml").eval(), "random init"
 
 
-def sparse_variants(base: torch.nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
+def sparse_variants(base: torch.nn.Module, x: torch.Tensor, compiled: bool) -> tuple[dict, dict]:
     fns, notes = {}, {}
     for label, (kw, dtypes, forced) in PATTERNS.items():
         pruned = copy.deepcopy(base)
@@ -76,9 +77,15 @@ def sparse_variants(base: torch.nn.Module, x: torch.Tensor) -> tuple[dict, dict]
                 m = sparsify(pruned, backend=backend, dtype=dtype, example_input=xin)
                 rep = sparsify_report(m)
                 key = f"{label} {tag} {backend}"
-                fns[key] = (lambda m=m, xin=xin: m(xin))
+                xm = xin if rep.chosen != "dense" else xin.contiguous()
+                fns[key] = (lambda m=m, xm=xm: m(xm))
                 notes[key] = (f"{len(rep.sparse_layers)}/{len(rep.layers)} sparse"
                               + (f", returned {rep.chosen}" if rep.chosen else ""))
+                if compiled and dtype == torch.bfloat16:
+                    run = compile_inference(m)
+                    run(xm)  # compiles
+                    fns[key + " compiled"] = (lambda run=run, xm=xm: run(xm))
+                    notes[key + " compiled"] = notes[key] + "; torch.compile (inductor, freezing)"
     return fns, notes
 
 
@@ -89,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--img", type=int, default=640)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", type=int, default=1, choices=(0, 1),
+                    help="1: also the compiled rows (dense bf16 and every bf16 sparse auto model through "
+                         "torch.compile; ~25 s of compiling per model on 2 cores)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
     args = ap.parse_args(argv)
@@ -103,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         dense = sparsify(base, backend="dense")
         for batch in args.batch:
             x = torch.rand(batch, 3, args.img, args.img)
-            runtimes = dense_runtimes(dense, x)
+            runtimes = dense_runtimes(dense, x, names=DENSE_RUNTIMES if args.compile else
+                                      tuple(n for n in DENSE_RUNTIMES if n != PYTORCH_BF16_COMPILED))
             fns = {k: r.run for k, r in runtimes.items() if r.run is not None}
             notes = {k: r.note for k, r in runtimes.items()}
-            sfns, snotes = sparse_variants(base, x)
+            sfns, snotes = sparse_variants(base, x, args.compile)
             fns.update(sfns)
             notes.update(snotes)
             with torch.no_grad():

@@ -71,6 +71,7 @@ class SparseConv2d(nn.Module):
             self.register_buffer(name, t)
         if "bias" not in buffers:
             self.register_buffer("bias", None)
+        self.static = self.backend.static(self)
         self._nnz = int((self.dense_weight() != 0).sum()) if nnz is None else int(nnz)
         self.register_state_dict_post_hook(_save_metadata)
 
@@ -150,6 +151,8 @@ class SparseConv2d(nn.Module):
             self.activation, self.pattern, self._nnz = meta["activation"], meta.get("pattern"), meta.get("nnz", 0)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if not any(k.startswith(prefix) for k in missing_keys):
+            self.static = self.backend.static(self)
 
     def _buffer_shapes_differ(self, state_dict, prefix) -> bool:
         for n, t in self._buffers.items():

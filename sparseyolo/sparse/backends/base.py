@@ -13,6 +13,9 @@ returned, so the packed weight is saved in ``state_dict`` and moves with ``.to()
 * ``forward(module, x)``: the conv on ``module``'s buffers (``module.<buffer name>``), geometry and activation.
 * ``unpack(module)``: the dense float32 weight the buffers hold (reports, re-sparsifying for another device).
 * ``memory_format``: the input layout it reads without a copy (the autotuner feeds it that layout).
+* ``static(module)``: Python values ``forward`` needs from the buffers (e.g. which gather a packed weight uses),
+  read once when the buffers are set and kept in ``module.static``, so ``forward`` never reads a tensor's value:
+  no host sync per call, and ``torch.compile`` traces the model without a graph break.
 """
 
 from __future__ import annotations
@@ -107,6 +110,10 @@ class SparseBackend(abc.ABC):
     @abc.abstractmethod
     def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``act(conv(x, W) + bias)`` from ``module``'s buffers."""
+
+    def static(self, module: nn.Module) -> dict[str, object]:
+        """Python values derived from ``module``'s buffers, for ``forward`` (kept in ``module.static``)."""
+        return {}
 
     @abc.abstractmethod
     def unpack(self, module: nn.Module) -> torch.Tensor:

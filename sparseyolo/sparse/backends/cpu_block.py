@@ -47,6 +47,9 @@ class CpuBlockBackend(SparseBackend):
                 "gather_id": torch.tensor(GATHERS.index(p.gather), dtype=torch.int8),
                 "bias": None if bias is None else bias.detach().to(torch.float32).contiguous().clone()}
 
+    def static(self, module: nn.Module) -> dict[str, object]:
+        return {"gather": GATHERS[int(module.gather_id)]}
+
     def _packed(self, module: nn.Module) -> BlockSparseWeight:
         return BlockSparseWeight(module.weight, module.taps, module.block_ptr, module.geometry.weight_shape,
                                  GATHERS[int(module.gather_id)])
@@ -57,7 +60,7 @@ class CpuBlockBackend(SparseBackend):
         g = module.geometry
         return ops.block_sparse_conv2d(x, module.weight, module.taps, module.block_ptr, g.in_channels,
                                        g.out_channels, g.kernel_size, module.bias, g.stride, g.padding,
-                                       module.activation, GATHERS[int(module.gather_id)])
+                                       module.activation, module.static["gather"])
 
     def unpack(self, module: nn.Module) -> torch.Tensor:
         return self._packed(module).to_dense()
