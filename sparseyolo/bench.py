@@ -4,12 +4,15 @@ Times a forward pass of the checkpoint several ways on the same random input. Ev
 folded, and the dense ones run the model as pruned: zeros multiplied.
 
 * On the CPU, every dense runtime a user could pick instead (:mod:`sparseyolo.dense_runtimes`): PyTorch fp32
-  (NCHW and channels-last), PyTorch bf16 autocast channels-last, and, with ``onnx`` (``pip install .[bench]``),
+  (NCHW and channels-last), PyTorch bf16 autocast channels-last, with ``compiled`` the bf16 model through
+  ``torch.compile`` (Inductor, freezing), and, with ``onnx`` (``pip install .[bench]``),
   onnxruntime fp32 and OpenVINO in its default precision and in f32, from the ONNX export of the same model. A
   runtime that is not installed is a row that says so. On a GPU: PyTorch (cuDNN) NCHW and channels-last, fp16.
 * ``sparsify (sparse)``: every eligible pruned conv on a sparse kernel;
 * ``sparsify (auto)``: what :func:`sparseyolo.sparsify` returns: per layer the fastest backend, and then the fastest
-  of that model, dense NCHW and dense channels-last.
+  of that model, dense NCHW and dense channels-last;
+* ``sparsify (auto) compiled`` (CPU, with ``compiled``): that model through the same ``torch.compile`` as the dense
+  row (:func:`sparseyolo.utils.compile.compile_inference`): the ops between the convs fused, as for dense.
 
 The sparse variants run in ``dtype`` (CPU: float32 or bfloat16; GPU: float16). Speedups are against the fastest
 dense row, whichever runtime it is. Medians of ``reps`` timed forwards after warm-up, interleaved round-robin so
@@ -84,7 +87,7 @@ class BenchResult:
 @torch.no_grad()
 def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu", threads: int | None = None,
               reps: int = 20, onnx: bool = True, plots: bool = True, out: str | Path = "runs/bench",
-              progress: bool = True, dtype: torch.dtype | None = None) -> BenchResult:
+              progress: bool = True, dtype: torch.dtype | None = None, compiled: bool = True) -> BenchResult:
     """Time ``weights`` dense and sparsified (see the module doc); returns the rows, optionally writes plots.
 
     Args:
@@ -100,9 +103,12 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
         progress: a progress bar over the timed rounds.
         dtype: the sparse variants' dtype: CPU ``torch.float32`` (default) or ``torch.bfloat16``; GPU
             ``torch.float16`` (default).
+        compiled: on the CPU, add the ``torch.compile`` rows (dense bf16 and the auto model); compiling takes
+            seconds to a minute per model on 2 cores.
     """
     from sparseyolo.checkpoint import load_model
-    from sparseyolo.dense_runtimes import DENSE_RUNTIMES, ONNXRUNTIME, OPENVINO, OPENVINO_F32, dense_runtimes
+    from sparseyolo.dense_runtimes import (DENSE_RUNTIMES, ONNXRUNTIME, OPENVINO, OPENVINO_F32, PYTORCH_BF16_COMPILED,
+                                           dense_runtimes)
     from sparseyolo.prune import sparsity_report
     from sparseyolo.sparse import sparsify
 
@@ -135,8 +141,8 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
         variants["dense (channels_last)"] = (copy.deepcopy(dense).to(memory_format=torch.channels_last), x_cl)
         notes = {k: "BN folded, cuDNN" for k in variants}
     else:
-        names = DENSE_RUNTIMES if onnx else tuple(n for n in DENSE_RUNTIMES
-                                                  if n not in (ONNXRUNTIME, OPENVINO, OPENVINO_F32))
+        skip = (() if onnx else (ONNXRUNTIME, OPENVINO, OPENVINO_F32)) + (() if compiled else (PYTORCH_BF16_COMPILED,))
+        names = tuple(n for n in DENSE_RUNTIMES if n not in skip)
         for name, rt in dense_runtimes(sparsify(base, backend="dense"), x_cpu, torch.get_num_threads(),
                                        names).items():
             notes[name] = f"BN folded; {rt.note}"
@@ -165,6 +171,13 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             variants["sparsify (auto)"] = (auto, x_auto)
             notes["sparsify (auto)"] = (f"{len(ra.sparse_layers)}/{len(ra.layers)} convs sparse; returned "
                                         f"{(ra.chosen or 'sparse').replace('_', ' ')}")
+            if compiled:
+                from sparseyolo.utils.compile import compile_inference
+
+                run = compile_inference(auto)
+                run(x_auto)  # compiles
+                variants["sparsify (auto) compiled"] = (lambda xi, run=run: run(xi), x_auto)
+                notes["sparsify (auto) compiled"] = notes["sparsify (auto)"] + "; torch.compile (inductor, freezing)"
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     times = time_round_robin(variants, reps, sync, progress=progress)
     rows = [BenchRow(k, times[k], notes.get(k, "")) for k in variants]

@@ -392,6 +392,10 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="include the exported model's runtimes: onnxruntime and OpenVINO (CPU; pip install .[bench])")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="the sparse variants' precision: CPU fp32 (default) or bf16; GPU fp16")
+    p.add_argument("--compile", dest="compiled", action=argparse.BooleanOptionalAction, default=True,
+                   help="CPU: also time the bf16 dense model and the sparsify(auto) model through torch.compile "
+                        "(Inductor, freezing; the fastest dense runtime on this repo's Xeon); compiling takes "
+                        "seconds to a minute per model")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
     p.add_argument("--out", default="runs/bench", help="folder for the plots")
     p.set_defaults(func=_cmd_bench)
@@ -410,7 +414,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise _UserError("--batch and --reps must be >= 1 and --img >= 32")
     result = run_bench(args.weights, imgsz=args.imgsz, batch=args.batch, device=args.device, threads=args.threads,
                        reps=args.reps, onnx=args.onnx, plots=args.plots, out=args.out,
-                       dtype=_dtypes()[args.dtype] if args.dtype else None)
+                       dtype=_dtypes()[args.dtype] if args.dtype else None, compiled=args.compiled)
     print(result.table())
     if result.plots:
         print("plots: " + ", ".join(str(p) for p in result.plots))

@@ -20,7 +20,7 @@ def pruned_ckpt(tmp_path_factory):
 
 
 def test_bench_rows_and_plots(pruned_ckpt, tmp_path):
-    res = run_bench(str(pruned_ckpt), imgsz=64, batch=2, reps=2, onnx=False, out=tmp_path)
+    res = run_bench(str(pruned_ckpt), imgsz=64, batch=2, reps=2, onnx=False, out=tmp_path, compiled=False)
     names = [r.name for r in res.rows]
     assert names == ["pytorch fp32", "pytorch fp32 channels-last", "pytorch bf16 channels-last", "sparsify (sparse)",
                      "sparsify (auto)"]
@@ -35,7 +35,7 @@ def test_bench_rows_and_plots(pruned_ckpt, tmp_path):
 
 
 def test_bench_dense_checkpoint_has_no_sparse_rows(tmp_path):
-    res = run_bench(str(packaged_weights()), imgsz=64, reps=1, onnx=False, plots=False)
+    res = run_bench(str(packaged_weights()), imgsz=64, reps=1, onnx=False, plots=False, compiled=False)
     assert [r.name for r in res.rows] == ["pytorch fp32", "pytorch fp32 channels-last", "pytorch bf16 channels-last"]
     assert res.pruned_layers == 0
 
@@ -44,7 +44,7 @@ def test_bench_runtime_rows_when_installed(pruned_ckpt):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     pytest.importorskip("openvino")
-    res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=True, plots=False)
+    res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=True, plots=False, compiled=False)
     rows = {r.name: r for r in res.rows}
     for name in ("onnxruntime fp32", "openvino", "openvino f32"):
         assert rows[name].ms > 0 and name in res.dense_rows
@@ -55,7 +55,7 @@ def test_bench_missing_runtime_is_a_row_that_says_so(pruned_ckpt, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
-    res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=True, plots=False)
+    res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=True, plots=False, compiled=False)
     row = next(r for r in res.rows if r.name == "openvino")
     assert row.ms != row.ms and "not installed" in row.note
     assert res.dense_ms == res.dense_ms  # the fastest of the runtimes that ran
@@ -63,14 +63,18 @@ def test_bench_missing_runtime_is_a_row_that_says_so(pruned_ckpt, monkeypatch):
 
 def test_bench_bf16_sparse_variants(pruned_ckpt):
     res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=False, plots=False, dtype=torch.bfloat16)
-    assert res.dtype == "bfloat16" and "cpu_block" in res.rows[3].note
+    rows = [r.name for r in res.rows]
+    assert res.dtype == "bfloat16" and "cpu_block" in res.rows[4].note
+    # compiled by default: the dense bf16 runtime is a dense row, the compiled auto model a sparse one
+    assert rows[3] == "pytorch bf16 compiled" and rows[-1] == "sparsify (auto) compiled"
+    assert "pytorch bf16 compiled" in res.dense_rows and res.rows[3].ms > 0 and res.rows[-1].ms > 0
 
 
 def test_bench_cli(pruned_ckpt, tmp_path, capsys):
-    rc = cli.main(["bench", "--weights", str(pruned_ckpt), "--img", "64", "--reps", "1", "--no-onnx", "--out",
-                   str(tmp_path)])
+    rc = cli.main(["bench", "--weights", str(pruned_ckpt), "--img", "64", "--reps", "1", "--no-onnx", "--no-compile",
+                   "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert rc == 0 and "sparsify (auto)" in out and "bench_latency.png" in out
+    assert rc == 0 and "sparsify (auto)" in out and "bench_latency.png" in out and "compiled" not in out
     assert cli.main(["bench", "--weights", str(pruned_ckpt), "--batch", "0"]) == 2
     if not torch.cuda.is_available():
         assert cli.main(["bench", "--weights", str(pruned_ckpt), "--device", "cuda", "--img", "64"]) == 2

@@ -10,6 +10,10 @@ Inductor calls as an external kernel, and its forward reads no tensor value, so 
 2-core machine they slowed every other variant timed in the same process by ~30% (measured: an eager model timed
 before and after compiling another).
 
+Dynamo keeps one compiled entry per module instance on the shared ``forward`` code and by default falls back to
+eager, silently, past 8 of them (``recompile_limit``); a benchmark compiles more models than that in one process,
+so :func:`compile_inference` raises the limit to :data:`RECOMPILE_LIMIT`.
+
 Compiling takes seconds to a minute on 2 cores (yolov5s: ~25 s), once per model and input shape; a new input shape
 compiles again. Inference only: call the result under ``torch.no_grad()`` (freezing needs it).
 """
@@ -21,8 +25,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from sparseyolo.extension import load_extension
+
 #: Inductor options for every compiled model in sparseyolo (see the module doc).
 INDUCTOR_OPTIONS = {"freezing": True, "compile_threads": 1}
+#: Compiled entries per code object before Dynamo falls back to eager (its default: 8).
+RECOMPILE_LIMIT = 256
 
 
 def compile_inference(model: nn.Module, fullgraph: bool = False) -> Callable[[torch.Tensor], object]:
@@ -39,10 +47,17 @@ def compile_inference(model: nn.Module, fullgraph: bool = False) -> Callable[[to
     if model.training:
         raise ValueError("compile_inference: the model is in training mode; call model.eval() first (freezing "
                          "folds parameters into constants, for inference only)")
-    compiled = torch.compile(model, fullgraph=fullgraph, options=dict(INDUCTOR_OPTIONS))
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    load_extension()  # the sparse ops must exist before Dynamo traces a call to them
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    compiled = torch.compile(model, fullgraph=fullgraph)
 
     def run(x: torch.Tensor) -> object:
-        with torch.no_grad():
+        # The options are read when a call compiles (the first, or a new input shape), not by torch.compile():
+        # passed as torch.compile(options=...) freezing did not take effect (the output code kept aten convs).
+        with torch.no_grad(), inductor_config.patch(INDUCTOR_OPTIONS):
             return compiled(x)
 
     return run
