@@ -4,12 +4,16 @@ Per model and batch, all in one process and timed round-robin (one forward of ea
 rounds after two warm-up forwards; medians), so a change of machine load hits every variant alike:
 
 * the dense runtimes of :mod:`sparseyolo.dense_runtimes` on the BN-folded model: PyTorch fp32 (NCHW and
-  channels-last), PyTorch bf16 autocast channels-last, onnxruntime fp32, OpenVINO (its default precision on this
-  CPU, bf16 where it has bf16) and OpenVINO f32; a runtime that is not installed is a row that says so;
+  channels-last), PyTorch bf16 autocast channels-last, with ``--compile 1`` the bf16 model through torch.compile,
+  onnxruntime fp32, OpenVINO (its default precision on this CPU, bf16 where it has bf16) and OpenVINO f32; a
+  runtime that is not installed is a row that says so;
 * pruned models converted by ``sparsify``: 2:4 masks shared by 16 output channels (``prune(..., "nm", block=16)``)
   in fp32 and bf16, and tile pruning at 50% and 75% (``prune(..., "tile", amount)``, the unit the AMX kernel skips)
   in bf16, each with ``backend="auto"`` (per layer the fastest backend timed for this input, then the whole-model
-  check) and with the block-sparse backend forced on every pruned conv (``cpu_block`` / ``cpu_block_tiles``).
+  check) and with the block-sparse backend forced on every pruned conv (``cpu_block`` / ``cpu_block_tiles``);
+  ``tiles 0%``: no tile pruned, the AMX kernel doing the dense model's work, which tells the kernel's own gain
+  (its fused epilogue) from the gain of skipping tiles;
+* with ``--compile 1``, each bf16 model also through the same torch.compile as the dense row (``... compiled``).
 
 The stem (3 input channels) and the Detect head stay dense (``exclude``). Speedups are against the fastest dense
 runtime of the same run. Weights: ../shared/weights/<model>.pt when present, else the config's random initialisation
@@ -49,6 +53,8 @@ LOGGER = logging.getLogger("bench_e2e_cpu")
 SHARED = Path(os.environ.get("SPARSEYOLO_SHARED", ROOT.parent / "shared"))
 EXCLUDE = ["model.0.*", "model.24.*"]  # the stem (Cin = 3) and the Detect head stay dense
 PATTERNS = {  # label -> (prune kwargs, dtypes, forced backend)
+    # no tile pruned: the AMX kernel doing the dense work, to tell its own gain (epilogue, fusion) from sparsity's
+    "tiles 0%": (dict(method="tile", amount=0.0), (torch.bfloat16,), "cpu_block_tiles"),
     "2:4 b16": (dict(method="nm", n=2, m=4, block=16), (torch.float32, torch.bfloat16), "cpu_block"),
     "tiles 50%": (dict(method="tile", amount=0.5), (torch.bfloat16,), "cpu_block_tiles"),
     "tiles 75%": (dict(method="tile", amount=0.75), (torch.bfloat16,), "cpu_block_tiles"),
