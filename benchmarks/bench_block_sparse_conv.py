@@ -4,7 +4,7 @@ Each layer runs as the model runs it, ``act(conv(x) + bias)`` with SiLU, channel
 
 * ``onednn fp32`` / ``onednn bf16``: ``F.silu(F.conv2d(x, w, b))`` (oneDNN; bf16 uses AMX where the CPU has it);
 * ``onednn bf16 prepacked``: what a dense model compiled with Inductor's freezing runs for each conv
-  (:func:`sparseyolo.utils.compile.compile_inference`; read from its output code): the weight reordered once
+  (:func:`sparseyolo.sparse.compile.compile_inference`; read from its output code): the weight reordered once
   (``mkldnn._reorder_convolution_weight``) and ``mkldnn._convolution_pointwise`` with SiLU fused (``"swish"``).
   It is the bar for the bf16 variants;
 * ``fp32 2:4 b16``: :func:`sparseyolo.ops.block_sparse_conv2d`, fp32, 2:4 masks shared by 16 output channels;

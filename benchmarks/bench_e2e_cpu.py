@@ -46,7 +46,7 @@ from sparseyolo.dense_runtimes import DENSE_RUNTIMES, PYTORCH_BF16_COMPILED, den
 from sparseyolo.models import DetectionModel  # noqa: E402
 from sparseyolo.prune import prune  # noqa: E402
 from sparseyolo.sparse import sparsify, sparsify_report  # noqa: E402
-from sparseyolo.utils.compile import compile_inference  # noqa: E402
+from sparseyolo.sparse.compile import compile_inference  # noqa: E402
 from sparseyolo.utils.timing import time_round_robin  # noqa: E402
 
 LOGGER = logging.getLogger("bench_e2e_cpu")

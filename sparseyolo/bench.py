@@ -12,7 +12,7 @@ folded, and the dense ones run the model as pruned: zeros multiplied.
 * ``sparsify (auto)``: what :func:`sparseyolo.sparsify` returns: per layer the fastest backend, and then the fastest
   of that model, dense NCHW and dense channels-last;
 * ``sparsify (auto) compiled`` (CPU, with ``compiled``): that model through the same ``torch.compile`` as the dense
-  row (:func:`sparseyolo.utils.compile.compile_inference`): the ops between the convs fused, as for dense.
+  row (:func:`sparseyolo.sparse.compile.compile_inference`): the ops between the convs fused, as for dense.
 
 The sparse variants run in ``dtype`` (CPU: float32 or bfloat16; GPU: float16). Speedups are against the fastest
 dense row, whichever runtime it is. Medians of ``reps`` timed forwards after warm-up, interleaved round-robin so
@@ -172,7 +172,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             notes["sparsify (auto)"] = (f"{len(ra.sparse_layers)}/{len(ra.layers)} convs sparse; returned "
                                         f"{(ra.chosen or 'sparse').replace('_', ' ')}")
             if compiled:
-                from sparseyolo.utils.compile import compile_inference
+                from sparseyolo.sparse.compile import compile_inference
 
                 run = compile_inference(auto)
                 run(x_auto)  # compiles

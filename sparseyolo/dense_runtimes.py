@@ -7,7 +7,7 @@ Every speed table compares a sparse model with the fastest of these, measured in
   channels-last input (oneDNN's bf16 kernels: AVX-512 BF16, or AMX where the CPU has it);
 * ``pytorch bf16 compiled``: the model converted to bf16 (``model.to(torch.bfloat16)``, channels-last; the Detect
   head still decodes boxes in fp32) through ``torch.compile`` (Inductor, freezing:
-  :func:`sparseyolo.utils.compile.compile_inference`): prepacked oneDNN convs, generated loops for the ops between
+  :func:`sparseyolo.sparse.compile.compile_inference`): prepacked oneDNN convs, generated loops for the ops between
   them. On this repo's Xeon it was 1.1-1.4x faster than compiling the autocast model (no casts around each conv)
   and the fastest dense runtime on yolov5n. Compiled when the runtime is built (yolov5s: ~25 s on 2 cores); a
   failure is a row that says why;
@@ -154,7 +154,7 @@ def dense_runtimes(model: nn.Module, x: torch.Tensor, threads: int | None = None
 
 
 def _compiled_bf16(model_bf16: nn.Module, x_bf16: torch.Tensor) -> DenseRuntime:
-    from sparseyolo.utils.compile import compile_inference
+    from sparseyolo.sparse.compile import compile_inference
 
     try:
         run = compile_inference(model_bf16)

@@ -17,7 +17,7 @@ def _op(name: str) -> torch._ops.OpOverload:
     """``torch.ops.sparseyolo.<name>.default``, loading the extension first (once; cached after).
 
     While ``torch.compile`` traces, the extension is not loaded here (Dynamo would trace the loader); compile through
-    :func:`sparseyolo.utils.compile.compile_inference`, which loads it before tracing.
+    :func:`sparseyolo.sparse.compile.compile_inference`, which loads it before tracing.
     """
     if not torch.compiler.is_compiling():
         load_extension()

@@ -1,4 +1,4 @@
-"""``torch.compile`` of dense and sparsified models (:mod:`sparseyolo.utils.compile`): one graph, same outputs.
+"""``torch.compile`` of dense and sparsified models (:mod:`sparseyolo.sparse.compile`): one graph, same outputs.
 
 A sparsified model must trace without a graph break (``fullgraph=True`` raises on one): a break splits the model
 into eager islands and the compiled rows of every benchmark would time something else than they say.
@@ -17,7 +17,7 @@ from sparseyolo.models import DetectionModel
 from sparseyolo.prune import prune
 from sparseyolo.sparse import SparseConv2d, sparsify
 from sparseyolo.sparse.backends import ConvGeometry
-from sparseyolo.utils.compile import compile_inference
+from sparseyolo.sparse.compile import compile_inference
 
 
 def _toy(seed: int = 0) -> nn.Module:

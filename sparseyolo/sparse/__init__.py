@@ -25,6 +25,7 @@ from sparseyolo.sparse.backends import (
     get_backend,
     register_backend,
 )
+from sparseyolo.sparse.compile import compile_inference
 from sparseyolo.sparse.convert import BACKENDS, SparsifyConfig, sparsify
 from sparseyolo.sparse.mma_sp import MmaSpWeight, pack_mma_sp_weight, unpack_mma_sp_weight
 from sparseyolo.sparse.modules import SparseConv2d
@@ -47,6 +48,7 @@ __all__ = [
     "SparsifyConfig",
     "SparsifyReport",
     "available_backends",
+    "compile_inference",
     "get_backend",
     "pack_conv_weight",
     "pack_mma_sp_weight",
