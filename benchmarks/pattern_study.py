@@ -3,9 +3,10 @@
 For yolov5n (../shared/weights/yolov5n.pt): every variant is pruned with the ``sparseyolo prune`` command shown in
 the table (calibrated on coco128's 128 train2017 images), scored on coco_val124 (124 held-out COCO val2017
 images; YOLOv5 val.py settings: 640, conf 0.001, IoU 0.65; pycocotools AP beside it), its fp16 checkpoint
-weighed, and timed by ``sparseyolo bench`` in bf16 on this CPU: ``sparsify(auto)`` against every dense runtime,
-interleaved in one process, speedup over the fastest dense one. Masked fine-tunes made elsewhere (their commands
-in docs/results.md) join with ``--extra NAME=CHECKPOINT``; their size is that of the checkpoint saved in fp16.
+weighed, and timed by ``sparseyolo bench`` in bf16 on this CPU: ``sparsify(auto)`` through ``torch.compile``
+against every dense runtime (the compiled dense bf16 model among them), interleaved in one process, speedup over
+the fastest dense one. Masked fine-tunes made elsewhere (their commands in docs/results.md) join with
+``--extra NAME=CHECKPOINT``; their size is that of the checkpoint saved in fp16.
 
 Pruned checkpoints are kept in ``--work`` and reused when present (delete one to prune it again).
 
@@ -153,7 +154,7 @@ def markdown(rows: list[dict], dense: dict, meta: dict) -> str:
     head = "| variant | mAP50-95 | of dense | COCO AP | file MB |"
     sep = "|---|---|---|---|---|"
     if bench:
-        head += " fastest dense ms | sparsify(auto) ms | speedup |"
+        head += " fastest dense ms | sparsify(auto), compiled, ms | speedup |"
         sep += "---|---|---|"
     lines = [f"yolov5n, coco_val124 (124 held-out val2017 images), 640 px; {meta['machine']}, {meta['threads']} "
              f"threads, batch 1, bf16, medians of {meta['reps']}; {meta['date']}.", "", head, sep]
