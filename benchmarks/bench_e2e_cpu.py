@@ -83,7 +83,7 @@ def sparse_variants(base: torch.nn.Module, x: torch.Tensor, compiled: bool) -> t
                 m = sparsify(pruned, backend=backend, dtype=dtype, example_input=xin)
                 rep = sparsify_report(m)
                 key = f"{label} {tag} {backend}"
-                xm = xin if rep.chosen != "dense" else xin.contiguous()
+                xm = xin.contiguous(memory_format=rep.memory_format)  # the layout its layers read
                 fns[key] = (lambda m=m, xm=xm: m(xm))
                 notes[key] = (f"{len(rep.sparse_layers)}/{len(rep.layers)} sparse"
                               + (f", returned {rep.chosen}" if rep.chosen else ""))

@@ -160,14 +160,14 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             notes["sparsify (sparse, GPU auto)"] = "per layer: mma.sp 2:4, cuSPARSELt or cuDNN, timed at first call"
         else:
             sp = sparsify(base, backend="sparse", dtype=dtype)
-            variants["sparsify (sparse)"] = (sp, x)
+            variants["sparsify (sparse)"] = (sp, x.contiguous(memory_format=sp.sparsify_report.memory_format))
             r = sp.sparsify_report
             kinds = sorted({d.backend_name for d in r.sparse_layers})
             notes["sparsify (sparse)"] = (f"{len(r.sparse_layers)}/{len(r.layers)} convs on {', '.join(kinds) or '-'}")
             auto = sparsify(base, backend="auto", example_input=x, reps=max(3, reps // 4), dtype=dtype)
             ra = auto.sparsify_report
             reports["sparsify (auto)"] = ra
-            x_auto = x_cl if ra.chosen == "dense_channels_last" else x
+            x_auto = x.contiguous(memory_format=ra.memory_format)  # the layout its layers read without a copy
             variants["sparsify (auto)"] = (auto, x_auto)
             notes["sparsify (auto)"] = (f"{len(ra.sparse_layers)}/{len(ra.layers)} convs sparse; returned "
                                         f"{(ra.chosen or 'sparse').replace('_', ' ')}")

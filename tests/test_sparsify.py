@@ -87,6 +87,27 @@ class TestYolov5n:
         assert sparseyolo.sparsify is sparsify
 
 
+def test_report_names_the_input_layout_the_model_reads():
+    """bf16 block kernels read channels-last, CSR reads NCHW: the report says which, and auto times each candidate
+    in its own layout (an NCHW input into a channels-last model had made auto return dense and bench time layout
+    changes instead of kernels)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(32, 64, 3, 1, 1), nn.SiLU(), nn.Conv2d(64, 32, 1)).eval()
+    prune(model, "tile", amount=0.5)
+    block = sparsify(model, backend="cpu_block", dtype=torch.bfloat16)
+    assert block.sparsify_report.layout == "channels_last"
+    assert block.sparsify_report.memory_format == torch.channels_last
+    assert "feed it channels-last" in str(block.sparsify_report)
+    csr = sparsify(model, backend="cpu_csr")
+    assert csr.sparsify_report.layout == "contiguous" and csr.sparsify_report.memory_format == torch.contiguous_format
+    dense = sparsify(model, backend="dense")
+    assert dense.sparsify_report.layout == "contiguous"
+    auto = sparsify(model, backend="auto", dtype=torch.bfloat16, example_input=torch.rand(1, 32, 24, 24), reps=2)
+    rep = auto.sparsify_report
+    expected = {"sparse": None, "dense": "contiguous", "dense_channels_last": "channels_last"}[rep.chosen]
+    assert rep.layout == (expected or ("channels_last" if rep.sparse_layers else "contiguous"))
+
+
 # An Ultralytics-style model: blocks named and built like ultralytics.nn.modules (Conv with .conv/.bn/.act).
 class UConv(nn.Module):
     def __init__(self, c1, c2, k=1, s=1, act=True):

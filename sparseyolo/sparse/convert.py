@@ -264,11 +264,20 @@ def sparsify(
     for name, new in sparse_modules:
         set_module(model, name, new)
     model.sparsify_report = report
+    report.layout = _sparse_layout(model)
     if whole_model_check and report.sparse_layers:
         model = _whole_model_check(model, original, example.to(config.device, config.dtype), config, report)
     LOGGER.info("sparsify: %d/%d pruned convs sparse, %d BatchNorms folded", len(report.sparse_layers),
                 len(report.layers), report.folded_bn)
     return model
+
+
+def _sparse_layout(model: nn.Module) -> str:
+    """"channels_last" when most sparse (non-dense) SparseConv2d layers of ``model`` read channels-last."""
+    formats = [m.backend.memory_format for m in model.modules()
+               if isinstance(m, SparseConv2d) and m.backend.name != "dense"]
+    cl = sum(f == torch.channels_last for f in formats)
+    return "channels_last" if formats and 2 * cl >= len(formats) else "contiguous"
 
 
 def _same_output(a, b) -> bool:
@@ -288,8 +297,10 @@ def _whole_model_check(sparse_model: nn.Module, original: nn.Module, x: torch.Te
     """
     dense = sparsify(original, backend="dense", inplace=True, device=config.device, dtype=config.dtype)
     candidates: dict[str, nn.Module] = {"sparse": sparse_model, "dense": dense}
-    inputs = {"sparse": x, "dense": x}
+    x = x.contiguous()
     x_cl = x.contiguous(memory_format=torch.channels_last)
+    # each candidate gets the layout it reads without a copy, as a user following the report would feed it
+    inputs = {"sparse": x.contiguous(memory_format=report.memory_format), "dense": x}
     with torch.no_grad():
         ref = dense(x)
         try:
@@ -306,6 +317,7 @@ def _whole_model_check(sparse_model: nn.Module, original: nn.Module, x: torch.Te
     report.chosen = min(times, key=times.get)
     if report.chosen == "sparse":
         return sparse_model
+    report.layout = "channels_last" if report.chosen == "dense_channels_last" else "contiguous"
     why = f"whole model: {report.chosen} {times[report.chosen]:.1f} ms < sparse {times['sparse']:.1f} ms"
     for d in report.layers:
         if d.backend == "sparse":

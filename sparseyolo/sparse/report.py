@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 
@@ -50,6 +51,15 @@ class SparsifyReport:
     chosen: str = ""
     device: str = "cpu"
     dtype: str = "float32"
+    #: The input layout the returned model reads without a copy: "channels_last" when most of its sparse layers
+    #: (or its dense layers, for "dense_channels_last") read channels-last, else "contiguous". Feed it
+    #: ``x.contiguous(memory_format=report.memory_format)``; an NCHW input into a channels-last model costs a layout
+    #: change at the first sparse layer and layout mixes at every concatenation after it.
+    layout: str = "contiguous"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.layout == "channels_last" else torch.contiguous_format
 
     @property
     def sparse_layers(self) -> list[LayerDecision]:
@@ -72,6 +82,8 @@ class SparsifyReport:
         if self.model_ms:
             times = ", ".join(f"{k} {v:.2f} ms" for k, v in self.model_ms.items())
             rows.append(f"whole model on example_input: {times} -> {self.chosen}")
+        if self.layout == "channels_last":
+            rows.append("feed it channels-last inputs: x.contiguous(memory_format=torch.channels_last)")
         return "\n".join(rows)
 
     def __str__(self) -> str:
