@@ -8,7 +8,7 @@ Every speed table compares a sparse model with the fastest of these, measured in
 * ``pytorch bf16 compiled``: the model converted to bf16 (``model.to(torch.bfloat16)``, channels-last; the Detect
   head still decodes boxes in fp32) through ``torch.compile`` (Inductor, freezing:
   :func:`sparseyolo.sparse.compile.compile_inference`): prepacked oneDNN convs, generated loops for the ops between
-  them. On this repo's Xeon it was 1.1-1.4x faster than compiling the autocast model (no casts around each conv)
+  them. On this repo's Xeon it was 1.1-1.2x faster than compiling the autocast model (no casts around each conv)
   and the fastest dense runtime on yolov5n. Compiled when the runtime is built (yolov5s: ~25 s on 2 cores); a
   failure is a row that says why;
 * ``onnxruntime fp32``: the model exported to ONNX, CPUExecutionProvider;
