@@ -42,8 +42,7 @@ from sparseyolo import ops  # noqa: E402
 from sparseyolo.sparse.block_packing import BLOCK, pack_block_sparse  # noqa: E402
 
 VARIANTS = ("onednn fp32", "onednn bf16", "onednn bf16 prepacked", "fp32 2:4 b16", "bf16 2:4 b16", "bf16 tiles 0%",
-            "bf16 tiles 50%",
-            "bf16 tiles 75%")
+            "bf16 tiles 50%", "bf16 tiles 75%")
 BASELINE = {"fp32 2:4 b16": "onednn fp32"}  # every other sparse variant: "onednn bf16 prepacked"
 BF16_BASELINE = "onednn bf16 prepacked"
 

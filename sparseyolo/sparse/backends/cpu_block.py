@@ -52,7 +52,7 @@ class CpuBlockBackend(SparseBackend):
 
     def _packed(self, module: nn.Module) -> BlockSparseWeight:
         return BlockSparseWeight(module.weight, module.taps, module.block_ptr, module.geometry.weight_shape,
-                                 GATHERS[int(module.gather_id)])
+                                 module.static["gather"])
 
     def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != module.weight.dtype:  # e.g. a float32 image into a bf16 model's first sparse layer
