@@ -87,7 +87,8 @@ class BenchResult:
 @torch.no_grad()
 def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu", threads: int | None = None,
               reps: int = 20, onnx: bool = True, plots: bool = True, out: str | Path = "runs/bench",
-              progress: bool = True, dtype: torch.dtype | None = None, compiled: bool = True) -> BenchResult:
+              progress: bool = True, dtype: torch.dtype | None = None, compiled: bool = True,
+              sparse_backend: str = "sparse", compiled_variant: str = "auto") -> BenchResult:
     """Time ``weights`` dense and sparsified (see the module doc); returns the rows, optionally writes plots.
 
     Args:
@@ -105,7 +106,13 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             ``torch.float16`` (default).
         compiled: on the CPU, add the ``torch.compile`` rows (dense bf16 and the auto model); compiling takes
             seconds to a minute per model on 2 cores.
+        sparse_backend: the backend of the ``sparsify (sparse)`` row (``"sparse"``: the device's default; e.g.
+            ``"cpu_block_tiles"`` for a tile-pruned model).
+        compiled_variant: which sparsified model the compiled row compiles: ``"auto"`` or ``"sparse"`` (every
+            pruned conv on ``sparse_backend``, as a speedup profile chose them).
     """
+    if compiled_variant not in ("auto", "sparse"):
+        raise ParameterError(f"compiled_variant must be auto or sparse, got {compiled_variant!r}", "compiled_variant")
     from sparseyolo.checkpoint import load_model
     from sparseyolo.dense_runtimes import (DENSE_RUNTIMES, ONNXRUNTIME, OPENVINO, OPENVINO_F32, PYTORCH_BF16_COMPILED,
                                            dense_runtimes)
@@ -159,7 +166,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             variants["sparsify (sparse, GPU auto)"] = (sp, x_cl)
             notes["sparsify (sparse, GPU auto)"] = "per layer: mma.sp 2:4, cuSPARSELt or cuDNN, timed at first call"
         else:
-            sp = sparsify(base, backend="sparse", dtype=dtype)
+            sp = sparsify(base, backend=sparse_backend, dtype=dtype)
             variants["sparsify (sparse)"] = (sp, x.contiguous(memory_format=sp.sparsify_report.memory_format))
             r = sp.sparsify_report
             kinds = sorted({d.backend_name for d in r.sparse_layers})
@@ -174,10 +181,12 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             if compiled:
                 from sparseyolo.sparse.compile import compile_inference
 
-                run = compile_inference(auto)
-                run(x_auto)  # compiles
-                variants["sparsify (auto) compiled"] = (lambda xi, run=run: run(xi), x_auto)
-                notes["sparsify (auto) compiled"] = notes["sparsify (auto)"] + "; torch.compile (inductor, freezing)"
+                label = f"sparsify ({compiled_variant})"
+                src, xs = variants[label]
+                run = compile_inference(src)
+                run(xs)  # compiles
+                variants[f"{label} compiled"] = (lambda xi, run=run: run(xi), xs)
+                notes[f"{label} compiled"] = notes[label] + "; torch.compile (inductor, freezing)"
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     times = time_round_robin(variants, reps, sync, progress=progress)
     rows = [BenchRow(k, times[k], notes.get(k, "")) for k in variants]

@@ -124,6 +124,15 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--no-refit", dest="refit", action="store_false",
                    help="keep SparseGPT's weights as they are; by default the kept weights (and a per-channel bias, "
                    "folded into the BatchNorm) are re-solved exactly once each layer's mask is chosen")
+    s = p.add_argument_group("sparsity where it pays (with --calibrate; CPU, bf16 tile kernel)")
+    s.add_argument("--target-speedup", type=float, default=None, metavar="S",
+                   help="instead of --amount: time every conv on this machine (dense and on the tile kernel at each "
+                   "of --levels), calibrate each one's error at each level, and choose per conv the tile sparsity "
+                   "that reaches S x the compiled dense bf16 model at the least error; then measure the result")
+    s.add_argument("--levels", type=float, nargs="+", default=[0.25, 0.5, 0.75], metavar="F",
+                   help="tile sparsities --target-speedup chooses from, besides dense and 0 (default 0.25 0.5 0.75)")
+    s.add_argument("--no-measure", dest="measure", action="store_false",
+                   help="--target-speedup: skip timing the pruned model against the dense runtimes at the end")
     p.set_defaults(func=_cmd_prune)
 
 
@@ -138,6 +147,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     batches = _calibration_batches(model, cfg) if cfg.calibrate else None
     if cfg.permute:
         _permute(model, cfg, batches)
+    profile = None
+    if cfg.target_speedup is not None:
+        profile = _speedup_profile(model, cfg, batches)
+        cfg.layer_amounts = profile.amounts()
     if cfg.calibrate:
         report = _calibrated_prune(model, cfg, batches)
         cfg.calib_images = report.calib_images  # the images there were, recorded
@@ -147,7 +160,43 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     print(sparsity_report(model, dtype=dtype, skipped=report.skipped).table())
     path = save_checkpoint(model.to(dtype), args.out, pruning=cfg.to_dict())
     print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if profile is not None and args.measure:
+        _measure_profile(path, profile)
     return 0
+
+
+def _speedup_profile(model, cfg, batches):
+    from sparseyolo.prune import select_layers
+    from sparseyolo.prune.sensitivity import tile_errors
+    from sparseyolo.sparse.speedup_profile import choose_profile, layer_latencies, measure_anchors
+
+    names = {name for name, _ in select_layers(model, "tile", 4, cfg.include, cfg.exclude)[0]}
+    print(f"speedup profile: timing {len(names)} convs alone, dense and on the tile kernel at {cfg.levels} ...")
+    latencies = layer_latencies(model, cfg.levels, names=names)
+    print("speedup profile: compiling and timing three whole models (dense; kernel at 0 and "
+          f"{max(cfg.levels):g}) ...")
+    anchors = measure_anchors(model, latencies, max(cfg.levels))
+    print(f"  dense {anchors.dense_ms:.2f} ms, kernel {anchors.kernel_ms:.2f} ms, tiles {max(cfg.levels):g} "
+          f"{anchors.sparse_ms:.2f} ms ({len(anchors.kernel_layers)} convs the kernel runs faster)")
+    errors = tile_errors(model, batches, cfg.levels, cfg.include, cfg.exclude, steps=cfg.steps, damp=cfg.damp)
+    profile = choose_profile(latencies, errors, anchors, cfg.target_speedup)
+    print(profile.table())
+    return profile
+
+
+def _measure_profile(path, profile) -> None:
+    import torch
+
+    from sparseyolo.bench import run_bench
+
+    print("measuring the pruned model against every dense runtime (compiled, interleaved) ...")
+    result = run_bench(str(path), dtype=torch.bfloat16, plots=False, progress=False, reps=15,
+                       sparse_backend="cpu_block_tiles", compiled_variant="sparse")
+    print(result.table())
+    row = next(r for r in result.rows if r.name == "sparsify (sparse) compiled")
+    print(f"target {profile.target_speedup:g}x, predicted {profile.predicted_speedup:.2f}x; measured "
+          f"{result.dense_ms / row.ms:.2f}x of the fastest dense runtime ({result.fastest_dense.name}, "
+          f"{result.dense_ms:.2f} ms) in the same run")
 
 
 def _calibration_batches(model, cfg):
@@ -170,6 +219,8 @@ def _calibrated_prune(model, cfg, batches):
     from sparseyolo.prune.calibrated import calibrated_prune
 
     kwargs = cfg.prune_kwargs()
+    if cfg.layer_amounts is not None:  # a speedup profile: one tile sparsity per conv
+        kwargs = {"amounts": cfg.layer_amounts}
     report = calibrated_prune(model, batches, blocksize=cfg.blocksize, damp=cfg.damp,
                               bn_recalibration=cfg.bn_recalib, target=cfg.calib_target, refit=cfg.refit,
                               steps=cfg.steps, method=cfg.method, **kwargs)

@@ -35,7 +35,7 @@ import copy
 import logging
 import resource
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +48,7 @@ from sparseyolo.prune.layerwise import (
     _row_weight,
     _schedule,  # noqa: F401  (re-exported for the tests of the schedule)
     dense_target_weight,
+    following_batchnorms,
     layer_input_columns,
     prune_layer,
 )
@@ -96,6 +97,8 @@ class CalibratedPruneReport(PruneReport):
     def __str__(self) -> str:
         if self.method == "nm":
             what = f"{self.n}:{self.m}" + (f" shared by {self.block} output channels" if self.block > 1 else "")
+        elif self.amount is None:
+            what = "per-layer amounts" + (" of the 16x32 tiles" if self.method == "tile" else " (unstructured)")
         else:
             unit = "of the 16x32 tiles" if self.method == "tile" else "unstructured"
             what = f"{100 * (self.amount or 0):g}% {unit}"
@@ -125,16 +128,6 @@ def _peak_rss_mb() -> float:
 # --------------------------------------------------------------------------------------------------------------
 # Layer-by-layer driver
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _following_batchnorms(model: nn.Module) -> dict[nn.Module, nn.BatchNorm2d]:
-    """``{conv: bn}`` for YOLOv5-style blocks holding ``.conv`` (Conv2d) and ``.bn`` (BatchNorm2d)."""
-    out = {}
-    for mod in model.modules():
-        conv, bn = getattr(mod, "conv", None), getattr(mod, "bn", None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels:
-            out[conv] = bn
-    return out
 
 
 def _stages(model: nn.Module) -> tuple[list[nn.Module], list, set[int]]:
@@ -284,6 +277,7 @@ def calibrated_prune(
     progress: bool = True,
     method: str | None = None,
     block: int = 1,
+    amounts: Mapping[str, float] | None = None,
 ) -> CalibratedPruneReport:
     """Prune ``model`` in place, one layer at a time, with SparseGPT masks and weight updates from calibration data.
 
@@ -329,6 +323,10 @@ def calibrated_prune(
             with ``n, m``, else ``"l1"``.
         block: ``"nm"`` only: every ``block`` consecutive output channels share one N:M choice, made on their
             summed OBS saliency (the pattern of ``prune(..., block=B)`` that the block-sparse CPU kernel wants).
+        amounts: ``"l1"``/``"tile"`` only, instead of ``amount``: ``{layer name: amount}``, one amount per layer
+            (a profile of :mod:`sparseyolo.sparse.speedup_profile`); only these layers are pruned (within
+            ``include``/``exclude``). An amount of 0 prunes nothing but still registers the mask and refits the
+            layer to the dense model's output, which absorbs part of the error of the pruned layers before it.
 
     Returns:
         A :class:`CalibratedPruneReport`.
@@ -344,6 +342,14 @@ def calibrated_prune(
         time scale linearly with the number of images.
         A layer that is not reached by the forward pass is left dense and reported as skipped.
     """
+    if amounts is not None:
+        if amount is not None or n is not None or m is not None or method not in ("l1", "tile"):
+            raise ValueError("calibrated pruning: amounts (one per layer) goes with method 'l1' or 'tile' and "
+                             "without amount or n, m")
+        bad = {k: v for k, v in amounts.items() if not 0.0 <= float(v) < 1.0}
+        if bad:
+            raise ValueError(f"calibrated pruning: every amount must be in [0, 1), got {bad}")
+        amount = max(amounts.values(), default=0.0)  # validated as a pattern below; each layer uses its own
     amount, n, m = _check_pattern(amount, n, m)
     method = method or ("nm" if n is not None else "l1")
     if method not in ("nm", "l1", "tile") or (method == "nm") != (n is not None):
@@ -357,7 +363,18 @@ def calibrated_prune(
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
     if bn_recalibration not in BN_RECALIBRATION:
         raise ValueError(f"bn_recalibration must be one of {', '.join(BN_RECALIBRATION)}, got '{bn_recalibration}'")
-    selected, skipped = select_layers(model, method, m or 4, include, exclude, filter_fn)
+    layer_filter = filter_fn
+    if amounts is not None:
+        unknown = sorted(set(amounts) - {name for name, _ in model.named_modules()})
+        if unknown:
+            raise ValueError(f"calibrated pruning: amounts names layers the model does not have: {unknown[:5]}")
+
+        def layer_filter(name: str, mod: nn.Module) -> bool:  # the profile's layers only
+            return name in amounts and (filter_fn is None or filter_fn(name, mod))
+
+    selected, skipped = select_layers(model, method, m or 4, include, exclude, layer_filter)
+    if amounts is not None:
+        skipped = [(name, why) for name, why in skipped if name in amounts]  # the rest were never asked for
     if not selected:
         why = "; ".join(f"{name}: {reason}" for name, reason in skipped[:5]) or "the model has no Conv2d/Linear layer"
         raise ValueError(f"no prunable layer for calibrated pruning ({why})")
@@ -371,9 +388,10 @@ def calibrated_prune(
     model.eval()
 
     names = {mod: name for name, mod in selected}
-    report = CalibratedPruneReport(method=method, amount=amount, n=n, m=m, skipped=list(skipped),
-                                   calib_images=sum(int(x.shape[0]) for x in images), block=block)
-    bns = _following_batchnorms(model)
+    report = CalibratedPruneReport(method=method, amount=None if amounts is not None else amount, n=n, m=m,
+                                   skipped=list(skipped), calib_images=sum(int(x.shape[0]) for x in images),
+                                   block=block)
+    bns = following_batchnorms(model)
     stages, routes, save = _stages(model)
     last_use: dict[int, int] = {}
     for i, f in enumerate(routes):
@@ -404,7 +422,8 @@ def calibrated_prune(
                                                                     twins))
                 for mod in group:
                     key = f"{names[mod]}.weight"
-                    rel = prune_layer(mod, accs[mod], amount, n, m, blocksize, damp,
+                    layer_amount = amount if amounts is None else float(amounts[names[mod]])
+                    rel = prune_layer(mod, accs[mod], layer_amount, n, m, blocksize, damp,
                                       row_weight=_row_weight(bns.get(mod)) if amount is not None else None,
                                       refit=refit, bn=bns.get(mod), steps=steps, block=block,
                                       tiles=method == "tile")

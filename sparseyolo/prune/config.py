@@ -67,6 +67,11 @@ class PruneConfig:
         calib_target: fit each layer to the dense model's output (``'dense'``) or its own (``'layer'``).
         calib_steps: prune each layer in this many increments (None: 1 for N:M, 3 for unstructured and tiles).
         refit: re-solve the kept weights once each layer's mask is chosen.
+        target_speedup: ``'tile'`` with ``calibrate`` only, instead of ``amount``: choose each conv's tile
+            sparsity among ``levels`` to reach this end-to-end speedup on this machine at the least calibrated
+            error (:mod:`sparseyolo.sparse.speedup_profile`).
+        levels: the tile sparsities a ``target_speedup`` profile chooses from (besides dense and 0).
+        layer_amounts: the per-conv tile sparsities the profile chose (recorded).
         fused: the BatchNorms were folded before pruning (recorded).
         source: the checkpoint that was pruned (recorded).
     """
@@ -94,6 +99,9 @@ class PruneConfig:
     calib_target: str = "dense"
     calib_steps: int | None = None
     refit: bool = True
+    target_speedup: float | None = None
+    levels: list[float] | None = None
+    layer_amounts: dict[str, float] | None = None
     fused: bool = False
     source: str | None = None
 
@@ -136,9 +144,12 @@ class PruneConfig:
                 raise ParameterError(f"permute is for method nm (N:M groups), not method {self.method}", "permute",
                                      "method")
             low = "(0, 1)" if epochs is not None else "[0, 1)"
-            if self.amount is None:
+            if self.target_speedup is not None:
+                self._validate_profile(epochs)
+            elif self.amount is None:
                 raise ParameterError(f"method {self.method} needs amount, a fraction in {low}", "method", "amount")
-            ok = 0.0 < self.amount < 1.0 if epochs is not None else 0.0 <= self.amount < 1.0
+            ok = self.target_speedup is not None or (0.0 < self.amount < 1.0 if epochs is not None
+                                                     else 0.0 <= self.amount < 1.0)
             if not ok:
                 raise ParameterError(f"amount must be in {low}, got {self.amount}", "amount")
         if self.calibrate is not None:
@@ -163,6 +174,19 @@ class PruneConfig:
                     "with no epoch left to fine-tune at it (Zhu & Gupta fine-tune after the pruning window)"
                 )
         return self
+
+    def _validate_profile(self, epochs: int | None) -> None:
+        if self.method != "tile" or self.calibrate is None or epochs is not None:
+            raise ParameterError("target_speedup chooses per-layer tile sparsity by calibration: it needs method tile "
+                                 "and calibrate (sparseyolo prune), then fine-tune the result", "target_speedup",
+                                 "method", "calibrate")
+        if self.amount is not None:
+            raise ParameterError("give target_speedup or amount, not both", "target_speedup", "amount")
+        if not self.target_speedup > 0:
+            raise ParameterError(f"target_speedup must be positive, e.g. 1.5, got {self.target_speedup}",
+                                 "target_speedup")
+        if not self.levels or not all(0.0 < v < 1.0 for v in self.levels):
+            raise ParameterError(f"levels must be tile sparsities in (0, 1), got {self.levels}", "levels")
 
     def _validate_calibration(self) -> None:
         if self.method == "global":
@@ -268,6 +292,11 @@ class PruneConfig:
                           end=args.prune_end if args.prune_end is not None else max(args.epochs // 2, 1))
         else:
             fields.update(fused=bool(args.fused), source=str(args.weights), permute=bool(args.permute))
+            if getattr(args, "target_speedup", None) is not None:
+                if args.method not in (None, "tile"):
+                    raise ParameterError(f"target_speedup chooses tile sparsity per layer; drop method {args.method}",
+                                         "target_speedup", "method")
+                fields.update(method="tile", target_speedup=args.target_speedup, levels=list(args.levels))
             if args.calibrate:
                 fields.update(calibrate=str(args.calibrate), calib_images=args.calib_images, calib_img=args.calib_img,
                               calib_batch=args.calib_batch, blocksize=args.blocksize, damp=args.damp,

@@ -114,6 +114,16 @@ def dense_target_weight(weight: torch.Tensor, hessian: torch.Tensor, cross: torc
     return torch.linalg.solve(h + lam * eye, rhs.t()).t()
 
 
+def following_batchnorms(model: nn.Module) -> dict[nn.Module, nn.BatchNorm2d]:
+    """``{conv: bn}`` for YOLOv5-style blocks holding ``.conv`` (Conv2d) and ``.bn`` (BatchNorm2d)."""
+    out = {}
+    for mod in model.modules():
+        conv, bn = getattr(mod, "conv", None), getattr(mod, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels:
+            out[conv] = bn
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Weight layout: N:M groups run along input channels at a fixed (kh, kw)
 # --------------------------------------------------------------------------------------------------------------

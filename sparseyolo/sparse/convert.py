@@ -112,7 +112,8 @@ def _resolve(config: SparsifyConfig) -> tuple[str, list[SparseBackend]]:
     return ("fixed" if fixed else "auto"), backends
 
 
-def _input_shapes(model: nn.Module, example_input: torch.Tensor, targets: set[int]) -> dict[int, tuple[int, ...]]:
+def layer_input_shapes(model: nn.Module, example_input: torch.Tensor, targets: set[int]) -> dict[int, tuple[int, ...]]:
+    """``{id(module): input shape}`` of the modules in ``targets`` (ids) on one forward of ``example_input``."""
     shapes: dict[int, tuple[int, ...]] = {}
 
     def record(mod: nn.Module, args: tuple) -> None:  # a pre-hook that returns something replaces the args
@@ -235,7 +236,7 @@ def sparsify(
         if example is None:
             example = torch.zeros(1, 3, 640, 640)
             LOGGER.info("sparsify: timing layers for a 1x3x640x640 input (pass example_input for another shape)")
-        shapes = _input_shapes(model, example, {id(p.conv) for p in pruned})
+        shapes = layer_input_shapes(model, example, {id(p.conv) for p in pruned})
 
     sparse_modules: list[tuple[str, nn.Module]] = []
     for plan in plans:

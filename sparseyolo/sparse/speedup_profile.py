@@ -1,0 +1,393 @@
+"""Sparsity where it pays: a per-layer tile-sparsity profile that reaches a target speedup at the least error.
+
+SPDY's idea (Frantar & Alistarh, 2022) on this project's CPU kernel. Three inputs, one choice:
+
+1. :func:`layer_latencies`: each conv's time on THIS machine, on its input shape: dense as a frozen
+   ``torch.compile``'d bf16 model runs it (oneDNN with a prepacked weight and the activation fused,
+   ``mkldnn._convolution_pointwise``), and on the tile kernel (backend ``"cpu_block_tiles"``, bf16,
+   channels-last) at tile sparsity 0 and at each level. Variants of one layer are timed interleaved.
+2. :func:`sparseyolo.prune.sensitivity.tile_errors`: each conv's calibrated relative output error at each level.
+3. :func:`measure_anchors`: three whole models compiled and timed interleaved: dense; every conv the kernel runs
+   faster than oneDNN at some level on the kernel with nothing pruned; the same convs at the top level. Layers timed alone
+   miss what a model adds (colder caches, the glue Inductor generates around a custom op): on yolov5n the
+   convs' in-model time is 1.1-1.4x their time alone, and the glue changes too. The anchors scale the per-layer
+   savings so that the prediction is exact at those three models.
+4. :func:`choose_profile`: per conv one option (dense; the kernel with nothing pruned; the kernel at a level),
+   by a dynamic program over the convs minimising the summed error subject to the predicted model time being at
+   most ``dense_ms / target``. The kernel with nothing pruned costs no accuracy, so every conv it runs faster
+   than oneDNN takes at least that.
+
+Between the anchors the prediction is linear in the per-layer savings, and the per-layer errors are of layers
+pruned alone: both are approximations, which is why ``sparseyolo prune --target-speedup`` measures the pruned
+model end to end and reports it next to the prediction, and why accuracy is measured with ``sparseyolo val``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from sparseyolo.prune.masks import set_mask
+from sparseyolo.prune.tiles import TILE_PATTERN, expand_tiles, tile_norms
+from sparseyolo.sparse.autotune import disagreement
+from sparseyolo.sparse.backends import ConvGeometry, get_backend
+from sparseyolo.sparse.convert import layer_input_shapes
+from sparseyolo.sparse.folding import find_plans
+from sparseyolo.sparse.modules import SparseConv2d
+from sparseyolo.utils import timing
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_LEVELS", "LayerLatency", "ModelAnchors", "ProfileRow", "SpeedupProfile", "choose_profile",
+           "kernel_layers", "layer_latencies", "measure_anchors", "profile_tile_mask"]
+
+#: Tile sparsities a profile chooses from by default (besides dense and the kernel with no tile pruned).
+DEFAULT_LEVELS = (0.25, 0.5, 0.75)
+#: The backend whose work falls with tile sparsity (AMX; on other CPUs it runs, slowly, and the profile sees it).
+TILE_BACKEND = "cpu_block_tiles"
+DENSE = "dense"
+
+
+@dataclass
+class LayerLatency:
+    """One conv's measured times (ms): ``dense_ms`` (oneDNN as the compiled model runs it) and ``kernel_ms``
+    (``{tile sparsity: ms}`` on the tile kernel, 0.0 included)."""
+
+    name: str
+    weight_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    dense_ms: float
+    kernel_ms: dict[float, float]
+
+
+def _prepacked_dense(weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry, activation: str,
+                     x: torch.Tensor):
+    """The conv as a frozen compiled bf16 model runs it: oneDNN, weight reordered once, activation fused."""
+    w = weight.to(x.dtype)
+    b = None if bias is None else bias.to(x.dtype)
+    pad, stride = list(g.padding), list(g.stride)
+    if not torch.backends.mkldnn.is_available():  # a torch without oneDNN: plain conv + activation
+        act = nn.SiLU() if activation == "silu" else nn.Identity()
+        return lambda: act(torch.nn.functional.conv2d(x, w, b, stride, pad))
+    packed = torch.ops.mkldnn._reorder_convolution_weight(w, pad, stride, [1, 1], 1, list(x.shape))
+    attr = {"silu": "swish", "identity": "none"}[activation]
+    return lambda: torch.ops.mkldnn._convolution_pointwise(x, packed, b, pad, stride, [1, 1], 1, attr, [None], "")
+
+
+def profile_tile_mask(weight: torch.Tensor, level: float) -> torch.Tensor:
+    """A tile mask of the kind calibrated tile pruning makes at ``level``, for timing: the ``round(level * tiles)``
+    smallest tiles pruned, except that every block of 16 output channels keeps at least one tile (as
+    :func:`sparseyolo.prune.obs.group_obs_mask` does), so a layer of one tile per tap is never emptied and its
+    time is never that of a conv that does nothing."""
+    scores = tile_norms(weight)
+    keep = torch.ones(scores.numel(), dtype=torch.bool)
+    keep[torch.sort(scores.flatten(), stable=True).indices[:round(float(level) * scores.numel())]] = False
+    per_block, block_scores = keep.view(scores.shape[0], -1), scores.reshape(scores.shape[0], -1)
+    emptied = ~per_block.any(dim=1)
+    per_block[emptied, block_scores[emptied].argmax(dim=1)] = True
+    return expand_tiles(keep.view(scores.shape), weight.shape)
+
+
+@torch.no_grad()
+def layer_latencies(
+    model: nn.Module,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    example_input: torch.Tensor | None = None,
+    reps: int = 25,
+    dtype: torch.dtype = torch.bfloat16,
+    names: set[str] | None = None,
+) -> dict[str, LayerLatency]:
+    """Time every conv the tile kernel can run, dense and at each tile sparsity (see the module docstring).
+
+    Args:
+        model: the model (unfused or fused; pruned or not: the time depends on the share of tiles pruned, so
+            each level is timed on the layer's weight with that share of its smallest tiles zeroed). Not changed.
+        levels: tile sparsities in ``(0, 1)``; 0 (nothing pruned) is always timed.
+        example_input: the model input whose layer shapes are timed (default ``1x3x640x640``).
+        reps: timed calls per variant and round (median; best of two interleaved rounds).
+        dtype: the kernel's dtype (the tile kernel is bf16).
+        names: only these convs (default: every conv the kernel takes).
+
+    Returns:
+        ``{conv name: LayerLatency}`` in model order; convs the kernel cannot run are left out (logged).
+    """
+    levels = sorted({0.0, *(float(v) for v in levels)})
+    if not all(0.0 <= v < 1.0 for v in levels):
+        raise ValueError(f"tile sparsity levels must be fractions in [0, 1), got {levels}")
+    work = copy.deepcopy(model).float().eval()
+    x = torch.zeros(1, 3, 640, 640) if example_input is None else example_input.float()
+    backend = get_backend(TILE_BACKEND)
+    convs = [c for c in _all_convs(work) if names is None or c[0] in names]
+    shapes = layer_input_shapes(work, x, {id(c[1]) for c in convs})
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, LayerLatency] = {}
+    for name, conv, weight, bias, geometry, act in convs:
+        shape = shapes.get(id(conv))
+        if shape is None or geometry is None:
+            LOGGER.info("layer_latencies: %s left out: %s", name, "not reached by the example input" if shape is None
+                        else "a conv no backend takes (groups, dilation or padding mode)")
+            continue
+        xi = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        fns = {DENSE: _prepacked_dense(weight, bias, geometry, act, xi)}
+        why = backend.why_not(weight, geometry, act, "cpu", dtype)
+        for level in levels if why is None else ():
+            w = weight * profile_tile_mask(weight, level) if level > 0 else weight
+            mod = SparseConv2d.from_weight(w, bias, geometry, act, backend=backend, dtype=dtype)
+            fns[level] = (lambda m=mod: m(xi))
+        if why is None:
+            wrong = disagreement(fns[0.0](), fns[DENSE]().float())  # bf16 output: bf16 rounding allowed
+            if wrong:  # the kernel is tested; a mismatch here is a bug to report, never a layer to speed up
+                why = f"the tile kernel's output {wrong}"
+                fns = {DENSE: fns[DENSE]}
+        if why is not None:
+            LOGGER.info("layer_latencies: %s stays dense: %s", name, why)
+        ms = timing.interleaved_median_ms(fns, "cpu", reps)
+        out[name] = LayerLatency(name, tuple(weight.shape), tuple(shape), ms.pop(DENSE), ms)
+    return out
+
+
+def _all_convs(model: nn.Module) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor | None,
+                                               ConvGeometry | None, str]]:
+    """Every ``nn.Conv2d`` of ``model`` as ``(name, module, folded weight, bias, geometry, fused activation)``:
+    conv blocks with their BatchNorm folded (:func:`~sparseyolo.sparse.folding.find_plans`), then the bare convs
+    (a detection head's), in module order."""
+    plans = {id(p.conv): p for p in find_plans(model)}
+    out = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Conv2d):
+            continue
+        p = plans.get(id(mod))
+        if p is not None:
+            out.append((p.name, mod, p.weight, p.bias, p.geometry, p.fused_act))
+        else:
+            bias = None if mod.bias is None else mod.bias.detach().float()
+            try:
+                geometry = ConvGeometry.from_conv(mod)
+            except ValueError:  # groups, dilation, padding modes: no backend takes it
+                geometry = None
+            out.append((name, mod, mod.weight.detach().float(), bias, geometry, "identity"))
+    return out
+
+
+@dataclass
+class ProfileRow:
+    """One conv's choice: ``level`` None (dense oneDNN) or a tile sparsity on the kernel (0.0: nothing pruned);
+    ``ms`` its time alone, ``dense_ms`` oneDNN's alone, ``saved_ms`` the in-model saving predicted for it,
+    ``error`` the calibrated relative output error."""
+
+    name: str
+    weight_shape: tuple[int, ...]
+    level: float | None
+    ms: float
+    dense_ms: float
+    saved_ms: float
+    error: float
+
+    @property
+    def choice(self) -> str:
+        return "dense" if self.level is None else f"tiles {100 * self.level:g}%"
+
+
+@dataclass
+class SpeedupProfile:
+    """What :func:`choose_profile` chose, and the end-to-end time it predicts.
+
+    Attributes:
+        target_speedup: the asked speedup over ``dense_model_ms``.
+        dense_model_ms: the dense model's measured time (the compiled bf16 model, :class:`ModelAnchors`).
+        predicted_ms: ``dense_model_ms`` minus the time the chosen options are predicted to save.
+        feasible: False when even the fastest option everywhere misses the target (then that is the profile).
+        rows: per conv, in model order.
+        measured_ms: the pruned model's measured time, once measured (``sparseyolo prune`` fills it in).
+    """
+
+    target_speedup: float
+    dense_model_ms: float
+    predicted_ms: float
+    feasible: bool
+    rows: list[ProfileRow] = field(default_factory=list)
+    measured_ms: float | None = None
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.dense_model_ms / self.predicted_ms
+
+    def amounts(self) -> dict[str, float]:
+        """``{conv name: tile sparsity}`` of the convs that go to the kernel (for ``calibrated_prune(amounts=)``)."""
+        return {r.name: r.level for r in self.rows if r.level is not None}
+
+    def table(self) -> str:
+        head = (f"{'layer':<24} {'weight':<14} {'choice':<10} {'dense ms':>9} {'ms':>7} {'saved ms':>9} "
+                f"{'rel. error':>10}")
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            shape = "x".join(map(str, r.weight_shape))
+            lines.append(f"{r.name:<24} {shape:<14} {r.choice:<10} {r.dense_ms:>9.3f} {r.ms:>7.3f} {r.saved_ms:>9.3f} "
+                         f"{r.error:>10.4f}")
+        counts: dict[str, int] = {}
+        for r in self.rows:
+            counts[r.choice] = counts.get(r.choice, 0) + 1
+        lines.append(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+                     + " (ms: each conv timed alone, bf16; saved ms: scaled to the whole-model anchors)")
+        lines.append(f"target {self.target_speedup:g}x of the dense model ({self.dense_model_ms:.2f} ms): predicted "
+                     f"{self.predicted_ms:.2f} ms ({self.predicted_speedup:.2f}x)"
+                     + ("" if self.feasible else "; the target is out of reach: this is the fastest profile")
+                     + ("" if self.measured_ms is None else
+                        f"; measured {self.measured_ms:.2f} ms ({self.dense_model_ms / self.measured_ms:.2f}x)"))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelAnchors:
+    """Whole-model times (ms, compiled, interleaved) that :func:`choose_profile` scales per-layer savings by.
+
+    Attributes:
+        dense_ms: the dense bf16 model.
+        kernel_ms: ``kernel_layers`` on the tile kernel with nothing pruned, the rest dense.
+        sparse_ms: ``kernel_layers`` on the tile kernel at tile sparsity ``level``.
+        level: the tile sparsity of ``sparse_ms`` (the top level offered).
+        kernel_layers: the convs the kernel runs faster than oneDNN alone at some tile sparsity.
+    """
+
+    dense_ms: float
+    kernel_ms: float
+    sparse_ms: float
+    level: float
+    kernel_layers: tuple[str, ...]
+
+
+def kernel_layers(latencies: Mapping[str, LayerLatency]) -> tuple[str, ...]:
+    """The convs the tile kernel runs faster than oneDNN at some tile sparsity: the ones a profile may move (a
+    stride-2 3x3 conv may be slower with nothing pruned and twice as fast at 75%)."""
+    return tuple(n for n, lat in latencies.items() if min(lat.kernel_ms.values(), default=math.inf) < lat.dense_ms)
+
+
+@torch.no_grad()
+def measure_anchors(
+    model: nn.Module,
+    latencies: Mapping[str, LayerLatency],
+    level: float,
+    example_input: torch.Tensor | None = None,
+    reps: int = 15,
+) -> ModelAnchors:
+    """Compile and time (interleaved) the dense model and the :func:`kernel_layers` on the tile kernel at tile
+    sparsity 0 and ``level`` (:func:`profile_tile_mask`: the time depends on the share of tiles, not on which).
+    ``model`` is not changed. Compiling takes a minute or two on 2 cores."""
+    from sparseyolo.sparse.compile import compile_inference
+    from sparseyolo.sparse.convert import sparsify
+
+    moved = kernel_layers(latencies)
+    x = torch.zeros(1, 3, 640, 640) if example_input is None else example_input.float()
+    x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    base = copy.deepcopy(model).float().eval()
+    models = {"dense": sparsify(base, backend="dense").to(memory_format=torch.channels_last).to(torch.bfloat16)}
+    for key, amount in (("kernel", 0.0), ("sparse", level)):
+        m = copy.deepcopy(base)
+        for name in moved:
+            conv = m.get_submodule(name)
+            set_mask(conv, profile_tile_mask(conv.weight.detach(), amount), TILE_PATTERN)
+        models[key] = sparsify(m, backend=TILE_BACKEND, dtype=torch.bfloat16)
+    runs = {}
+    for key, m in models.items():
+        runs[key] = compile_inference(m)
+        runs[key](x)  # compiles
+    ms = timing.interleaved_median_ms({k: (lambda r=r: r(x)) for k, r in runs.items()}, "cpu", reps)
+    return ModelAnchors(ms["dense"], ms["kernel"], ms["sparse"], float(level), moved)
+
+
+def choose_profile(
+    latencies: Mapping[str, LayerLatency],
+    errors: Mapping[str, Mapping[float, float]],
+    anchors: ModelAnchors,
+    target_speedup: float,
+    resolution: int = 2000,
+) -> SpeedupProfile:
+    """Per conv the option (dense, kernel at tile sparsity 0 or at a level of ``errors``) that reaches
+    ``target_speedup`` over ``anchors.dense_ms`` with the least summed error (see the module docstring).
+
+    A conv of ``anchors.kernel_layers`` saves ``a * (dense - kernel_0) + b * (kernel_0 - kernel_level)`` (its
+    times alone), with ``a`` and ``b`` the factors that make the prediction exact at the three anchors; the
+    other convs stay dense.
+
+    Args:
+        latencies: :func:`layer_latencies`.
+        errors: :func:`sparseyolo.prune.sensitivity.tile_errors` (``{name: {level: error}}``); a level a conv has
+            no error for is not offered to it.
+        anchors: :func:`measure_anchors`.
+        target_speedup: > 0; e.g. 1.5.
+        resolution: the time to save is cut into this many steps; a conv's saving is rounded DOWN to a step, so
+            the chosen profile's predicted time never exceeds the target time.
+
+    Returns:
+        A :class:`SpeedupProfile`; a target out of reach gives the fastest profile with ``feasible=False``.
+    """
+    dense_model_ms = anchors.dense_ms
+    if not (target_speedup > 0 and dense_model_ms > 0):
+        raise ValueError(f"target_speedup and dense_ms must be positive, got {target_speedup}, {dense_model_ms}")
+    moved = set(anchors.kernel_layers)
+    layers = list(latencies.values())
+    top = anchors.level
+    alone_0 = sum(lat.dense_ms - lat.kernel_ms[0.0] for lat in layers if lat.name in moved)
+    alone_top = sum(lat.kernel_ms[0.0] - lat.kernel_ms.get(top, lat.kernel_ms[0.0]) for lat in layers
+                    if lat.name in moved)
+    a = max(0.0, (anchors.dense_ms - anchors.kernel_ms) / alone_0) if alone_0 > 0 else 0.0
+    b = max(0.0, (anchors.kernel_ms - anchors.sparse_ms) / alone_top) if alone_top > 0 else 0.0
+    LOGGER.info("speedup profile: in-model savings are %.2fx (kernel) and %.2fx (tiles) the per-layer ones", a, b)
+    need = dense_model_ms * (1.0 - 1.0 / target_speedup)
+    step = need / resolution if need > 0 else 1.0
+    budget = resolution if need > 0 else 0
+    # options per conv: (level, ms alone, error, predicted saving); dense saves 0; an option saving less is dropped
+    options: list[list[tuple[float | None, float, float, float]]] = []
+    for lat in layers:
+        opts: list[tuple[float | None, float, float, float]] = [(None, lat.dense_ms, 0.0, 0.0)]
+        for level, ms in sorted(lat.kernel_ms.items()) if lat.name in moved else ():
+            err = 0.0 if level == 0.0 else errors.get(lat.name, {}).get(level)
+            saving = a * (lat.dense_ms - lat.kernel_ms[0.0]) + b * (lat.kernel_ms[0.0] - ms)
+            if err is not None and math.isfinite(err) and saving > 0:
+                opts.append((level, ms, float(err), saving))
+        options.append(opts)
+    inf = float("inf")
+    best = [0.0] + [inf] * budget  # best[j]: least error with at least j steps of saving (j capped at budget)
+    back: list[list[tuple[int, int]]] = []
+    for opts in options:
+        new, arg = [inf] * (budget + 1), [(-1, -1)] * (budget + 1)
+        for j, err0 in enumerate(best):
+            if err0 == inf:
+                continue
+            for k, (_, _, err, saving) in enumerate(opts):
+                jj = min(budget, j + int(saving // step))
+                if err0 + err < new[jj]:
+                    new[jj], arg[jj] = err0 + err, (k, j)
+        best = new
+        back.append(arg)
+    feasible = best[budget] < inf
+    if feasible:
+        picks, j = [], budget
+        for arg in reversed(back):
+            k, j = arg[j]
+            picks.append(k)
+        picks.reverse()
+    else:  # the fastest option everywhere
+        picks = [max(range(len(opts)), key=lambda k, o=opts: o[k][3]) for opts in options]
+    rows, saved = [], 0.0
+    for lat, opts, k in zip(layers, options, picks):
+        # the DP is indifferent between options of equal error; take the one that saves most (e.g. the kernel at
+        # sparsity 0 over dense), which keeps the budget met and the error the same
+        err_k = opts[k][2]
+        k = max((i for i, o in enumerate(opts) if o[2] <= err_k), key=lambda i: opts[i][3])
+        level, ms, err, saving = opts[k]
+        saved += saving
+        rows.append(ProfileRow(lat.name, lat.weight_shape, level, ms, lat.dense_ms, saving, err))
+    if not feasible:
+        LOGGER.warning("speedup profile: %.2fx is out of reach (at most %.2fx predicted); using the fastest profile",
+                       target_speedup, dense_model_ms / (dense_model_ms - saved))
+    return SpeedupProfile(target_speedup, dense_model_ms, dense_model_ms - saved, feasible, rows)

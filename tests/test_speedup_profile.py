@@ -1,0 +1,280 @@
+"""Sparsity where it pays: per-layer tile errors, per-layer latencies, the profile's choice, per-layer amounts."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sparseyolo.models.common import Conv
+from sparseyolo.prune import PruneConfig
+from sparseyolo.prune.calibrated import calibrated_prune
+from sparseyolo.prune.sensitivity import tile_errors
+from sparseyolo.prune.tiles import is_tile_mask, tile_norms
+from sparseyolo.sparse.speedup_profile import (
+    LayerLatency,
+    ModelAnchors,
+    choose_profile,
+    kernel_layers,
+    layer_latencies,
+    measure_anchors,
+    profile_tile_mask,
+)
+from sparseyolo.utils.errors import ParameterError
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(Conv(3, 32, 3, 2), Conv(32, 64, 3, 1), Conv(64, 64, 1, 1), Conv(64, 48, 3, 2)).eval()
+    for m in net.modules():  # trained-looking BatchNorm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def _batches(n: int = 3) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randint(0, 256, (2, 3, 64, 64), generator=gen, dtype=torch.uint8) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# tile_errors
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_tile_errors_grow_with_the_level_and_leave_the_model_alone():
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    errs = tile_errors(net, _batches(), [0.25, 0.5, 0.75], exclude="0.*", progress=False)
+    assert set(errs) == {"1.conv", "2.conv", "3.conv"}
+    for name, by_level in errs.items():
+        assert list(by_level) == [0.25, 0.5, 0.75]
+        e = list(by_level.values())
+        assert all(0.0 < v < 1.5 for v in e), (name, e)
+        assert e[0] <= e[1] + 1e-6 <= e[2] + 2e-6, (name, e)  # more tiles pruned: more error
+    after = net.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(hasattr(m, "weight_mask") for m in net.modules())
+
+
+def test_tile_errors_match_pruning_that_layer_alone():
+    net = _net()
+    errs = tile_errors(net, _batches(), [0.5], include="2.conv", progress=False)
+    report = calibrated_prune(net, _batches(), amount=0.5, method="tile", include="2.conv", target="layer",
+                              steps=3, progress=False)
+    # first pruned layer: its inputs are the dense model's, so the two solves are the same problem
+    assert errs["2.conv"][0.5] == pytest.approx(report.rel_error["2.conv.weight"], rel=1e-6)
+
+
+@pytest.mark.parametrize("levels", [[], [0.0], [1.0], [0.5, -0.1]])
+def test_tile_errors_refuse_bad_levels(levels):
+    with pytest.raises(ValueError, match="levels"):
+        tile_errors(_net(), _batches(1), levels, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# calibrated_prune(amounts=...)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_calibrated_prune_takes_one_amount_per_layer():
+    net = _net()
+    stem = net[0].conv.weight.detach().clone()
+    amounts = {"1.conv": 0.5, "2.conv": 0.0, "3.conv": 0.75}
+    report = calibrated_prune(net, _batches(), amounts=amounts, method="tile", progress=False)
+    assert set(report.pruned) == {f"{n}.weight" for n in amounts}
+    for name, amount in amounts.items():
+        conv = net.get_submodule(name)
+        assert is_tile_mask(conv.weight_mask)
+        tiles = tile_norms(conv.weight_mask.float()) > 0
+        assert int((~tiles).sum()) == round(amount * tiles.numel()), name
+    assert not hasattr(net[0].conv, "weight_mask") and torch.equal(net[0].conv.weight, stem)
+    assert "per-layer amounts" in str(report)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(amounts={"1.conv": 0.5}, amount=0.5, method="tile"), "amounts"),
+    (dict(amounts={"1.conv": 0.5}, n=2, m=4), "amounts"),
+    (dict(amounts={"1.conv": 1.0}, method="tile"), r"\[0, 1\)"),
+    (dict(amounts={"no.such.layer": 0.5}, method="tile"), "does not have"),
+])
+def test_calibrated_prune_refuses_bad_amounts(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        calibrated_prune(_net(), _batches(1), progress=False, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# choose_profile
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _lat(name: str, dense: float, k0: float, k50: float, k75: float) -> LayerLatency:
+    return LayerLatency(name, (64, 64, 3, 3), (1, 64, 40, 40), dense, {0.0: k0, 0.5: k50, 0.75: k75})
+
+
+LATS = {
+    "a": _lat("a", 1.0, 0.8, 0.6, 0.4),   # the kernel pays at 0
+    "b": _lat("b", 1.0, 1.2, 0.9, 0.5),   # slower at 0, faster pruned (a stride-2 conv)
+    "c": _lat("c", 0.5, 0.4, 0.35, 0.3),
+    "d": _lat("d", 0.2, 0.9, 0.8, 0.7),   # the kernel never pays (the stem)
+}
+ERRS = {"a": {0.5: 0.10, 0.75: 0.30}, "b": {0.5: 0.01, 0.75: 0.02}, "c": {0.5: 0.05, 0.75: 0.50}, "d": {}}
+
+
+def _anchors(a: float = 1.0, b: float = 1.0) -> ModelAnchors:
+    moved = kernel_layers(LATS)
+    dense = 10.0
+    alone_0 = sum(LATS[n].dense_ms - LATS[n].kernel_ms[0.0] for n in moved)
+    alone_top = sum(LATS[n].kernel_ms[0.0] - LATS[n].kernel_ms[0.75] for n in moved)
+    return ModelAnchors(dense, dense - a * alone_0, dense - a * alone_0 - b * alone_top, 0.75, moved)
+
+
+def _brute_force(anchors: ModelAnchors, target: float) -> float:
+    """Least summed error over every combination of options whose predicted time meets the target."""
+    a = (anchors.dense_ms - anchors.kernel_ms) / sum(LATS[n].dense_ms - LATS[n].kernel_ms[0.0]
+                                                      for n in anchors.kernel_layers)
+    b = (anchors.kernel_ms - anchors.sparse_ms) / sum(LATS[n].kernel_ms[0.0] - LATS[n].kernel_ms[0.75]
+                                                      for n in anchors.kernel_layers)
+    per_layer = []
+    for name, lat in LATS.items():
+        opts = [(0.0, 0.0)]
+        if name in anchors.kernel_layers:
+            for level, ms in lat.kernel_ms.items():
+                err = 0.0 if level == 0.0 else ERRS[name][level]
+                opts.append((a * (lat.dense_ms - lat.kernel_ms[0.0]) + b * (lat.kernel_ms[0.0] - ms), err))
+        per_layer.append(opts)
+    best = math.inf
+    for combo in itertools.product(*per_layer):
+        if anchors.dense_ms - sum(s for s, _ in combo) <= anchors.dense_ms / target + 1e-9:
+            best = min(best, sum(e for _, e in combo))
+    return best
+
+
+def test_kernel_layers_include_convs_that_only_pay_when_pruned():
+    assert kernel_layers(LATS) == ("a", "b", "c")
+
+
+@pytest.mark.parametrize("target", [1.0, 1.03, 1.06, 1.1, 1.14])
+@pytest.mark.parametrize("scale", [(1.0, 1.0), (1.4, 1.2)])
+def test_choose_profile_is_the_least_error_that_meets_the_target(target, scale):
+    anchors = _anchors(*scale)
+    prof = choose_profile(LATS, ERRS, anchors, target)
+    best = _brute_force(anchors, target)
+    assert prof.feasible
+    assert prof.predicted_ms <= anchors.dense_ms / target + 1e-9
+    assert sum(r.error for r in prof.rows) == pytest.approx(best, abs=1e-9)
+    by_name = {r.name: r for r in prof.rows}
+    assert by_name["d"].level is None  # the kernel never pays there
+    assert by_name["a"].level is not None  # free: the kernel at 0 saves time at no error
+    assert prof.amounts() == {r.name: r.level for r in prof.rows if r.level is not None}
+
+
+def test_choose_profile_is_exact_at_the_anchors():
+    anchors = _anchors(1.3, 1.1)
+    everything = choose_profile(LATS, {n: {0.75: 0.0, 0.5: 0.0} for n in LATS}, anchors, 5.0)
+    assert not everything.feasible  # 5x is out of reach: the fastest profile, every moved conv at 75%
+    assert everything.predicted_ms == pytest.approx(anchors.sparse_ms)
+    assert {r.name for r in everything.rows if r.level == 0.75} == set(anchors.kernel_layers)
+    free = choose_profile(LATS, ERRS, anchors, 1.0)
+    assert sum(r.error for r in free.rows) == 0.0
+    assert {r.name: r.level for r in free.rows} == {"a": 0.0, "b": None, "c": 0.0, "d": None}
+
+
+def test_choose_profile_table_names_every_choice():
+    prof = choose_profile(LATS, ERRS, _anchors(), 1.1)
+    text = prof.table()
+    for r in prof.rows:
+        assert r.name in text
+    assert "predicted" in text and "1.1x" in text
+
+
+def test_choose_profile_refuses_a_non_positive_target():
+    with pytest.raises(ValueError, match="positive"):
+        choose_profile(LATS, ERRS, _anchors(), 0.0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# layer_latencies and measure_anchors (the tile kernel runs on every CPU; only its speed needs AMX)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_layer_latencies_time_every_conv_dense_and_at_each_level():
+    net = _net()
+    lat = layer_latencies(net, [0.5, 0.75], example_input=torch.zeros(1, 3, 64, 64), reps=2)
+    assert list(lat) == ["0.conv", "1.conv", "2.conv", "3.conv"]
+    for name, entry in lat.items():
+        assert entry.dense_ms > 0
+        assert entry.input_shape[0] == 1 and len(entry.input_shape) == 4
+        if name != "0.conv":  # the stem (3 input channels) may be left to oneDNN, never the others
+            assert set(entry.kernel_ms) == {0.0, 0.5, 0.75} and all(v > 0 for v in entry.kernel_ms.values())
+    assert lat["1.conv"].input_shape == (1, 32, 32, 32)
+    only = layer_latencies(net, [0.5], example_input=torch.zeros(1, 3, 64, 64), reps=1, names={"2.conv"})
+    assert list(only) == ["2.conv"]
+
+
+@pytest.mark.parametrize("shape, level, pruned", [
+    ((64, 64, 3, 3), 0.5, 36),      # 4 x 2 x 9 = 72 tiles: the 36 smallest
+    ((16, 32, 1, 1), 0.75, 0),      # one tile per tap and block: never emptied
+    ((32, 32, 3, 3), 0.75, 14),     # 2 blocks x 9 taps: round(13.5) = 14 pruned, each block keeps some
+    ((64, 64, 1, 1), 0.0, 0),
+])
+def test_profile_tile_mask_keeps_a_tile_per_block(shape, level, pruned):
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(*shape, generator=gen)
+    mask = profile_tile_mask(w, level)
+    assert is_tile_mask(mask) and mask.shape == w.shape
+    kept = tile_norms(mask.float()) > 0
+    assert int((~kept).sum()) == pruned
+    assert kept.flatten(1).any(dim=1).all()  # every block of 16 output channels keeps a tile
+
+
+@pytest.mark.slow
+def test_measure_anchors_compiles_three_models():
+    net = _net()
+    x = torch.zeros(1, 3, 64, 64)
+    lat = layer_latencies(net, [0.75], example_input=x, reps=2)
+    lat = {n: LayerLatency(v.name, v.weight_shape, v.input_shape, 1e3, v.kernel_ms) for n, v in lat.items()
+           if v.kernel_ms}  # every conv the kernel takes counts as paying, whatever this machine times
+    anchors = measure_anchors(net, lat, 0.75, example_input=x, reps=2)
+    assert anchors.kernel_layers == tuple(lat) and anchors.level == 0.75
+    assert min(anchors.dense_ms, anchors.kernel_ms, anchors.sparse_ms) > 0
+    assert not any(hasattr(m, "weight_mask") for m in net.modules())  # the model itself is not pruned
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# configuration
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_prune_config_for_a_target_speedup():
+    cfg = PruneConfig(method="tile", target_speedup=1.5, levels=[0.5, 0.75], calibrate="data.yaml").validate()
+    assert cfg.to_dict()["target_speedup"] == 1.5
+    for bad, field in [
+        (dict(method="tile", target_speedup=1.5, levels=[0.5]), "calibrate"),
+        (dict(method="tile", target_speedup=1.5, levels=[0.5], calibrate="d.yaml", amount=0.5), "amount"),
+        (dict(method="tile", target_speedup=-1.0, levels=[0.5], calibrate="d.yaml"), "target_speedup"),
+        (dict(method="tile", target_speedup=1.5, levels=[1.5], calibrate="d.yaml"), "levels"),
+        (dict(method="l1", target_speedup=1.5, levels=[0.5], calibrate="d.yaml", amount=None), "method"),
+    ]:
+        with pytest.raises(ParameterError) as info:
+            PruneConfig(**bad).validate()
+        assert field in info.value.params, (bad, info.value.params)
+
+
+@pytest.mark.parametrize("extra, says", [
+    ([], "--calibrate"),                                               # a profile needs calibration images
+    (["--calibrate", "d.yaml", "--method", "nm"], "--method"),         # it chooses tiles
+    (["--calibrate", "d.yaml", "--amount", "0.5"], "--amount"),        # one or the other
+    (["--calibrate", "d.yaml", "--levels", "0.5", "1.0"], "--levels"),
+])
+def test_cli_prune_target_speedup_refuses_what_does_not_fit(extra, says, capsys, tmp_path):
+    from sparseyolo import cli
+
+    rc = cli.main(["prune", "--weights", str(tmp_path / "none.pt"), "--target-speedup", "1.5",
+                   "--out", str(tmp_path / "out.pt"), *extra])
+    assert rc == 2
+    assert says in capsys.readouterr().err
