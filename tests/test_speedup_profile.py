@@ -12,7 +12,7 @@ from torch import nn
 from sparseyolo.models.common import Conv
 from sparseyolo.prune import PruneConfig
 from sparseyolo.prune.calibrated import calibrated_prune
-from sparseyolo.prune.sensitivity import tile_errors
+from sparseyolo.prune.sensitivity import model_outputs, output_distortion, tile_errors, tile_variants
 from sparseyolo.prune.tiles import is_tile_mask, tile_norms
 from sparseyolo.sparse.speedup_profile import (
     LayerLatency,
@@ -22,6 +22,7 @@ from sparseyolo.sparse.speedup_profile import (
     layer_latencies,
     measure_anchors,
     profile_tile_mask,
+    search_profile,
 )
 from sparseyolo.utils.errors import ParameterError
 
@@ -68,6 +69,26 @@ def test_tile_errors_match_pruning_that_layer_alone():
                               steps=3, progress=False)
     # first pruned layer: its inputs are the dense model's, so the two solves are the same problem
     assert errs["2.conv"][0.5] == pytest.approx(report.rel_error["2.conv.weight"], rel=1e-6)
+
+
+def test_stitched_variants_are_the_layers_pruned_alone():
+    net = _net()
+    variants = tile_variants(net, _batches(), [0.5, 0.75], exclude="0.*", progress=False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    stitched = variants.stitch(net, {"1.conv": 0.75, "2.conv": 0.0, "3.conv": 0.5})
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the model itself is untouched
+    for name, level in (("1.conv", 0.75), ("3.conv", 0.5)):
+        weight, mask, mean = variants.weights[name][level]
+        conv = stitched.get_submodule(name)
+        assert torch.equal(conv.weight, weight) and torch.equal(conv.weight_mask, mask) and is_tile_mask(mask)
+        assert torch.equal(stitched.get_submodule(name.replace("conv", "bn")).running_mean, mean)
+    assert not hasattr(stitched[2].conv, "weight_mask") and torch.equal(stitched[2].conv.weight, net[2].conv.weight)
+    images = [b for b in _batches(2)]
+    reference = model_outputs(net, images)
+    assert output_distortion(net, images, reference) == 0.0
+    light = output_distortion(variants.stitch(net, {"3.conv": 0.5}), images, reference)
+    heavy = output_distortion(variants.stitch(net, {"1.conv": 0.75, "3.conv": 0.75}), images, reference)
+    assert 0.0 < light < heavy
 
 
 @pytest.mark.parametrize("levels", [[], [0.0], [1.0], [0.5, -0.1]])
@@ -182,6 +203,32 @@ def test_choose_profile_is_exact_at_the_anchors():
     free = choose_profile(LATS, ERRS, anchors, 1.0)
     assert sum(r.error for r in free.rows) == 0.0
     assert {r.name: r.level for r in free.rows} == {"a": 0.0, "b": None, "c": 0.0, "d": None}
+
+
+def test_choose_profile_coefficients_steer_pruning_away_from_a_layer():
+    plain = {r.name: r.level for r in choose_profile(LATS, ERRS, _anchors(), 1.06).rows}
+    assert plain["b"] == 0.75  # the cheapest error per saved ms
+    steered = choose_profile(LATS, ERRS, _anchors(), 1.06, coefficients={"b": 1e3})
+    assert {r.name: r.level for r in steered.rows}["b"] is None
+    assert steered.feasible and steered.predicted_ms <= 10.0 / 1.06 + 1e-9
+    for r in steered.rows:  # the rows report the errors themselves, not the weighted ones
+        assert r.error == (ERRS[r.name][r.level] if r.level else 0.0)
+
+
+def test_search_profile_finds_a_profile_the_true_cost_prefers():
+    true_weight = {"a": 0.05, "b": 40.0, "c": 0.2}  # what the summed error does not know: b matters most
+
+    def evaluate(amounts):
+        return sum(true_weight[n] * ERRS[n][lv] for n, lv in amounts.items() if lv)
+
+    anchors = _anchors()
+    plain = choose_profile(LATS, ERRS, anchors, 1.06)
+    found = search_profile(LATS, ERRS, anchors, 1.06, evaluate, iters=60, seed=0)  # a stochastic search: seeded
+    assert found.feasible and found.predicted_ms <= anchors.dense_ms / 1.06 + 1e-9
+    assert found.distortion == pytest.approx(evaluate(found.amounts()))
+    assert found.distortion < evaluate(plain.amounts())
+    out_of_reach = search_profile(LATS, ERRS, anchors, 5.0, evaluate, iters=10)
+    assert not out_of_reach.feasible
 
 
 def test_choose_profile_table_names_every_choice():

@@ -71,6 +71,7 @@ class PruneConfig:
             sparsity among ``levels`` to reach this end-to-end speedup on this machine at the least calibrated
             error (:mod:`sparseyolo.sparse.speedup_profile`).
         levels: the tile sparsities a ``target_speedup`` profile chooses from (besides dense and 0).
+        search_iters: profiles the search over per-layer error coefficients tries (0: the plain choice).
         layer_amounts: the per-conv tile sparsities the profile chose (recorded).
         fused: the BatchNorms were folded before pruning (recorded).
         source: the checkpoint that was pruned (recorded).
@@ -101,6 +102,7 @@ class PruneConfig:
     refit: bool = True
     target_speedup: float | None = None
     levels: list[float] | None = None
+    search_iters: int = 0
     layer_amounts: dict[str, float] | None = None
     fused: bool = False
     source: str | None = None
@@ -187,6 +189,8 @@ class PruneConfig:
                                  "target_speedup")
         if not self.levels or not all(0.0 < v < 1.0 for v in self.levels):
             raise ParameterError(f"levels must be tile sparsities in (0, 1), got {self.levels}", "levels")
+        if self.search_iters < 0:
+            raise ParameterError(f"search_iters must be >= 0, got {self.search_iters}", "search_iters")
 
     def _validate_calibration(self) -> None:
         if self.method == "global":
@@ -296,7 +300,8 @@ class PruneConfig:
                 if args.method not in (None, "tile"):
                     raise ParameterError(f"target_speedup chooses tile sparsity per layer; drop method {args.method}",
                                          "target_speedup", "method")
-                fields.update(method="tile", target_speedup=args.target_speedup, levels=list(args.levels))
+                fields.update(method="tile", target_speedup=args.target_speedup, levels=list(args.levels),
+                              search_iters=args.search_iters)
             if args.calibrate:
                 fields.update(calibrate=str(args.calibrate), calib_images=args.calib_images, calib_img=args.calib_img,
                               calib_batch=args.calib_batch, blocksize=args.blocksize, damp=args.damp,

@@ -1,13 +1,15 @@
-"""Per-layer sensitivity to tile pruning: each conv's calibrated output error at each tile sparsity, alone.
+"""Per-layer sensitivity to tile pruning: each conv pruned alone at each tile sparsity, its error and its weights.
 
 What a latency-aware profile (:mod:`sparseyolo.sparse.speedup_profile`, SPDY's idea) trades against the time each
-level saves. For every selected conv, the input statistics are gathered once on the DENSE model's activations
-(one forward pass per calibration batch, every layer at once); then, for each level, a copy of the layer is pruned
-exactly as :func:`sparseyolo.prune.calibrated.calibrated_prune` would (OBS tile choice, ``steps`` increments, exact
-refit with the bias folded into a copy of its BatchNorm) and the relative output error it leaves is recorded. The
-model itself is not changed.
+level saves. :func:`tile_variants` gathers every selected conv's input statistics once on the DENSE model's
+activations (one forward pass per calibration batch, every layer at once); then, for each level, a copy of the
+layer is pruned exactly as :func:`sparseyolo.prune.calibrated.calibrated_prune` would (OBS tile choice, ``steps``
+increments, exact refit with the bias folded into a copy of its BatchNorm), and its relative output error and
+pruned weights are kept (SPDY's reconstruction database). :meth:`TileVariants.stitch` builds a model from any
+choice of variants in a moment, and :func:`output_distortion` scores it against the dense model on calibration
+images: what the profile search compares candidate profiles by. The model itself is not changed.
 
-The errors are of each layer pruned alone from dense inputs: they do not include what earlier pruned layers do to
+The variants are of each layer pruned alone from dense inputs: they do not include what earlier pruned layers do to
 a layer's input, which is why the profile's choice is then pruned for real, layer by layer, with the dense-output
 target (and why its accuracy is measured, not predicted).
 """
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -24,16 +27,49 @@ from tqdm import tqdm
 
 from sparseyolo.prune.calibration_data import as_float_images
 from sparseyolo.prune.layerwise import HessianAccumulator, _row_weight, following_batchnorms, prune_layer
-from sparseyolo.prune.methods import select_layers
+from sparseyolo.prune.methods import _set, select_layers
 from sparseyolo.prune.obs import DEFAULT_DAMP
+from sparseyolo.prune.tiles import TILE_PATTERN
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["tile_errors"]
+__all__ = ["TileVariants", "model_outputs", "output_distortion", "tile_errors", "tile_variants"]
+
+Variant = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # pruned weight, mask, BatchNorm running mean
+
+
+@dataclass
+class TileVariants:
+    """Every selected conv pruned alone at each level (:func:`tile_variants`).
+
+    Attributes:
+        errors: ``{conv name: {level: relative output error}}``.
+        weights: ``{conv name: {level: (pruned weight, mask, its BatchNorm's running mean or None)}}``, on the CPU.
+    """
+
+    errors: dict[str, dict[float, float]] = field(default_factory=dict)
+    weights: dict[str, dict[float, Variant]] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def stitch(self, model: nn.Module, amounts: Mapping[str, float]) -> nn.Module:
+        """A copy of ``model`` with each conv of ``amounts`` replaced by its variant at that level (level 0 and the
+        convs not named stay as they are), masks registered as tile masks."""
+        out = copy.deepcopy(model)
+        bns = following_batchnorms(out)
+        for name, level in amounts.items():
+            if level == 0.0:
+                continue
+            weight, mask, mean = self.weights[name][float(level)]
+            conv = out.get_submodule(name)
+            conv.weight.data.copy_(weight.to(conv.weight))
+            _set(conv, mask.to(conv.weight.device), TILE_PATTERN)
+            if mean is not None:
+                bns[conv].running_mean.copy_(mean.to(bns[conv].running_mean))
+        return out
 
 
 @torch.no_grad()
-def tile_errors(
+def tile_variants(
     model: nn.Module,
     batches: Iterable,
     levels: Sequence[float],
@@ -43,9 +79,9 @@ def tile_errors(
     steps: int = 3,
     damp: float = DEFAULT_DAMP,
     progress: bool = True,
-) -> dict[str, dict[float, float]]:
-    """``{conv name: {level: relative output error}}`` for every conv :func:`~sparseyolo.prune.select_layers`
-    selects for ``"tile"`` (see the module docstring).
+) -> TileVariants:
+    """Every conv :func:`~sparseyolo.prune.select_layers` selects for ``"tile"``, pruned alone at each level (see
+    the module docstring).
 
     Args:
         model: the dense model (unfused: BatchNorms kept, as for calibrated pruning); left unchanged.
@@ -67,7 +103,7 @@ def tile_errors(
         raise ValueError("no conv selected for tile pruning (check include/exclude)")
     images = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
     if not images:
-        raise ValueError("tile_errors needs calibration images; the calibration data is empty")
+        raise ValueError("tile_variants needs calibration images; the calibration data is empty")
     param = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -85,19 +121,62 @@ def tile_errors(
             h.remove()
         model.train(was_training)
     bns = following_batchnorms(model)
-    out: dict[str, dict[float, float]] = {}
+    out = TileVariants()
     for name, mod in tqdm(selected, desc="sensitivity", unit="layer", disable=not progress,
                           bar_format="{l_bar}{bar:20}{r_bar}"):
         acc = accs.pop(mod)
         if acc.rows == 0:
-            LOGGER.warning("tile_errors: %s not reached by the forward pass; left out", name)
+            LOGGER.warning("tile_variants: %s not reached by the forward pass; left out", name)
             continue
         bn = bns.get(mod)
-        out[name] = {}
+        out.errors[name], out.weights[name] = {}, {}
         for level in levels:
             trial, trial_bn = copy.deepcopy(mod), copy.deepcopy(bn)
             acc.module = trial
-            out[name][level] = float(prune_layer(trial, acc, amount=level, damp=damp, row_weight=_row_weight(bn),
-                                                 refit=True, bn=trial_bn, steps=steps, tiles=True))
-        LOGGER.debug("%s: %s", name, ", ".join(f"{lv:g}: {e:.4f}" for lv, e in out[name].items()))
+            out.errors[name][level] = float(prune_layer(trial, acc, amount=level, damp=damp,
+                                                        row_weight=_row_weight(bn), refit=True, bn=trial_bn,
+                                                        steps=steps, tiles=True))
+            out.weights[name][level] = (trial.weight.detach().cpu(), trial.weight_mask.cpu(),
+                                        None if trial_bn is None else trial_bn.running_mean.detach().cpu())
+        LOGGER.debug("%s: %s", name, ", ".join(f"{lv:g}: {e:.4f}" for lv, e in out.errors[name].items()))
     return out
+
+
+def tile_errors(model: nn.Module, batches: Iterable, levels: Sequence[float], **kwargs) -> dict[str, dict[float, float]]:
+    """``{conv name: {level: relative output error}}``: :func:`tile_variants` without the weights."""
+    return tile_variants(model, batches, levels, **kwargs).errors
+
+
+def _head_maps(out) -> list[torch.Tensor]:
+    """What a model's output is compared on: YOLOv5's raw head maps (the second item of its eval-mode
+    ``(decoded, maps)``, whose decoded boxes in pixels would drown the logits), else every tensor in the output."""
+    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (tuple, list)):
+        out = out[1]
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in (out if isinstance(out, (tuple, list)) else ()) for t in _head_maps(o)]
+
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, images: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """The output maps :func:`output_distortion` compares, per batch of ``images`` (uint8 or float)."""
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        return [[t.float() for t in _head_maps(model(as_float_images(x, param.device, param.dtype)))]
+                for x in images]
+    finally:
+        model.train(was_training)
+
+
+def output_distortion(model: nn.Module, images: Sequence[torch.Tensor], reference: list[list[torch.Tensor]]) -> float:
+    """The mean over output maps of ``||y - y_ref||^2 / ||y_ref||^2`` on ``images``, each map (YOLOv5: each
+    detection scale) weighing the same; ``reference``: :func:`model_outputs` of the dense model."""
+    outs = model_outputs(model, images)
+    per_map = []
+    for k in range(len(reference[0])):
+        num = sum(float((o[k] - r[k]).pow(2).sum()) for o, r in zip(outs, reference))
+        den = sum(float(r[k].pow(2).sum()) for r in reference)
+        per_map.append(num / max(den, 1e-30))
+    return sum(per_map) / len(per_map)

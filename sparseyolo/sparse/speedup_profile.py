@@ -27,7 +27,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -45,7 +46,8 @@ from sparseyolo.utils import timing
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LEVELS", "LayerLatency", "ModelAnchors", "ProfileRow", "SpeedupProfile", "choose_profile",
-           "kernel_layers", "layer_latencies", "measure_anchors", "profile_tile_mask"]
+           "compiled_model_ms", "kernel_layers", "layer_latencies", "measure_anchors", "profile_tile_mask",
+           "search_profile"]
 
 #: Tile sparsities a profile chooses from by default (besides dense and the kernel with no tile pruned).
 DEFAULT_LEVELS = (0.25, 0.5, 0.75)
@@ -205,6 +207,8 @@ class SpeedupProfile:
         feasible: False when even the fastest option everywhere misses the target (then that is the profile).
         rows: per conv, in model order.
         measured_ms: the pruned model's measured time, once measured (``sparseyolo prune`` fills it in).
+        distortion: what :func:`search_profile` scored the profile by (the model's output distortion on
+            calibration images), when it searched.
     """
 
     target_speedup: float
@@ -213,6 +217,7 @@ class SpeedupProfile:
     feasible: bool
     rows: list[ProfileRow] = field(default_factory=list)
     measured_ms: float | None = None
+    distortion: float | None = None
 
     @property
     def predicted_speedup(self) -> float:
@@ -238,6 +243,7 @@ class SpeedupProfile:
         lines.append(f"target {self.target_speedup:g}x of the dense model ({self.dense_model_ms:.2f} ms): predicted "
                      f"{self.predicted_ms:.2f} ms ({self.predicted_speedup:.2f}x)"
                      + ("" if self.feasible else "; the target is out of reach: this is the fastest profile")
+                     + ("" if self.distortion is None else f"; output distortion {self.distortion:.4f}")
                      + ("" if self.measured_ms is None else
                         f"; measured {self.measured_ms:.2f} ms ({self.dense_model_ms / self.measured_ms:.2f}x)"))
         return "\n".join(lines)
@@ -282,26 +288,40 @@ def measure_anchors(
     """Compile and time (interleaved) the dense model and the :func:`kernel_layers` on the tile kernel at tile
     sparsity 0 and ``level`` (:func:`profile_tile_mask`: the time depends on the share of tiles, not on which).
     ``model`` is not changed. Compiling takes a minute or two on 2 cores."""
-    from sparseyolo.sparse.compile import compile_inference
-    from sparseyolo.sparse.convert import sparsify
-
     moved = kernel_layers(latencies)
-    x = torch.zeros(1, 3, 640, 640) if example_input is None else example_input.float()
-    x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     base = copy.deepcopy(model).float().eval()
-    models = {"dense": sparsify(base, backend="dense").to(memory_format=torch.channels_last).to(torch.bfloat16)}
+    models = {"dense": base}
     for key, amount in (("kernel", 0.0), ("sparse", level)):
         m = copy.deepcopy(base)
         for name in moved:
             conv = m.get_submodule(name)
             set_mask(conv, profile_tile_mask(conv.weight.detach(), amount), TILE_PATTERN)
-        models[key] = sparsify(m, backend=TILE_BACKEND, dtype=torch.bfloat16)
+        models[key] = m
+    ms = compiled_model_ms(models, example_input, reps)
+    return ModelAnchors(ms["dense"], ms["kernel"], ms["sparse"], float(level), moved)
+
+
+@torch.no_grad()
+def compiled_model_ms(models: Mapping[str, nn.Module], example_input: torch.Tensor | None = None, reps: int = 15
+                      ) -> dict[str, float]:
+    """Compile each model as deployed on this CPU and time them interleaved, back to back (ms, best of two
+    rounds' medians): ``"dense"`` as the fastest dense runtime runs it (BN folded, bf16, channels-last), any
+    other key with its masked convs on the tile kernel (bf16) and the rest dense. Input: ``example_input`` (default
+    a seeded random ``1x3x640x640`` image). The models are not changed."""
+    from sparseyolo.sparse.compile import compile_inference
+    from sparseyolo.sparse.convert import sparsify
+
+    x = torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0)) if example_input is None \
+        else example_input.float()
+    x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     runs = {}
     for key, m in models.items():
-        runs[key] = compile_inference(m)
+        m = copy.deepcopy(m).float().eval()
+        ready = (sparsify(m, backend="dense").to(memory_format=torch.channels_last).to(torch.bfloat16)
+                 if key == "dense" else sparsify(m, backend=TILE_BACKEND, dtype=torch.bfloat16))
+        runs[key] = compile_inference(ready)
         runs[key](x)  # compiles
-    ms = timing.interleaved_median_ms({k: (lambda r=r: r(x)) for k, r in runs.items()}, "cpu", reps)
-    return ModelAnchors(ms["dense"], ms["kernel"], ms["sparse"], float(level), moved)
+    return timing.interleaved_median_ms({k: (lambda r=r: r(x)) for k, r in runs.items()}, "cpu", reps)
 
 
 def choose_profile(
@@ -310,6 +330,7 @@ def choose_profile(
     anchors: ModelAnchors,
     target_speedup: float,
     resolution: int = 2000,
+    coefficients: Mapping[str, float] | None = None,
 ) -> SpeedupProfile:
     """Per conv the option (dense, kernel at tile sparsity 0 or at a level of ``errors``) that reaches
     ``target_speedup`` over ``anchors.dense_ms`` with the least summed error (see the module docstring).
@@ -326,6 +347,8 @@ def choose_profile(
         target_speedup: > 0; e.g. 1.5.
         resolution: the time to save is cut into this many steps; a conv's saving is rounded DOWN to a step, so
             the chosen profile's predicted time never exceeds the target time.
+        coefficients: ``{conv name: c}``: the program minimises ``sum(c * error)`` (default 1 for every conv;
+            :func:`search_profile` tunes them); the rows report the errors themselves.
 
     Returns:
         A :class:`SpeedupProfile`; a target out of reach gives the fastest profile with ``feasible=False``.
@@ -358,12 +381,14 @@ def choose_profile(
     inf = float("inf")
     best = [0.0] + [inf] * budget  # best[j]: least error with at least j steps of saving (j capped at budget)
     back: list[list[tuple[int, int]]] = []
-    for opts in options:
+    for lat, opts in zip(layers, options):
+        weight = 1.0 if coefficients is None else float(coefficients.get(lat.name, 1.0))
         new, arg = [inf] * (budget + 1), [(-1, -1)] * (budget + 1)
         for j, err0 in enumerate(best):
             if err0 == inf:
                 continue
             for k, (_, _, err, saving) in enumerate(opts):
+                err *= weight
                 jj = min(budget, j + int(saving // step))
                 if err0 + err < new[jj]:
                     new[jj], arg[jj] = err0 + err, (k, j)
@@ -391,3 +416,57 @@ def choose_profile(
         LOGGER.warning("speedup profile: %.2fx is out of reach (at most %.2fx predicted); using the fastest profile",
                        target_speedup, dense_model_ms / (dense_model_ms - saved))
     return SpeedupProfile(target_speedup, dense_model_ms, dense_model_ms - saved, feasible, rows)
+
+
+def search_profile(
+    latencies: Mapping[str, LayerLatency],
+    errors: Mapping[str, Mapping[float, float]],
+    anchors: ModelAnchors,
+    target_speedup: float,
+    evaluate: Callable[[dict[str, float]], float],
+    iters: int = 100,
+    seed: int = 0,
+) -> SpeedupProfile:
+    """SPDY's search: the summed per-layer error is a weak guide across layers (an error in one conv may cost the
+    model far more than the same error in another), so the program's per-conv coefficients are searched, each
+    candidate profile scored by ``evaluate`` (the stitched model's output distortion on calibration images,
+    :meth:`sparseyolo.prune.sensitivity.TileVariants.stitch` and
+    :func:`sparseyolo.prune.sensitivity.output_distortion`), lower is better.
+
+    Starting from all coefficients 1 (:func:`choose_profile`), each step multiplies a random fifth of them by
+    ``exp(N(0, s))`` with ``s`` shrinking from 1 to 0.1, and keeps the candidate when its profile scores no worse
+    (so the coefficients can walk across the many candidates that change no choice).
+    Every profile meets the target (predicted); profiles already scored are not scored again.
+
+    Returns:
+        The best profile (``distortion`` set), chosen again at full resolution with the best coefficients.
+    """
+    rng = random.Random(seed)
+    names = [n for n in latencies if n in errors]
+    scores: dict[tuple, float] = {}
+
+    def score(coef: dict[str, float], resolution: int) -> tuple[float, SpeedupProfile]:
+        prof = choose_profile(latencies, errors, anchors, target_speedup, resolution, coef)
+        key = tuple(sorted(prof.amounts().items()))
+        if key not in scores:
+            scores[key] = float(evaluate(prof.amounts()))
+        prof.distortion = scores[key]
+        return scores[key], prof
+
+    coef = {n: 1.0 for n in names}
+    best, best_prof = score(coef, 500)
+    if not best_prof.feasible or not names:
+        return best_prof
+    for it in range(iters):
+        spread = 1.0 - 0.9 * it / max(iters - 1, 1)
+        cand = dict(coef)
+        for n in rng.sample(names, k=max(1, len(names) // 5)):
+            cand[n] = coef[n] * math.exp(rng.gauss(0.0, spread))
+        d, prof = score(cand, 500)
+        if d <= best:  # equal scores too: the coefficients walk across a plateau of unchanged profiles
+            if d < best:
+                LOGGER.info("profile search: step %d, output distortion %.5f", it, d)
+            best, coef, best_prof = d, cand, prof
+    final_d, final = score(coef, 2000)  # the same coefficients, savings rounded more finely
+    LOGGER.info("profile search: %d profiles scored; best output distortion %.5f", len(scores), min(best, final_d))
+    return final if final_d <= best else best_prof
