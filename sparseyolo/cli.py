@@ -470,6 +470,10 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="CPU: also time the bf16 dense model and the sparsify(auto) model through torch.compile "
                         "(Inductor, freezing; the fastest dense runtime on this repo's Xeon); compiling takes "
                         "seconds to a minute per model")
+    p.add_argument("--backend", default="sparse", metavar="NAME",
+                   help="backend of the 'sparsify (sparse)' row (default: the device's sparse backend); another one, "
+                   "e.g. cpu_block_tiles for a --target-speedup checkpoint, is also the model the compiled row "
+                   "compiles (instead of auto's)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
     p.add_argument("--out", default="runs/bench", help="folder for the plots")
     p.set_defaults(func=_cmd_bench)
@@ -488,7 +492,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise _UserError("--batch and --reps must be >= 1 and --img >= 32")
     result = run_bench(args.weights, imgsz=args.imgsz, batch=args.batch, device=args.device, threads=args.threads,
                        reps=args.reps, onnx=args.onnx, plots=args.plots, out=args.out,
-                       dtype=_dtypes()[args.dtype] if args.dtype else None, compiled=args.compiled)
+                       dtype=_dtypes()[args.dtype] if args.dtype else None, compiled=args.compiled,
+                       sparse_backend=args.backend, compiled_variant="auto" if args.backend == "sparse" else "sparse")
     print(result.table())
     if result.plots:
         print("plots: " + ", ".join(str(p) for p in result.plots))

@@ -10,6 +10,7 @@ from sparseyolo.bench import run_bench
 from sparseyolo.checkpoint import load_model, save_checkpoint
 from sparseyolo.demo import packaged_weights
 from sparseyolo.prune import prune
+from sparseyolo.utils.errors import ParameterError
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,17 @@ def test_bench_bf16_sparse_variants(pruned_ckpt):
     # compiled by default: the dense bf16 runtime is a dense row, the compiled auto model a sparse one
     assert rows[3] == "pytorch bf16 compiled" and rows[-1] == "sparsify (auto) compiled"
     assert "pytorch bf16 compiled" in res.dense_rows and res.rows[3].ms > 0 and res.rows[-1].ms > 0
+
+
+def test_bench_compiles_the_named_backend(pruned_ckpt):
+    res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=False, plots=False, dtype=torch.bfloat16,
+                    sparse_backend="cpu_block_tiles", compiled_variant="sparse")
+    rows = {r.name: r for r in res.rows}
+    assert "cpu_block_tiles" in rows["sparsify (sparse)"].note
+    assert "sparsify (auto) compiled" not in rows and rows["sparsify (sparse) compiled"].ms > 0
+    assert "cpu_block_tiles" in rows["sparsify (sparse) compiled"].note
+    with pytest.raises(ParameterError, match="compiled_variant"):
+        run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=False, plots=False, compiled_variant="dense")
 
 
 def test_bench_cli(pruned_ckpt, tmp_path, capsys):
