@@ -1,25 +1,29 @@
 """Sparsity where it pays: a per-layer tile-sparsity profile that reaches a target speedup at the least error.
 
-SPDY's idea (Frantar & Alistarh, 2022) on this project's CPU kernel. Three inputs, one choice:
+SPDY's idea (Frantar & Alistarh, 2022) on this project's CPU kernel. Measurements, then a choice:
 
 1. :func:`layer_latencies`: each conv's time on THIS machine, on its input shape: dense as a frozen
    ``torch.compile``'d bf16 model runs it (oneDNN with a prepacked weight and the activation fused,
    ``mkldnn._convolution_pointwise``), and on the tile kernel (backend ``"cpu_block_tiles"``, bf16,
    channels-last) at tile sparsity 0 and at each level. Variants of one layer are timed interleaved.
-2. :func:`sparseyolo.prune.sensitivity.tile_errors`: each conv's calibrated relative output error at each level.
-3. :func:`measure_anchors`: three whole models compiled and timed interleaved: dense; every conv the kernel runs
-   faster than oneDNN at some level on the kernel with nothing pruned; the same convs at the top level. Layers timed alone
-   miss what a model adds (colder caches, the glue Inductor generates around a custom op): on yolov5n the
-   convs' in-model time is 1.1-1.4x their time alone, and the glue changes too. The anchors scale the per-layer
-   savings so that the prediction is exact at those three models.
-4. :func:`choose_profile`: per conv one option (dense; the kernel with nothing pruned; the kernel at a level),
-   by a dynamic program over the convs minimising the summed error subject to the predicted model time being at
-   most ``dense_ms / target``. The kernel with nothing pruned costs no accuracy, so every conv it runs faster
-   than oneDNN takes at least that.
+2. :func:`measure_anchors`: three whole models compiled and timed back to back: dense; every conv the kernel runs
+   faster than oneDNN at some level, on the kernel with nothing pruned; the same convs at the top level. Layers
+   timed alone miss what a model adds (colder caches, the glue Inductor generates around a custom op): on yolov5n
+   the convs' in-model time is 1.1-1.4x their time alone, and the glue changes too. The anchors scale the
+   per-layer savings so that the prediction is exact at those three models.
+3. :func:`sparseyolo.prune.sensitivity.tile_variants`: each conv pruned alone at each level (calibrated): its
+   relative output error and its pruned weights.
+4. :func:`choose_profile`: per conv one option (dense; the kernel with nothing pruned; the kernel at a level), by
+   a dynamic program over the convs minimising the weighted sum of errors subject to the predicted model time
+   being at most ``dense_ms / target``. The kernel with nothing pruned costs no accuracy, so every conv it runs
+   faster than oneDNN takes at least that.
+5. :func:`search_profile`: errors of different convs are not worth the same, so the weights are searched, each
+   candidate profile scored by the output distortion of the model stitched from the per-conv variants.
 
-Between the anchors the prediction is linear in the per-layer savings, and the per-layer errors are of layers
-pruned alone: both are approximations, which is why ``sparseyolo prune --target-speedup`` measures the pruned
-model end to end and reports it next to the prediction, and why accuracy is measured with ``sparseyolo val``.
+Between the anchors the prediction is linear in the per-layer savings (on yolov5n within 3% at 1.3x, 7%
+optimistic at 1.4x), and the variants are of layers pruned alone: both are approximations, which is why
+``sparseyolo prune --target-speedup`` measures the pruned model end to end and reports it next to the prediction,
+and why accuracy is measured with ``sparseyolo val``.
 """
 
 from __future__ import annotations
