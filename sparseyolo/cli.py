@@ -174,11 +174,17 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _speedup_profile(model, cfg, batches):
     from sparseyolo.prune import select_layers
     from sparseyolo.prune.sensitivity import model_outputs, output_distortion, tile_variants
-    from sparseyolo.sparse.speedup_profile import layer_latencies, measure_anchors, search_profile
+    from sparseyolo.sparse.speedup_profile import kernel_layers, layer_latencies, measure_anchors, search_profile
 
     names = {name for name, _ in select_layers(model, "tile", 4, cfg.include, cfg.exclude)[0]}
     print(f"speedup profile: timing {len(names)} convs alone, dense and on the tile kernel at {cfg.levels} ...")
     latencies = layer_latencies(model, cfg.levels, names=names)
+    if not kernel_layers(latencies):
+        from sparseyolo import ops
+
+        raise _UserError(f"no conv runs faster on the tile kernel than on oneDNN on this CPU (kernel path: "
+                         f"{ops.cpu_isa()}); --target-speedup needs the AMX tile kernel to pay. Prune with --nm 2:4 "
+                         "or --method tile --amount instead, and time it with sparseyolo bench")
     print("speedup profile: compiling and timing three whole models (dense; kernel at 0 and "
           f"{max(cfg.levels):g}) ...")
     anchors = measure_anchors(model, latencies, max(cfg.levels))

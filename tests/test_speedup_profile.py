@@ -325,3 +325,20 @@ def test_cli_prune_target_speedup_refuses_what_does_not_fit(extra, says, capsys,
                    "--out", str(tmp_path / "out.pt"), *extra])
     assert rc == 2
     assert says in capsys.readouterr().err
+
+
+def test_cli_prune_target_speedup_says_when_the_kernel_does_not_pay(monkeypatch, capsys, tmp_path):
+    """On a CPU where the tile kernel is never faster than oneDNN (no AMX), the command stops with a clear message
+    before compiling anything."""
+    from sparseyolo import cli
+    from sparseyolo.demo import packaged_weights
+    from sparseyolo.sparse import speedup_profile
+
+    monkeypatch.setattr(cli, "_calibration_batches", lambda model, cfg: _batches(1))
+    monkeypatch.setattr(speedup_profile, "layer_latencies", lambda model, levels, names=None: {
+        n: LayerLatency(n, (16, 16, 1, 1), (1, 16, 8, 8), 0.01, {0.0: 0.05, 0.5: 0.04}) for n in sorted(names)})
+    monkeypatch.setattr(speedup_profile, "measure_anchors", lambda *a, **k: pytest.fail("anchors measured"))
+    rc = cli.main(["prune", "--weights", str(packaged_weights()), "--target-speedup", "1.3", "--calibrate",
+                   "unused.yaml", "--out", str(tmp_path / "out.pt")])
+    assert rc == 2
+    assert "tile kernel" in capsys.readouterr().err and not (tmp_path / "out.pt").exists()
