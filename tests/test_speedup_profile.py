@@ -12,7 +12,7 @@ from torch import nn
 from sparseyolo.models.common import Conv
 from sparseyolo.prune import PruneConfig
 from sparseyolo.prune.calibrated import calibrated_prune
-from sparseyolo.prune.sensitivity import model_outputs, output_distortion, tile_errors, tile_variants
+from sparseyolo.prune.sensitivity import model_outputs, output_distortion, tile_variants
 from sparseyolo.prune.tiles import is_tile_mask, tile_norms
 from sparseyolo.sparse.speedup_profile import (
     LayerLatency,
@@ -43,14 +43,14 @@ def _batches(n: int = 3) -> list[torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# tile_errors
+# tile_variants
 # ------------------------------------------------------------------------------------------------------------------
 
 
 def test_tile_errors_grow_with_the_level_and_leave_the_model_alone():
     net = _net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    errs = tile_errors(net, _batches(), [0.25, 0.5, 0.75], exclude="0.*", progress=False)
+    errs = tile_variants(net, _batches(), [0.25, 0.5, 0.75], exclude="0.*", progress=False).errors
     assert set(errs) == {"1.conv", "2.conv", "3.conv"}
     for name, by_level in errs.items():
         assert list(by_level) == [0.25, 0.5, 0.75]
@@ -64,7 +64,7 @@ def test_tile_errors_grow_with_the_level_and_leave_the_model_alone():
 
 def test_tile_errors_match_pruning_that_layer_alone():
     net = _net()
-    errs = tile_errors(net, _batches(), [0.5], include="2.conv", progress=False)
+    errs = tile_variants(net, _batches(), [0.5], include="2.conv", progress=False).errors
     report = calibrated_prune(net, _batches(), amount=0.5, method="tile", include="2.conv", target="layer",
                               steps=3, progress=False)
     # first pruned layer: its inputs are the dense model's, so the two solves are the same problem
@@ -94,7 +94,7 @@ def test_stitched_variants_are_the_layers_pruned_alone():
 @pytest.mark.parametrize("levels", [[], [0.0], [1.0], [0.5, -0.1]])
 def test_tile_errors_refuse_bad_levels(levels):
     with pytest.raises(ValueError, match="levels"):
-        tile_errors(_net(), _batches(1), levels, progress=False)
+        tile_variants(_net(), _batches(1), levels, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------------------------

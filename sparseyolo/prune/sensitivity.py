@@ -33,7 +33,7 @@ from sparseyolo.prune.tiles import TILE_PATTERN
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["TileVariants", "model_outputs", "output_distortion", "tile_errors", "tile_variants"]
+__all__ = ["TileVariants", "model_outputs", "output_distortion", "tile_variants"]
 
 Variant = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # pruned weight, mask, BatchNorm running mean
 
@@ -140,11 +140,6 @@ def tile_variants(
                                         None if trial_bn is None else trial_bn.running_mean.detach().cpu())
         LOGGER.debug("%s: %s", name, ", ".join(f"{lv:g}: {e:.4f}" for lv, e in out.errors[name].items()))
     return out
-
-
-def tile_errors(model: nn.Module, batches: Iterable, levels: Sequence[float], **kwargs) -> dict[str, dict[float, float]]:
-    """``{conv name: {level: relative output error}}``: :func:`tile_variants` without the weights."""
-    return tile_variants(model, batches, levels, **kwargs).errors
 
 
 def _head_maps(out) -> list[torch.Tensor]:

@@ -110,7 +110,8 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def _conv_plan(model: nn.Module, name: str, conv: nn.Conv2d, bn_name: str | None, block: nn.Module | None) -> Plan:
+def conv_plan(model: nn.Module, name: str, conv: nn.Conv2d, bn_name: str | None, block: nn.Module | None) -> Plan:
+    """The :class:`Plan` of one conv (``bn_name``: its BatchNorm, folded; ``block``: whose ``.act`` it fuses)."""
     bn = model.get_submodule(bn_name) if bn_name else None
     w, b = fold_bn(conv.weight, conv.bias, bn)
     geometry, why = _geometry(conv)
@@ -128,7 +129,7 @@ def find_plans(model: nn.Module) -> list[Plan]:
         conv, bn, act = getattr(mod, "conv", None), getattr(mod, "bn", None), getattr(mod, "act", None)
         if isinstance(conv, nn.Conv2d) and isinstance(act, nn.Module) and (bn is None or isinstance(bn, nn.BatchNorm2d)):
             prefix = f"{name}." if name else ""
-            plans.append(_conv_plan(model, prefix + "conv", conv, prefix + "bn" if bn is not None else None, mod))
+            plans.append(conv_plan(model, prefix + "conv", conv, prefix + "bn" if bn is not None else None, mod))
             claimed.add(id(conv))
     pairs = _fx_pairs(model)
     if pairs is None:
@@ -136,11 +137,11 @@ def find_plans(model: nn.Module) -> list[Plan]:
     for conv_name, bn_name in pairs:
         conv = model.get_submodule(conv_name)
         if id(conv) not in claimed:
-            plans.append(_conv_plan(model, conv_name, conv, bn_name, None))
+            plans.append(conv_plan(model, conv_name, conv, bn_name, None))
             claimed.add(id(conv))
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Conv2d) and id(mod) not in claimed and MASK_NAME in mod._buffers:
-            plans.append(_conv_plan(model, name, mod, None, None))
+            plans.append(conv_plan(model, name, mod, None, None))
             claimed.add(id(mod))
         elif isinstance(mod, SparseConv2d):
             b = None if mod.bias is None else mod.bias.detach().float().cpu()

@@ -33,7 +33,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ from sparseyolo.prune.tiles import TILE_PATTERN, expand_tiles, tile_norms
 from sparseyolo.sparse.autotune import disagreement
 from sparseyolo.sparse.backends import ConvGeometry, get_backend
 from sparseyolo.sparse.convert import layer_input_shapes
-from sparseyolo.sparse.folding import find_plans
+from sparseyolo.sparse.folding import Plan, conv_plan, find_plans
 from sparseyolo.sparse.modules import SparseConv2d
 from sparseyolo.utils import timing
 
@@ -129,12 +129,13 @@ def layer_latencies(
     work = copy.deepcopy(model).float().eval()
     x = torch.zeros(1, 3, 640, 640) if example_input is None else example_input.float()
     backend = get_backend(TILE_BACKEND)
-    convs = [c for c in _all_convs(work) if names is None or c[0] in names]
-    shapes = layer_input_shapes(work, x, {id(c[1]) for c in convs})
+    plans = [p for p in _all_convs(work) if names is None or p.name in names]
+    shapes = layer_input_shapes(work, x, {id(p.conv) for p in plans})
     gen = torch.Generator().manual_seed(0)
     out: dict[str, LayerLatency] = {}
-    for name, conv, weight, bias, geometry, act in convs:
-        shape = shapes.get(id(conv))
+    for plan in plans:
+        name, weight, bias, geometry, act = plan.name, plan.weight, plan.bias, plan.geometry, plan.fused_act
+        shape = shapes.get(id(plan.conv))
         if shape is None or geometry is None:
             LOGGER.info("layer_latencies: %s left out: %s", name, "not reached by the example input" if shape is None
                         else "a conv no backend takes (groups, dilation or padding mode)")
@@ -158,27 +159,13 @@ def layer_latencies(
     return out
 
 
-def _all_convs(model: nn.Module) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor | None,
-                                               ConvGeometry | None, str]]:
-    """Every ``nn.Conv2d`` of ``model`` as ``(name, module, folded weight, bias, geometry, fused activation)``:
-    conv blocks with their BatchNorm folded (:func:`~sparseyolo.sparse.folding.find_plans`), then the bare convs
-    (a detection head's), in module order."""
+def _all_convs(model: nn.Module) -> list[Plan]:
+    """The :class:`~sparseyolo.sparse.folding.Plan` of every ``nn.Conv2d`` of ``model``: conv blocks with their
+    BatchNorm folded (:func:`~sparseyolo.sparse.folding.find_plans`) and the bare convs (a detection head's), in
+    module order."""
     plans = {id(p.conv): p for p in find_plans(model)}
-    out = []
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Conv2d):
-            continue
-        p = plans.get(id(mod))
-        if p is not None:
-            out.append((p.name, mod, p.weight, p.bias, p.geometry, p.fused_act))
-        else:
-            bias = None if mod.bias is None else mod.bias.detach().float()
-            try:
-                geometry = ConvGeometry.from_conv(mod)
-            except ValueError:  # groups, dilation, padding modes: no backend takes it
-                geometry = None
-            out.append((name, mod, mod.weight.detach().float(), bias, geometry, "identity"))
-    return out
+    return [plans.get(id(mod)) or conv_plan(model, name, mod, None, None)
+            for name, mod in model.named_modules() if isinstance(mod, nn.Conv2d)]
 
 
 @dataclass
@@ -252,9 +239,6 @@ class SpeedupProfile:
                      + ("" if self.measured_speedup is None else f"; measured {self.measured_speedup:.2f}x"))
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class ModelAnchors:
@@ -293,10 +277,9 @@ def measure_anchors(
     sparsity 0 and ``level`` (:func:`profile_tile_mask`: the time depends on the share of tiles, not on which).
     ``model`` is not changed. Compiling takes a minute or two on 2 cores."""
     moved = kernel_layers(latencies)
-    base = copy.deepcopy(model).float().eval()
-    models = {"dense": base}
+    models = {"dense": model}
     for key, amount in (("kernel", 0.0), ("sparse", level)):
-        m = copy.deepcopy(base)
+        m = copy.deepcopy(model)
         for name in moved:
             conv = m.get_submodule(name)
             set_mask(conv, profile_tile_mask(conv.weight.detach(), amount), TILE_PATTERN)
@@ -319,8 +302,7 @@ def compiled_model_ms(models: Mapping[str, nn.Module], example_input: torch.Tens
         else example_input.float()
     x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     runs = {}
-    for key, m in models.items():
-        m = copy.deepcopy(m).float().eval()
+    for key, m in models.items():  # sparsify converts a copy: the models are not changed
         ready = (sparsify(m, backend="dense").to(memory_format=torch.channels_last).to(torch.bfloat16)
                  if key == "dense" else sparsify(m, backend=TILE_BACKEND, dtype=torch.bfloat16))
         runs[key] = compile_inference(ready)
@@ -345,7 +327,7 @@ def choose_profile(
 
     Args:
         latencies: :func:`layer_latencies`.
-        errors: :func:`sparseyolo.prune.sensitivity.tile_errors` (``{name: {level: error}}``); a level a conv has
+        errors: :attr:`sparseyolo.prune.sensitivity.TileVariants.errors` (``{name: {level: error}}``); a level a conv has
             no error for is not offered to it.
         anchors: :func:`measure_anchors`.
         target_speedup: > 0; e.g. 1.5.
