@@ -14,9 +14,10 @@ class _UserError(Exception):
     """A mistake in the command's arguments or inputs: printed as one line, no traceback."""
 
 
-# sparseyolo.prune.METHODS, spelled here so that building the parser (and --help) does not import torch;
-# tests/test_prune_tiles.py checks that the two agree.
+# sparseyolo.prune.METHODS and sparseyolo.prune.config.SOLVERS, spelled here so that building the parser (and
+# --help) does not import torch; tests/test_prune_tiles.py and tests/test_admm.py check that they agree.
 _PRUNE_METHODS = ["l1", "global", "nm", "tile"]
+_CALIB_SOLVERS = ["sparsegpt", "admm"]
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -121,6 +122,9 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--calib-steps", type=int, default=None, metavar="K",
                    help="prune each layer in K increments, each followed by the refit (default: 1 for N:M, 3 for "
                    "unstructured and tiles; see README)")
+    c.add_argument("--calib-solver", choices=_CALIB_SOLVERS, default="admm",
+                   help="how each layer's mask is chosen: the whole mask at once by ADMM (admm, default: less "
+                   "output error and more held-out mAP, docs/results.md) or column by column as SparseGPT (sparsegpt)")
     c.add_argument("--no-refit", dest="refit", action="store_false",
                    help="keep SparseGPT's weights as they are; by default the kept weights (and a per-channel bias, "
                    "folded into the BatchNorm) are re-solved exactly once each layer's mask is chosen")
@@ -190,7 +194,8 @@ def _speedup_profile(model, cfg, batches):
     anchors = measure_anchors(model, latencies, max(cfg.levels))
     print(f"  dense {anchors.dense_ms:.2f} ms, kernel {anchors.kernel_ms:.2f} ms, tiles {max(cfg.levels):g} "
           f"{anchors.sparse_ms:.2f} ms ({len(anchors.kernel_layers)} convs the kernel runs faster)")
-    variants = tile_variants(model, batches, cfg.levels, cfg.include, cfg.exclude, steps=cfg.steps, damp=cfg.damp)
+    variants = tile_variants(model, batches, cfg.levels, cfg.include, cfg.exclude, steps=cfg.steps, damp=cfg.damp,
+                             solver=cfg.calib_solver)
     images = [b[0] if isinstance(b, (tuple, list)) else b for b in batches][:1]  # one batch scores a profile
     reference = model_outputs(model, images)
 
@@ -252,7 +257,7 @@ def _calibrated_prune(model, cfg, batches):
         kwargs = {"amounts": cfg.layer_amounts}
     report = calibrated_prune(model, batches, blocksize=cfg.blocksize, damp=cfg.damp,
                               bn_recalibration=cfg.bn_recalib, target=cfg.calib_target, refit=cfg.refit,
-                              steps=cfg.steps, method=cfg.method, **kwargs)
+                              steps=cfg.steps, method=cfg.method, solver=cfg.calib_solver, **kwargs)
     return report  # its summary is logged by calibrated_prune
 
 

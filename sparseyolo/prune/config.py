@@ -27,6 +27,8 @@ LOGGER = logging.getLogger(__name__)
 
 BN_RECALIBRATION = ("reset", "none")
 CALIB_TARGETS = ("dense", "layer")
+#: How calibrated pruning chooses each layer's mask (sparseyolo.prune.layerwise.prune_layer).
+SOLVERS = ("sparsegpt", "admm")
 
 
 def parse_nm(spec: str) -> tuple[int, int]:
@@ -60,13 +62,14 @@ class PruneConfig:
         start, end: gradual pruning window in epochs (``start < end``).
         initial: sparsity at ``start``.
         freq: batches between mask updates inside the window (0: four updates per epoch).
-        calibrate: data yaml of the calibration images: one-shot calibrated (SparseGPT) pruning; None: magnitude.
+        calibrate: data yaml of the calibration images: one-shot calibrated (OBS) pruning; None: magnitude.
         calib_images, calib_img, calib_batch: number, size (pixels) and batch of the calibration images.
         blocksize, damp: the solver's lazy-update block and Hessian dampening.
         bn_recalib: ``'reset'`` re-estimates BatchNorm statistics afterwards, ``'none'`` keeps them.
         calib_target: fit each layer to the dense model's output (``'dense'``) or its own (``'layer'``).
         calib_steps: prune each layer in this many increments (None: 1 for N:M, 3 for unstructured and tiles).
         refit: re-solve the kept weights once each layer's mask is chosen.
+        calib_solver: how each layer's mask is chosen: ``'sparsegpt'`` or ``'admm'`` (:mod:`sparseyolo.prune.admm`).
         target_speedup: ``'tile'`` with ``calibrate`` only, instead of ``amount``: choose each conv's tile
             sparsity among ``levels`` to reach this end-to-end speedup on this machine at the least calibrated
             error (:mod:`sparseyolo.sparse.speedup_profile`).
@@ -100,6 +103,7 @@ class PruneConfig:
     calib_target: str = "dense"
     calib_steps: int | None = None
     refit: bool = True
+    calib_solver: str = "admm"
     target_speedup: float | None = None
     levels: list[float] | None = None
     search_iters: int = 0
@@ -204,6 +208,9 @@ class PruneConfig:
             raise ParameterError(f"bn_recalib must be reset or none, got {self.bn_recalib!r}", "bn_recalib")
         if self.calib_target not in CALIB_TARGETS:
             raise ParameterError(f"calib_target must be dense or layer, got {self.calib_target!r}", "calib_target")
+        if self.calib_solver not in SOLVERS:
+            raise ParameterError(f"calib_solver must be one of {', '.join(SOLVERS)}, got {self.calib_solver!r}",
+                                 "calib_solver")
 
     def prune_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`sparseyolo.prune.prune` (besides ``method``) for this configuration."""
@@ -235,7 +242,10 @@ class PruneConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             LOGGER.warning("pruning configuration: ignoring unknown keys %s", unknown)
-        return cls(**{k: v for k, v in d.items() if k in names})
+        fields = {k: v for k, v in d.items() if k in names}
+        if fields.get("calibrate") and "calib_solver" not in fields:
+            fields["calib_solver"] = "sparsegpt"  # calibrated before ADMM existed (and became the default)
+        return cls(**fields)
 
     @classmethod
     def from_spec(cls, spec: float | str, method: str | None = None, **fields: Any) -> PruneConfig:
@@ -306,5 +316,5 @@ class PruneConfig:
                 fields.update(calibrate=str(args.calibrate), calib_images=args.calib_images, calib_img=args.calib_img,
                               calib_batch=args.calib_batch, blocksize=args.blocksize, damp=args.damp,
                               bn_recalib=args.bn_recalib, calib_target=args.calib_target,
-                              calib_steps=args.calib_steps, refit=args.refit)
+                              calib_steps=args.calib_steps, refit=args.refit, calib_solver=args.calib_solver)
         return cls(**fields).validate(epochs)

@@ -1,4 +1,4 @@
-"""One layer of calibrated pruning: its input statistics and the masked solve (OBS / SparseGPT, then the refit).
+"""One layer of calibrated pruning: its input statistics, the mask (ADMM or SparseGPT), then the exact refit.
 
 :func:`prune_layer` prunes one ``Conv2d``/``Linear`` from the statistics of its input (:class:`HessianAccumulator`
 over the im2col columns of :func:`layer_input_columns`); :mod:`sparseyolo.prune.calibrated` drives it layer by
@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparseyolo.prune.admm import admm_prune
+from sparseyolo.prune.config import SOLVERS
 from sparseyolo.prune.masks import has_mask
 from sparseyolo.prune.methods import _set
 from sparseyolo.prune.obs import (
@@ -163,15 +165,16 @@ def prune_layer(
     steps: int = 1,
     block: int = 1,
     tiles: bool = False,
+    solver: str = "admm",
 ) -> float:
     """Prune one ``Conv2d``/``Linear`` in place given its input statistics, and register the mask.
 
     Three steps: (1) with dense inputs in ``stats`` (``stats.cross``), the weight is first re-fitted to the
-    UNPRUNED model's output (:func:`dense_target_weight`); (2) SparseGPT chooses the mask and updates the kept
-    weights (:func:`sparseyolo.prune.obs.sparsegpt_prune`); (3) with ``refit``, the kept weights are re-solved
-    for that mask, together with a per-channel bias that absorbs the mean output shift
-    (:func:`sparseyolo.prune.obs.masked_least_squares`: exactly, or for layers too large for per-row Cholesky
-    by conjugate gradients started from SparseGPT's weights). The bias goes into the following BatchNorm ``bn``
+    UNPRUNED model's output (:func:`dense_target_weight`); (2) the ``solver`` chooses the mask and updates the
+    kept weights (:func:`sparseyolo.prune.admm.admm_prune` or :func:`sparseyolo.prune.obs.sparsegpt_prune`);
+    (3) with ``refit``, the kept weights are re-solved for that mask, together with a per-channel bias that
+    absorbs the mean output shift (:func:`sparseyolo.prune.obs.masked_least_squares`: exactly, or for layers too
+    large for per-row Cholesky by conjugate gradients started from the solver's weights). The bias goes into the following BatchNorm ``bn``
     (``running_mean -= bias``, so its eval-mode output is that of ``conv + bias``), else into the layer's own
     bias; a layer with neither gets no bias term.
 
@@ -191,11 +194,17 @@ def prune_layer(
         tiles: prune ``amount`` of the ``16 x 32`` tiles of each tap (a conv; :mod:`sparseyolo.prune.tiles`), the
             tiles of least OBS cost (:func:`sparseyolo.prune.obs.group_obs_mask`) at each step. Without ``refit``
             the kept weights stay as they are.
+        solver: how each step's mask is chosen: ``"admm"`` (the whole mask at once,
+            :func:`sparseyolo.prune.admm.admm_prune`) or ``"sparsegpt"`` (column by column, with SparseGPT's weight
+            updates; tiles: each tile's OBS cost, :func:`sparseyolo.prune.obs.group_obs_mask`). The refit that
+            follows is the same.
 
     Returns:
         The relative output error ``||W* X - W' X - b||^2 / ||W* X||^2`` on the calibration inputs, where ``W*`` is
         the unpruned weight, or its dense-target re-fit with dense inputs in ``stats``.
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     acc = stats if isinstance(stats, HessianAccumulator) else None
     hessian = stats if acc is None else acc.hessian
     cross = None if acc is None else acc.cross
@@ -226,8 +235,13 @@ def prune_layer(
             raise ValueError("tile pruning is for conv weights [Cout, Cin, KH, KW]")
         groups = tile_column_groups(w.shape, w.device)
         for amount_k, _ in _schedule(amount, None, None, steps):
-            keep = group_obs_mask(cur, hessian, groups, TILE_OUT, amount_k, keep, damp, row_weight)
-            cur = cur * keep
+            if solver == "admm":
+                res = admm_prune(cur, hessian, sparsity=amount_k, damp=damp, row_weight=row_weight, pruned=~keep,
+                                 block_rows=TILE_OUT, col_groups=groups)
+                keep, cur = res.mask, (res.weight if not do_refit else cur * res.mask)
+            else:
+                keep = group_obs_mask(cur, hessian, groups, TILE_OUT, amount_k, keep, damp, row_weight)
+                cur = cur * keep
             if do_refit:
                 cur, bias, rel = _refit(acc, w0, w2, keep, damp, with_bias=sink is not None, init=cur)
     for amount_k, n_k in _schedule(amount, n, m, steps) if not tiles else ():
@@ -235,9 +249,12 @@ def prune_layer(
         # mask) with H is exact: the target's residual is orthogonal to what W_k can reach, so
         # ||T - W'X||^2 = ||T - W_k X||^2 + ||(W_k - W')X||^2 for every W' inside the current mask.
         wp, old = (cur, keep) if perm is None else (cur[:, perm], keep[:, perm])
-        res = sparsegpt_prune(wp, h, sparsity=amount_k, n=n_k, m=m if n_k is not None else None,
-                              blocksize=blocksize, damp=damp, row_weight=row_weight, pruned=~old,
-                              block_rows=block if n_k is not None else 1)
+        pattern_k = {"sparsity": amount_k, "n": n_k, "m": m if n_k is not None else None, "damp": damp,
+                     "row_weight": row_weight, "pruned": ~old, "block_rows": block if n_k is not None else 1}
+        if solver == "admm":
+            res = admm_prune(wp, h, **pattern_k)
+        else:
+            res = sparsegpt_prune(wp, h, blocksize=blocksize, **pattern_k)
         cur, keep = (res.weight, res.mask) if perm is None else (res.weight[:, inv], res.mask[:, inv])
         if do_refit:
             cur, bias, rel = _refit(acc, w0, w2, keep, damp, with_bias=sink is not None, init=cur)

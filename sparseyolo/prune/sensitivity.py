@@ -79,6 +79,7 @@ def tile_variants(
     steps: int = 3,
     damp: float = DEFAULT_DAMP,
     progress: bool = True,
+    solver: str = "admm",
 ) -> TileVariants:
     """Every conv :func:`~sparseyolo.prune.select_layers` selects for ``"tile"``, pruned alone at each level (see
     the module docstring).
@@ -89,7 +90,7 @@ def tile_variants(
             or tuples whose first item is one).
         levels: tile sparsities in ``(0, 1)``; level 0 (no tile pruned) has error 0 and needs no entry.
         include, exclude, filter_fn: layer selection, as in :func:`sparseyolo.prune.prune`.
-        steps, damp: as in :func:`~sparseyolo.prune.calibrated.calibrated_prune`.
+        steps, damp, solver: as in :func:`~sparseyolo.prune.calibrated.calibrated_prune`.
         progress: a progress bar over the layers (on stderr).
 
     Raises:
@@ -135,7 +136,7 @@ def tile_variants(
             acc.module = trial
             out.errors[name][level] = float(prune_layer(trial, acc, amount=level, damp=damp,
                                                         row_weight=_row_weight(bn), refit=True, bn=trial_bn,
-                                                        steps=steps, tiles=True))
+                                                        steps=steps, tiles=True, solver=solver))
             out.weights[name][level] = (trial.weight.detach().cpu(), trial.weight_mask.cpu(),
                                         None if trial_bn is None else trial_bn.running_mean.detach().cpu())
         LOGGER.debug("%s: %s", name, ", ".join(f"{lv:g}: {e:.4f}" for lv, e in out.errors[name].items()))
