@@ -32,20 +32,33 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_sparse_conv import machine  # noqa: E402
 
+SPARSEGPT = ["--calib-solver", "sparsegpt"]
 #: (name, file stem, ``sparseyolo prune`` options; None: the dense checkpoint itself, calibrated: uses --calibrate).
 VARIANTS: tuple[tuple[str, str, list[str] | None], ...] = (
     ("dense", "dense", None),
     ("magnitude 2:4", "mag24", ["--nm", "2:4"]),
     ("magnitude 2:4 + permutation", "mag24p", ["--nm", "2:4", "--permute"]),
-    ("calibrated 2:4", "nm24", ["--calibrate", "{calib}", "--nm", "2:4"]),
-    ("calibrated 2:4 + permutation", "nm24p", ["--calibrate", "{calib}", "--nm", "2:4", "--permute"]),
-    ("calibrated 2:4, blocks of 4", "nm24b4", ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "4"]),
-    ("calibrated 2:4, blocks of 8", "nm24b8", ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "8"]),
-    ("calibrated 2:4, blocks of 16", "nm24b16", ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "16"]),
-    ("calibrated 2:4, blocks of 16 + permutation", "nm24b16p",
-     ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "16", "--permute"]),
-    ("calibrated tiles 50%", "tile50", ["--calibrate", "{calib}", "--method", "tile", "--amount", "0.5"]),
-    ("calibrated tiles 75%", "tile75", ["--calibrate", "{calib}", "--method", "tile", "--amount", "0.75"]),
+    ("calibrated 2:4", "nm24a", ["--calibrate", "{calib}", "--nm", "2:4"]),
+    ("calibrated 2:4 + permutation", "nm24pa", ["--calibrate", "{calib}", "--nm", "2:4", "--permute"]),
+    ("calibrated 2:4, blocks of 4", "nm24b4a", ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "4"]),
+    ("calibrated 2:4, blocks of 16", "nm24b16a", ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "16"]),
+    ("calibrated tiles 50%", "tile50a", ["--calibrate", "{calib}", "--method", "tile", "--amount", "0.5"]),
+    # the same patterns with SparseGPT's masks (the default before ADMM)
+    ("calibrated 2:4, SparseGPT", "nm24", ["--calibrate", "{calib}", "--nm", "2:4", *SPARSEGPT]),
+    ("calibrated 2:4 + permutation, SparseGPT", "nm24p",
+     ["--calibrate", "{calib}", "--nm", "2:4", "--permute", *SPARSEGPT]),
+    ("calibrated 2:4, blocks of 4, SparseGPT", "nm24b4",
+     ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "4", *SPARSEGPT]),
+    ("calibrated 2:4, blocks of 8, SparseGPT", "nm24b8",
+     ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "8", *SPARSEGPT]),
+    ("calibrated 2:4, blocks of 16, SparseGPT", "nm24b16",
+     ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "16", *SPARSEGPT]),
+    ("calibrated 2:4, blocks of 16 + permutation, SparseGPT", "nm24b16p",
+     ["--calibrate", "{calib}", "--nm", "2:4", "--nm-block", "16", "--permute", *SPARSEGPT]),
+    ("calibrated tiles 50%, SparseGPT", "tile50",
+     ["--calibrate", "{calib}", "--method", "tile", "--amount", "0.5", *SPARSEGPT]),
+    ("calibrated tiles 75%, SparseGPT", "tile75",
+     ["--calibrate", "{calib}", "--method", "tile", "--amount", "0.75", *SPARSEGPT]),
 )
 
 
