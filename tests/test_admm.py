@@ -237,6 +237,10 @@ def test_cli_spells_the_solvers_and_the_config_checks_them():
         PruneConfig(method="nm", calibrate="x.yaml", calib_solver="obc").validate()
     cfg = PruneConfig(method="nm", calibrate="x.yaml", calib_solver="admm").validate()
     assert PruneConfig.from_dict(cfg.to_dict()).calib_solver == "admm"
+    # a checkpoint calibrated before the solver was recorded was calibrated with SparseGPT
+    old = {k: v for k, v in cfg.to_dict().items() if k != "calib_solver"}
+    assert PruneConfig.from_dict(old).calib_solver == "sparsegpt"
+    assert PruneConfig.from_dict({"method": "nm", "n": 2, "m": 4}).calib_solver == "admm"  # magnitude: no solver
 
 
 def test_calib_solvers_benchmark_on_yolov5n_layers(shared, tmp_path):
