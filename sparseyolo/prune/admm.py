@@ -32,32 +32,21 @@ from __future__ import annotations
 
 import torch
 
-from sparseyolo.prune.obs import DEFAULT_DAMP, ObsResult, _quadratic, block_sums
+from sparseyolo.prune.obs import (
+    DEFAULT_DAMP,
+    ObsResult,
+    _check_problem,
+    _quadratic,
+    block_sums,
+    nm_keep,
+    prune_cheapest_groups,
+)
 
 #: Iterations of the ADMM loop. The layer error of yolov5n's 2:4 masks changes by < 0.5% between 60 and 200.
 DEFAULT_ADMM_ITERS = 100
 #: ``rho`` at the first and last iteration, relative to the unit diagonal of the scaled ``H``; geometric between.
 #: Ranges from (0.001, 100) to (0.1, 10) gave yolov5n 2:4 layer errors within 2% of each other.
 DEFAULT_ADMM_RHO = (0.01, 10.0)
-
-
-def nm_keep(salience: torch.Tensor, n: int, m: int, block_rows: int = 1,
-            forced: torch.Tensor | None = None) -> torch.Tensor:
-    """Keep the ``n`` largest of every ``m`` consecutive columns of each row (of each block of ``block_rows`` rows,
-    on the block's summed salience); ``forced`` entries (True = must be pruned) are never kept and, with a block,
-    prune their column for the whole block. Ties keep the lower column. Returns Tensor[rows, d] bool."""
-    rows, d = salience.shape
-    sal = salience.clamp(min=0.0)
-    if forced is not None:
-        sal = sal.masked_fill(forced, -1.0)
-    if block_rows > 1:
-        sal = block_sums(sal.clamp(min=0.0), block_rows, repeat=True)
-        if forced is not None:
-            sal = sal.masked_fill(block_sums(forced.double(), block_rows, repeat=True) > 0, -1.0)
-    groups = sal.reshape(rows, d // m, m)
-    top = torch.sort(groups, dim=2, descending=True, stable=True).indices[:, :, :n]
-    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, top, True).reshape(rows, d)
-    return keep if forced is None else keep & ~forced
 
 
 def top_keep(salience: torch.Tensor, sparsity: float, forced: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,18 +75,9 @@ def group_keep(salience: torch.Tensor, col_groups: torch.Tensor, block_rows: int
     kept = torch.ones(rows, d, dtype=torch.bool, device=salience.device) if forced is None else ~forced
     per_row = torch.zeros(rows, n_groups, dtype=salience.dtype, device=salience.device).index_add_(
         1, col_groups, salience.clamp(min=0.0) * kept)
-    sal = block_sums(per_row, block_rows)  # [blocks, groups]
     alive = block_sums(torch.zeros(rows, n_groups, dtype=torch.long, device=salience.device).index_add_(
         1, col_groups, kept.long()), block_rows) > 0
-    need = round(sparsity * sal.numel()) - int((~alive).sum())
-    if need > 0:
-        candidates = sal.masked_fill(~alive, float("inf"))
-        if keep_one_per_block:
-            top = torch.argmax(sal.masked_fill(~alive, -1.0), dim=1)
-            has = alive.any(1)
-            candidates[has, top[has]] = float("inf")
-        need = min(need, int(torch.isfinite(candidates).sum()))
-        alive.view(-1)[torch.sort(candidates.flatten(), stable=True).indices[:need]] = False
+    alive = prune_cheapest_groups(block_sums(per_row, block_rows), alive, sparsity, keep_one_per_block)
     return kept & alive[row_block][:, col_groups]
 
 
@@ -136,23 +116,8 @@ def admm_prune(
         pruned; not the exact optimum for the mask, which :func:`sparseyolo.prune.obs.masked_least_squares` gives)
         and its error against ``weight`` on the undamped ``H``.
     """
-    if weight.dim() != 2:
-        raise ValueError(f"admm_prune: weight should be a 2D matrix, got {weight.dim()}D")
+    nm = _check_problem("admm_prune", weight, hessian, sparsity, n, m, block_rows, groups=col_groups is not None)
     rows, d = weight.shape
-    if hessian.shape != (d, d):
-        raise ValueError(f"admm_prune: hessian should be {d}x{d} for a weight with {d} columns, got "
-                         f"{tuple(hessian.shape)}")
-    nm = n is not None or m is not None
-    if nm == (sparsity is not None):
-        raise ValueError("admm_prune: give either sparsity or n and m, not both or neither")
-    if nm and (n is None or m is None or not 1 <= n < m or d % m):
-        raise ValueError(f"admm_prune: N:M needs 1 <= n < m and columns ({d}) a multiple of m, got {n}:{m}")
-    if not nm and not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"admm_prune: sparsity must be in [0, 1), got {sparsity}")
-    if not (isinstance(block_rows, int) and block_rows >= 1):
-        raise ValueError(f"admm_prune: block_rows must be a positive int, got {block_rows!r}")
-    if block_rows > 1 and not nm and col_groups is None:
-        raise ValueError("admm_prune: block_rows goes with N:M or col_groups; unstructured masks take no blocks")
     if nm and col_groups is not None:
         raise ValueError("admm_prune: col_groups is for group sparsity (with sparsity), not N:M")
     if iters < 1 or not 0.0 < rho[0] <= rho[1]:

@@ -174,9 +174,9 @@ def prune_layer(
     kept weights (:func:`sparseyolo.prune.admm.admm_prune` or :func:`sparseyolo.prune.obs.sparsegpt_prune`);
     (3) with ``refit``, the kept weights are re-solved for that mask, together with a per-channel bias that
     absorbs the mean output shift (:func:`sparseyolo.prune.obs.masked_least_squares`: exactly, or for layers too
-    large for per-row Cholesky by conjugate gradients started from the solver's weights). The bias goes into the following BatchNorm ``bn``
-    (``running_mean -= bias``, so its eval-mode output is that of ``conv + bias``), else into the layer's own
-    bias; a layer with neither gets no bias term.
+    large for per-row Cholesky by conjugate gradients started from the solver's weights). The bias goes into the
+    following BatchNorm ``bn`` (``running_mean -= bias``, so its eval-mode output is that of ``conv + bias``), else
+    into the layer's own bias; a layer with neither gets no bias term.
 
     Args:
         module: the layer; an existing ``weight_mask`` is honoured (its pruned entries stay pruned).

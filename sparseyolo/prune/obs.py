@@ -100,6 +100,71 @@ def _spd_inverse(h: torch.Tensor) -> torch.Tensor:
     return linv.t() @ linv
 
 
+def _check_problem(who: str, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | None, n: int | None,
+                   m: int | None, block_rows: int, groups: bool = False) -> bool:
+    """Validate the arguments of a layer solver (:func:`sparsegpt_prune`, :func:`~sparseyolo.prune.admm.admm_prune`)
+    and return whether the pattern is N:M; ``groups``: the solver was given column groups (blocks of rows allowed
+    without N:M)."""
+    if weight.dim() != 2:
+        raise ValueError(f"{who}: weight should be a 2D matrix, got {weight.dim()}D")
+    d = weight.shape[1]
+    if hessian.shape != (d, d):
+        raise ValueError(f"{who}: hessian should be {d}x{d} for a weight with {d} columns, got {tuple(hessian.shape)}")
+    nm = n is not None or m is not None
+    if nm == (sparsity is not None):
+        raise ValueError(f"{who}: give either sparsity (unstructured) or n and m (N:M), not both or neither")
+    if nm:
+        if n is None or m is None or not 1 <= n < m:
+            raise ValueError(f"{who}: N:M needs 1 <= n < m, got {n}:{m}")
+        if d % m:
+            raise ValueError(f"{who}: {d} columns are not a multiple of m={m}")
+    elif not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"{who}: sparsity must be in [0, 1), got {sparsity}")
+    if not (isinstance(block_rows, int) and block_rows >= 1):
+        raise ValueError(f"{who}: block_rows must be a positive int, got {block_rows!r}")
+    if block_rows > 1 and not nm and not groups:
+        raise ValueError(f"{who}: block_rows shares N:M choices (or column groups); unstructured masks take no blocks")
+    return nm
+
+
+def nm_keep(salience: torch.Tensor, n: int, m: int, block_rows: int = 1,
+            forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the ``n`` largest of every ``m`` consecutive columns of each row (of each block of ``block_rows`` rows,
+    on the block's summed salience); ``forced`` entries (True = must be pruned) are never kept and, with a block,
+    prune their column for the whole block. Ties keep the lower column. Returns Tensor[rows, d] bool."""
+    rows, d = salience.shape
+    sal = salience.clamp(min=0.0)
+    if forced is not None:
+        sal = sal.masked_fill(forced, -1.0)
+    if block_rows > 1:
+        sal = block_sums(sal.clamp(min=0.0), block_rows, repeat=True)
+        if forced is not None:
+            sal = sal.masked_fill(block_sums(forced.double(), block_rows, repeat=True) > 0, -1.0)
+    groups = sal.reshape(rows, d // m, m)
+    top = torch.sort(groups, dim=2, descending=True, stable=True).indices[:, :, :n]
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, top, True).reshape(rows, d)
+    return keep if forced is None else keep & ~forced
+
+
+def prune_cheapest_groups(cost: torch.Tensor, alive: torch.Tensor, sparsity: float,
+                          keep_one_per_block: bool = True) -> torch.Tensor:
+    """Which groups stay: of ``cost`` Tensor[blocks, groups] (lower = cheaper to prune), the cheapest ``alive`` ones
+    go until ``round(sparsity * cost.numel())`` groups are pruned, the ones already dead counted; with
+    ``keep_one_per_block`` each block's most costly alive group is never a candidate. Ties prune the lower flat
+    index first. Returns the new ``alive`` Tensor[blocks, groups] bool."""
+    alive = alive.clone()
+    need = round(sparsity * cost.numel()) - int((~alive).sum())
+    if need > 0:
+        candidates = cost.masked_fill(~alive, float("inf"))
+        if keep_one_per_block:
+            top = torch.argmax(cost.masked_fill(~alive, -1.0), dim=1)
+            has = alive.any(1)
+            candidates[has, top[has]] = float("inf")
+        need = min(need, int(torch.isfinite(candidates).sum()))
+        alive.view(-1)[torch.sort(candidates.flatten(), stable=True).indices[:need]] = False
+    return alive
+
+
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -140,27 +205,10 @@ def sparsegpt_prune(
         SparseGPT does, so they are pruned before anything else. Among equal saliencies an N:M group keeps the
         lower column and unstructured selection prunes the lower flat index first (stable sorts).
     """
-    if weight.dim() != 2:
-        raise ValueError(f"sparsegpt_prune: weight should be a 2D matrix, got {weight.dim()}D")
+    nm = _check_problem("sparsegpt_prune", weight, hessian, sparsity, n, m, block_rows)
     rows, d = weight.shape
-    if hessian.shape != (d, d):
-        raise ValueError(f"sparsegpt_prune: hessian should be {d}x{d} for a weight with {d} columns, got "
-                         f"{tuple(hessian.shape)}")
-    nm = n is not None or m is not None
-    if nm == (sparsity is not None):
-        raise ValueError("sparsegpt_prune: give either sparsity (unstructured) or n and m (N:M), not both or neither")
     if nm:
-        if n is None or m is None or not 1 <= n < m:
-            raise ValueError(f"sparsegpt_prune: N:M needs 1 <= n < m, got {n}:{m}")
-        if d % m:
-            raise ValueError(f"sparsegpt_prune: {d} columns are not a multiple of m={m}")
         blocksize = max(m, blocksize // m * m)
-    elif not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsegpt_prune: sparsity must be in [0, 1), got {sparsity}")
-    if not (isinstance(block_rows, int) and block_rows >= 1):
-        raise ValueError(f"sparsegpt_prune: block_rows must be a positive int, got {block_rows!r}")
-    if block_rows > 1 and not nm:
-        raise ValueError("sparsegpt_prune: block_rows shares N:M choices; unstructured masks take no blocks")
     if blocksize < 1:
         raise ValueError(f"sparsegpt_prune: blocksize must be positive, got {blocksize}")
 
@@ -202,15 +250,9 @@ def sparsegpt_prune(
                 order = torch.sort(sal.flatten(), stable=True).indices
                 keep1.view(-1)[order[:quota]] = False
         for j in range(cols):
-            if nm and j % m == 0:
+            if nm and j % m == 0:  # one choice per block of rows: the block's summed saliency
                 sal = w1[:, j:j + m] ** 2 / diag1[j:j + m].reshape(1, -1) ** 2
-                sal = sal.masked_fill(forced1[:, j:j + m], -1.0)
-                if block_rows > 1:  # one choice per block of rows: the block's summed saliency, forced if any row is
-                    sal = block_sums(sal.clamp(min=0.0), block_rows, repeat=True).masked_fill(
-                        block_sums(forced1[:, j:j + m].double(), block_rows, repeat=True) > 0, -1.0)
-                top = torch.sort(sal, dim=1, descending=True, stable=True).indices[:, :n]
-                grp = torch.zeros_like(sal, dtype=torch.bool).scatter_(1, top, True)
-                keep1[:, j:j + m] = grp & ~forced1[:, j:j + m]
+                keep1[:, j:j + m] = nm_keep(sal, n, m, block_rows, forced1[:, j:j + m])
             col = w1[:, j]
             q = torch.where(keep1[:, j], col, torch.zeros_like(col))
             e = (col - q) / diag1[j]
@@ -447,17 +489,7 @@ def group_obs_mask(
     keep = torch.ones(rows, d, dtype=torch.bool, device=weight.device) if keep is None else keep.to(weight.device,
                                                                                                   torch.bool)
     cost = group_obs_costs(weight, hessian, col_groups, block_rows, keep, damp, row_weight)
-    alive = torch.isfinite(cost)
-    need = round(sparsity * cost.numel()) - int((~alive).sum())
-    if need > 0:
-        candidates = cost.clone()
-        if keep_one_per_block:  # each block's most costly kept group is not a candidate
-            top = torch.argmax(cost.masked_fill(~alive, -1.0), dim=1)
-            has = alive.any(1)
-            candidates[has, top[has]] = float("inf")
-        need = min(need, int(torch.isfinite(candidates).sum()))
-        order = torch.sort(candidates.flatten(), stable=True).indices[:need]
-        alive.view(-1)[order] = False
+    alive = prune_cheapest_groups(cost, torch.isfinite(cost), sparsity, keep_one_per_block)
     col_groups = col_groups.to(weight.device, torch.int64)
     return keep & alive[torch.arange(rows, device=weight.device) // block_rows][:, col_groups]
 
