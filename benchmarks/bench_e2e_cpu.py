@@ -4,16 +4,17 @@ Per model and batch, all in one process and timed round-robin (one forward of ea
 rounds after two warm-up forwards; medians), so a change of machine load hits every variant alike:
 
 * the dense runtimes of :mod:`sparseyolo.dense_runtimes` on the BN-folded model: PyTorch fp32 (NCHW and
-  channels-last), PyTorch bf16 autocast channels-last, with ``--compile 1`` the bf16 model through torch.compile,
-  onnxruntime fp32, OpenVINO (its default precision on this CPU, bf16 where it has bf16) and OpenVINO f32; a
-  runtime that is not installed is a row that says so;
-* pruned models converted by ``sparsify``: 2:4 masks shared by 16 output channels (``prune(..., "nm", block=16)``)
-  in fp32 and bf16, and tile pruning at 50% and 75% (``prune(..., "tile", amount)``, the unit the AMX kernel skips)
-  in bf16, each with ``backend="auto"`` (per layer the fastest backend timed for this input, then the whole-model
-  check) and with the block-sparse backend forced on every pruned conv (``cpu_block`` / ``cpu_block_tiles``);
-  ``tiles 0%``: no tile pruned, the AMX kernel doing the dense model's work, which tells the kernel's own gain
-  (its fused epilogue) from the gain of skipping tiles;
-* with ``--compile 1``, each bf16 model also through the same torch.compile as the dense row (``... compiled``).
+  channels-last), PyTorch bf16 autocast channels-last, with ``--compile 1`` the fp32 and the bf16 model through
+  torch.compile, onnxruntime fp32, OpenVINO (its default precision on this CPU, bf16 where it has bf16) and
+  OpenVINO f32; a runtime that is not installed is a row that says so;
+* pruned models converted by ``sparsify`` in fp32 and bf16: 2:4 masks shared by 16 output channels
+  (``prune(..., "nm", block=16)``), and tile pruning at 0%, 50% and 75% (``prune(..., "tile", amount)``: whole
+  16 x 32 tiles of a tap, the unit the AMX kernel skips, and 32 whole input rows of a block of 16 output channels
+  for the fp32 and the bf16 pair kernels), each with ``backend="auto"`` (per layer the fastest backend timed for
+  this input, then the whole-model check) and with the block-sparse backend forced on every pruned conv
+  (``cpu_block``, or ``cpu_block_tiles`` for tiles in bf16); ``tiles 0%``: no tile pruned, the kernel doing the
+  dense model's work, which tells the kernel's own gain (its fused epilogue) from the gain of skipping tiles;
+* with ``--compile 1``, each sparse model also through the same torch.compile as the dense rows (``... compiled``).
 
 The stem (3 input channels) and the Detect head stay dense (``exclude``). Speedups are against the fastest dense
 runtime of the same run. Weights: ../shared/weights/<model>.pt when present, else the config's random initialisation
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_sparse_conv import machine  # noqa: E402
 from sparseyolo import ops  # noqa: E402
-from sparseyolo.dense_runtimes import DENSE_RUNTIMES, PYTORCH_BF16_COMPILED, dense_runtimes, fastest  # noqa: E402
+from sparseyolo.dense_runtimes import COMPILED_RUNTIMES, DENSE_RUNTIMES, dense_runtimes, fastest  # noqa: E402
 from sparseyolo.models import DetectionModel  # noqa: E402
 from sparseyolo.prune import prune  # noqa: E402
 from sparseyolo.sparse import sparsify, sparsify_report  # noqa: E402
@@ -52,12 +53,13 @@ from sparseyolo.utils.timing import time_round_robin  # noqa: E402
 LOGGER = logging.getLogger("bench_e2e_cpu")
 SHARED = Path(os.environ.get("SPARSEYOLO_SHARED", ROOT.parent / "shared"))
 EXCLUDE = ["model.0.*", "model.24.*"]  # the stem (Cin = 3) and the Detect head stay dense
-PATTERNS = {  # label -> (prune kwargs, dtypes, forced backend)
-    # no tile pruned: the AMX kernel doing the dense work, to tell its own gain (epilogue, fusion) from sparsity's
-    "tiles 0%": (dict(method="tile", amount=0.0), (torch.bfloat16,), "cpu_block_tiles"),
-    "2:4 b16": (dict(method="nm", n=2, m=4, block=16), (torch.float32, torch.bfloat16), "cpu_block"),
-    "tiles 50%": (dict(method="tile", amount=0.5), (torch.bfloat16,), "cpu_block_tiles"),
-    "tiles 75%": (dict(method="tile", amount=0.75), (torch.bfloat16,), "cpu_block_tiles"),
+FP32, BF16 = torch.float32, torch.bfloat16
+PATTERNS = {  # label -> (prune kwargs, {dtype: backend forced on every pruned conv})
+    # no tile pruned: the kernel doing the dense work, to tell its own gain (epilogue, fusion) from sparsity's
+    "tiles 0%": (dict(method="tile", amount=0.0), {FP32: "cpu_block", BF16: "cpu_block_tiles"}),
+    "2:4 b16": (dict(method="nm", n=2, m=4, block=16), {FP32: "cpu_block", BF16: "cpu_block"}),
+    "tiles 50%": (dict(method="tile", amount=0.5), {FP32: "cpu_block", BF16: "cpu_block_tiles"}),
+    "tiles 75%": (dict(method="tile", amount=0.75), {FP32: "cpu_block", BF16: "cpu_block_tiles"}),
 }
 
 
@@ -73,10 +75,10 @@ def load(name: str) -> tuple[torch.nn.Module, str]:
 
 def sparse_variants(base: torch.nn.Module, x: torch.Tensor, compiled: bool) -> tuple[dict, dict]:
     fns, notes = {}, {}
-    for label, (kw, dtypes, forced) in PATTERNS.items():
+    for label, (kw, forced_by_dtype) in PATTERNS.items():
         pruned = copy.deepcopy(base)
         prune(pruned, exclude=EXCLUDE, **kw)
-        for dtype in dtypes:
+        for dtype, forced in forced_by_dtype.items():
             xin = x.to(dtype).contiguous(memory_format=torch.channels_last)
             tag = "fp32" if dtype == torch.float32 else "bf16"
             for backend in ("auto", forced):
@@ -87,7 +89,7 @@ def sparse_variants(base: torch.nn.Module, x: torch.Tensor, compiled: bool) -> t
                 fns[key] = (lambda m=m, xm=xm: m(xm))
                 notes[key] = (f"{len(rep.sparse_layers)}/{len(rep.layers)} sparse"
                               + (f", returned {rep.chosen}" if rep.chosen else ""))
-                if compiled and dtype == torch.bfloat16:
+                if compiled:
                     run = compile_inference(m)
                     run(xm)  # compiles
                     fns[key + " compiled"] = (lambda run=run, xm=xm: run(xm))
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", type=int, default=1, choices=(0, 1),
-                    help="1: also the compiled rows (dense bf16 and every bf16 sparse auto model through "
+                    help="1: also the compiled rows (dense fp32 and bf16 and every sparse model through "
                          "torch.compile; ~25 s of compiling per model on 2 cores)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch:
             x = torch.rand(batch, 3, args.img, args.img)
             runtimes = dense_runtimes(dense, x, names=DENSE_RUNTIMES if args.compile else
-                                      tuple(n for n in DENSE_RUNTIMES if n != PYTORCH_BF16_COMPILED))
+                                      tuple(n for n in DENSE_RUNTIMES if n not in COMPILED_RUNTIMES))
             fns = {k: r.run for k, r in runtimes.items() if r.run is not None}
             notes = {k: r.note for k, r in runtimes.items()}
             sfns, snotes = sparse_variants(base, x, args.compile)

@@ -4,8 +4,8 @@ Times a forward pass of the checkpoint several ways on the same random input. Ev
 folded, and the dense ones run the model as pruned: zeros multiplied.
 
 * On the CPU, every dense runtime a user could pick instead (:mod:`sparseyolo.dense_runtimes`): PyTorch fp32
-  (NCHW and channels-last), PyTorch bf16 autocast channels-last, with ``compiled`` the bf16 model through
-  ``torch.compile`` (Inductor, freezing), and, with ``onnx`` (``pip install .[bench]``),
+  (NCHW and channels-last), PyTorch bf16 autocast channels-last, with ``compiled`` the fp32 and the bf16 model
+  through ``torch.compile`` (Inductor, freezing), and, with ``onnx`` (``pip install .[bench]``),
   onnxruntime fp32 and OpenVINO in its default precision and in f32, from the ONNX export of the same model. A
   runtime that is not installed is a row that says so. On a GPU: PyTorch (cuDNN) NCHW and channels-last, fp16.
 * ``sparsify (sparse)``: every eligible pruned conv on a sparse kernel;
@@ -104,8 +104,8 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
         progress: a progress bar over the timed rounds.
         dtype: the sparse variants' dtype: CPU ``torch.float32`` (default) or ``torch.bfloat16``; GPU
             ``torch.float16`` (default).
-        compiled: on the CPU, add the ``torch.compile`` rows (dense bf16 and the auto model); compiling takes
-            seconds to a minute per model on 2 cores.
+        compiled: on the CPU, add the ``torch.compile`` rows (dense fp32 and bf16, and the auto model);
+            compiling takes seconds to a minute per model on 2 cores.
         sparse_backend: the backend of the ``sparsify (sparse)`` row (``"sparse"``: the device's default; e.g.
             ``"cpu_block_tiles"`` for a tile-pruned model).
         compiled_variant: which sparsified model the compiled row compiles: ``"auto"`` or ``"sparse"`` (every
@@ -114,7 +114,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
     if compiled_variant not in ("auto", "sparse"):
         raise ParameterError(f"compiled_variant must be auto or sparse, got {compiled_variant!r}", "compiled_variant")
     from sparseyolo.checkpoint import load_model
-    from sparseyolo.dense_runtimes import (DENSE_RUNTIMES, ONNXRUNTIME, OPENVINO, OPENVINO_F32, PYTORCH_BF16_COMPILED,
+    from sparseyolo.dense_runtimes import (COMPILED_RUNTIMES, DENSE_RUNTIMES, ONNXRUNTIME, OPENVINO, OPENVINO_F32,
                                            dense_runtimes)
     from sparseyolo.prune import sparsity_report
     from sparseyolo.sparse import sparsify
@@ -148,7 +148,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
         variants["dense (channels_last)"] = (copy.deepcopy(dense).to(memory_format=torch.channels_last), x_cl)
         notes = {k: "BN folded, cuDNN" for k in variants}
     else:
-        skip = (() if onnx else (ONNXRUNTIME, OPENVINO, OPENVINO_F32)) + (() if compiled else (PYTORCH_BF16_COMPILED,))
+        skip = (() if onnx else (ONNXRUNTIME, OPENVINO, OPENVINO_F32)) + (() if compiled else COMPILED_RUNTIMES)
         names = tuple(n for n in DENSE_RUNTIMES if n not in skip)
         for name, rt in dense_runtimes(sparsify(base, backend="dense"), x_cpu, torch.get_num_threads(),
                                        names).items():

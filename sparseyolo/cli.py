@@ -192,8 +192,9 @@ def _speedup_profile(model, cfg, batches):
     print("speedup profile: compiling and timing three whole models (dense; kernel at 0 and "
           f"{max(cfg.levels):g}) ...")
     anchors = measure_anchors(model, latencies, max(cfg.levels))
-    print(f"  dense {anchors.dense_ms:.2f} ms, kernel {anchors.kernel_ms:.2f} ms, tiles {max(cfg.levels):g} "
-          f"{anchors.sparse_ms:.2f} ms ({len(anchors.kernel_layers)} convs the kernel runs faster)")
+    print(f"  dense bf16 {anchors.dense_ms:.2f} ms (fastest dense, fp32 or bf16: {anchors.target_base_ms:.2f} ms), "
+          f"kernel {anchors.kernel_ms:.2f} ms, tiles {max(cfg.levels):g} {anchors.sparse_ms:.2f} ms "
+          f"({len(anchors.kernel_layers)} convs the kernel runs faster)")
     variants = tile_variants(model, batches, cfg.levels, cfg.include, cfg.exclude, steps=cfg.steps, damp=cfg.damp,
                              solver=cfg.calib_solver)
     images = [b[0] if isinstance(b, (tuple, list)) else b for b in batches][:1]  # one batch scores a profile
@@ -218,11 +219,13 @@ def _measure_profile(model, path, profile) -> None:
     from sparseyolo.checkpoint import load_model
     from sparseyolo.sparse.speedup_profile import compiled_model_ms
 
-    print("measuring the pruned model and the dense one, compiled, back to back (as the prediction) ...")
+    print("measuring the pruned model and the dense one (fp32 and bf16), compiled, back to back (as the "
+          "prediction) ...")
     ms = compiled_model_ms({"dense": model, "pruned": load_model(str(path), fuse=False)})
     profile.measured_speedup = ms["dense"] / ms["pruned"]
-    print(f"  dense {ms['dense']:.2f} ms, pruned {ms['pruned']:.2f} ms: {ms['dense'] / ms['pruned']:.2f}x "
-          f"(target {profile.target_speedup:g}x, predicted {profile.predicted_speedup:.2f}x)")
+    print(f"  dense {ms['dense']:.2f} ms (bf16 {ms['dense bf16']:.2f}, fp32 {ms['dense fp32']:.2f}), pruned "
+          f"{ms['pruned']:.2f} ms: {ms['dense'] / ms['pruned']:.2f}x (target {profile.target_speedup:g}x, predicted "
+          f"{profile.predicted_speedup:.2f}x)")
     print("measuring the pruned model against every dense runtime, interleaved with them ...")
     result = run_bench(str(path), dtype=torch.bfloat16, plots=False, progress=False, reps=15,
                        sparse_backend="cpu_block_tiles", compiled_variant="sparse")
@@ -478,9 +481,9 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="the sparse variants' precision: CPU fp32 (default) or bf16; GPU fp16")
     p.add_argument("--compile", dest="compiled", action=argparse.BooleanOptionalAction, default=True,
-                   help="CPU: also time the bf16 dense model and the sparsify(auto) model through torch.compile "
-                        "(Inductor, freezing; the fastest dense runtime on this repo's Xeon); compiling takes "
-                        "seconds to a minute per model")
+                   help="CPU: also time the dense model (fp32 and bf16) and the sparsify(auto) model through "
+                        "torch.compile (Inductor, freezing; the fastest dense runtime on the CPUs measured); "
+                        "compiling takes seconds to a minute per model")
     p.add_argument("--backend", default="sparse", metavar="NAME",
                    help="backend of the 'sparsify (sparse)' row (default: the device's sparse backend); another one, "
                    "e.g. cpu_block_tiles for a --target-speedup checkpoint, is also the model the compiled row "

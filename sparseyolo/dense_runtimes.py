@@ -5,12 +5,14 @@ Every speed table compares a sparse model with the fastest of these, measured in
 * ``pytorch fp32`` and ``pytorch fp32 channels-last``: the BN-folded model, ``F.conv2d`` (oneDNN);
 * ``pytorch bf16 channels-last``: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)`` with a
   channels-last input (oneDNN's bf16 kernels: AVX-512 BF16, or AMX where the CPU has it);
-* ``pytorch bf16 compiled``: the model converted to bf16 (``model.to(torch.bfloat16)``, channels-last; the Detect
-  head still decodes boxes in fp32) through ``torch.compile`` (Inductor, freezing:
-  :func:`sparseyolo.sparse.compile.compile_inference`): prepacked oneDNN convs, generated loops for the ops between
-  them. On this repo's Xeon it was 1.1-1.2x faster than compiling the autocast model (no casts around each conv)
-  and the fastest dense runtime on yolov5n. Compiled when the runtime is built (yolov5s: ~25 s on 2 cores); a
-  failure is a row that says why;
+* ``pytorch fp32 compiled`` and ``pytorch bf16 compiled``: the channels-last model, in fp32 or converted to bf16
+  (``model.to(torch.bfloat16)``; the Detect head still decodes boxes in fp32), through ``torch.compile``
+  (Inductor, freezing: :func:`sparseyolo.sparse.compile.compile_inference`): prepacked oneDNN convs, generated
+  loops for the ops between them. On a Xeon with AMX the bf16 one was 1.1-1.2x faster than compiling the autocast
+  model (no casts around each conv) and the fastest dense runtime on yolov5n; on a CPU whose bf16 convolutions run
+  on AVX-512 BF16 alone (no AMX), oneDNN's bf16 convs were ~1.6x slower than its fp32 ones, so there the fp32 one
+  is the bar. Compiled when the runtime is built (yolov5s: ~25 s each on 2 cores); a failure is a row that says
+  why;
 * ``onnxruntime fp32``: the model exported to ONNX, CPUExecutionProvider;
 * ``openvino`` (its default precision on this CPU: bf16 where the CPU has bf16 support) and ``openvino f32``:
   the same ONNX file compiled by OpenVINO's CPU plugin.
@@ -37,12 +39,15 @@ LOGGER = logging.getLogger(__name__)
 PYTORCH_FP32 = "pytorch fp32"
 PYTORCH_FP32_CL = "pytorch fp32 channels-last"
 PYTORCH_BF16_CL = "pytorch bf16 channels-last"
+PYTORCH_FP32_COMPILED = "pytorch fp32 compiled"
 PYTORCH_BF16_COMPILED = "pytorch bf16 compiled"
+#: The rows that compile a model (seconds to a minute each): left out where a caller asks for no compiling.
+COMPILED_RUNTIMES = (PYTORCH_FP32_COMPILED, PYTORCH_BF16_COMPILED)
 ONNXRUNTIME = "onnxruntime fp32"
 OPENVINO = "openvino"
 OPENVINO_F32 = "openvino f32"
-DENSE_RUNTIMES = (PYTORCH_FP32, PYTORCH_FP32_CL, PYTORCH_BF16_CL, PYTORCH_BF16_COMPILED, ONNXRUNTIME, OPENVINO,
-                  OPENVINO_F32)
+DENSE_RUNTIMES = (PYTORCH_FP32, PYTORCH_FP32_CL, PYTORCH_BF16_CL, PYTORCH_FP32_COMPILED, PYTORCH_BF16_COMPILED,
+                  ONNXRUNTIME, OPENVINO, OPENVINO_F32)
 
 
 @dataclass
@@ -116,7 +121,7 @@ def dense_runtimes(model: nn.Module, x: torch.Tensor, threads: int | None = None
     x_cl = x.contiguous(memory_format=torch.channels_last)
     if PYTORCH_FP32 in names:
         out[PYTORCH_FP32] = DenseRuntime(PYTORCH_FP32, _no_grad(lambda: model(x)), f"torch {torch.__version__}")
-    if PYTORCH_FP32_CL in names or PYTORCH_BF16_CL in names or PYTORCH_BF16_COMPILED in names:
+    if any(n in names for n in (PYTORCH_FP32_CL, PYTORCH_BF16_CL) + COMPILED_RUNTIMES):
         import copy
 
         model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -129,9 +134,11 @@ def dense_runtimes(model: nn.Module, x: torch.Tensor, threads: int | None = None
                     return model_cl(x_cl)
 
             out[PYTORCH_BF16_CL] = DenseRuntime(PYTORCH_BF16_CL, _no_grad(bf16), "torch.autocast('cpu', bfloat16)")
+        if PYTORCH_FP32_COMPILED in names:
+            out[PYTORCH_FP32_COMPILED] = _compiled(PYTORCH_FP32_COMPILED, copy.deepcopy(model_cl), x_cl)
         if PYTORCH_BF16_COMPILED in names:
-            out[PYTORCH_BF16_COMPILED] = _compiled_bf16(copy.deepcopy(model_cl).to(torch.bfloat16),
-                                                        x_cl.to(torch.bfloat16))
+            out[PYTORCH_BF16_COMPILED] = _compiled(PYTORCH_BF16_COMPILED, copy.deepcopy(model_cl).to(torch.bfloat16),
+                                                   x_cl.to(torch.bfloat16))
     wanted = [n for n in (ONNXRUNTIME, OPENVINO, OPENVINO_F32) if n in names]
     if wanted:
         with tempfile.TemporaryDirectory() as d:
@@ -153,16 +160,17 @@ def dense_runtimes(model: nn.Module, x: torch.Tensor, threads: int | None = None
     return out
 
 
-def _compiled_bf16(model_bf16: nn.Module, x_bf16: torch.Tensor) -> DenseRuntime:
+def _compiled(name: str, model: nn.Module, x: torch.Tensor) -> DenseRuntime:
     from sparseyolo.sparse.compile import compile_inference
 
     try:
-        run = compile_inference(model_bf16)
-        run(x_bf16)  # compiles
+        run = compile_inference(model)
+        run(x)  # compiles
     except Exception as e:  # noqa: BLE001 - a model Inductor cannot compile is a row that says so, not a crash
-        LOGGER.warning("dense runtimes: %s failed (%s: %s)", PYTORCH_BF16_COMPILED, type(e).__name__, e)
-        return DenseRuntime(PYTORCH_BF16_COMPILED, None, f"torch.compile failed: {type(e).__name__}: {e}"[:120])
-    return DenseRuntime(PYTORCH_BF16_COMPILED, lambda: run(x_bf16), "torch.compile (inductor, freezing), bf16 weights")
+        LOGGER.warning("dense runtimes: %s failed (%s: %s)", name, type(e).__name__, e)
+        return DenseRuntime(name, None, f"torch.compile failed: {type(e).__name__}: {e}"[:120])
+    tag = "bf16" if x.dtype == torch.bfloat16 else "fp32"
+    return DenseRuntime(name, lambda: run(x), f"torch.compile (inductor, freezing), {tag} weights")
 
 
 def _no_grad(fn: Callable[[], object]) -> Callable[[], object]:

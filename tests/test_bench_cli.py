@@ -65,10 +65,12 @@ def test_bench_missing_runtime_is_a_row_that_says_so(pruned_ckpt, monkeypatch):
 def test_bench_bf16_sparse_variants(pruned_ckpt):
     res = run_bench(str(pruned_ckpt), imgsz=64, reps=1, onnx=False, plots=False, dtype=torch.bfloat16)
     rows = [r.name for r in res.rows]
-    assert res.dtype == "bfloat16" and "cpu_block" in res.rows[4].note
-    # compiled by default: the dense bf16 runtime is a dense row, the compiled auto model a sparse one
-    assert rows[3] == "pytorch bf16 compiled" and rows[-1] == "sparsify (auto) compiled"
-    assert "pytorch bf16 compiled" in res.dense_rows and res.rows[3].ms > 0 and res.rows[-1].ms > 0
+    rows_by = {r.name: r for r in res.rows}
+    assert res.dtype == "bfloat16" and "cpu_block" in rows_by["sparsify (sparse)"].note
+    # compiled by default: the dense fp32 and bf16 models are dense rows, the compiled auto model a sparse one
+    assert rows[3:5] == ["pytorch fp32 compiled", "pytorch bf16 compiled"] and rows[-1] == "sparsify (auto) compiled"
+    assert {"pytorch fp32 compiled", "pytorch bf16 compiled"} <= set(res.dense_rows)
+    assert res.rows[3].ms > 0 and res.rows[4].ms > 0 and res.rows[-1].ms > 0
 
 
 def test_bench_compiles_the_named_backend(pruned_ckpt):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparseyolo.dense_runtimes import PYTORCH_BF16_COMPILED, dense_runtimes
+from sparseyolo.dense_runtimes import PYTORCH_BF16_COMPILED, PYTORCH_FP32_COMPILED, dense_runtimes
 from sparseyolo.models import DetectionModel
 from sparseyolo.prune import prune
 from sparseyolo.sparse import SparseConv2d, sparsify
@@ -92,12 +92,25 @@ def test_compile_refuses_a_training_model():
         compile_inference(_toy().train())
 
 
+def test_dense_runtime_compiled_fp32_runs_and_matches_eager():
+    torch.manual_seed(0)
+    model = sparsify(DetectionModel("yolov5n.yaml").eval(), backend="dense")
+    x = torch.rand(1, 3, 64, 64)
+    rt = dense_runtimes(copy.deepcopy(model), x, 1, (PYTORCH_FP32_COMPILED,))[PYTORCH_FP32_COMPILED]
+    assert rt.run is not None and "fp32" in rt.note, rt.note
+    out = _first(rt.run())
+    with torch.no_grad():
+        ref = _first(model(x))
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
 def test_dense_runtime_compiled_bf16_runs_and_matches_eager():
     torch.manual_seed(0)
     model = sparsify(DetectionModel("yolov5n.yaml").eval(), backend="dense")
     x = torch.rand(1, 3, 64, 64)
     rt = dense_runtimes(copy.deepcopy(model), x, 1, (PYTORCH_BF16_COMPILED,))[PYTORCH_BF16_COMPILED]
-    assert rt.run is not None, rt.note
+    assert rt.run is not None and "bf16" in rt.note, rt.note
     out = _first(rt.run())
     with torch.no_grad():
         ref = _first(model(x))

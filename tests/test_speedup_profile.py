@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -205,6 +206,23 @@ def test_choose_profile_is_exact_at_the_anchors():
     assert {r.name: r.level for r in free.rows} == {"a": 0.0, "b": None, "c": 0.0, "d": None}
 
 
+def test_choose_profile_measures_the_target_against_the_faster_dense_model():
+    # fp32 dense faster than bf16 dense (a CPU without AMX): the target divides the bar, the savings still start
+    # from the bf16 model that the pruned model is
+    base = _anchors()
+    bar = replace(base, bar_ms=9.5)
+    assert bar.target_base_ms == 9.5 and base.target_base_ms == base.dense_ms
+    for target in (1.0, 1.03, 1.05):
+        prof = choose_profile(LATS, ERRS, bar, target)
+        assert prof.feasible and prof.dense_model_ms == 9.5
+        assert prof.predicted_ms <= 9.5 / target + 1e-9
+        assert prof.predicted_speedup == pytest.approx(9.5 / prof.predicted_ms)
+        # the same profile needs more saved than against the bf16 model
+        assert sum(r.error for r in prof.rows) >= sum(r.error for r in choose_profile(LATS, ERRS, base, target).rows)
+    everything = choose_profile(LATS, {n: {0.75: 0.0, 0.5: 0.0} for n in LATS}, bar, 5.0)
+    assert not everything.feasible and everything.predicted_ms == pytest.approx(base.sparse_ms)
+
+
 def test_choose_profile_coefficients_steer_pruning_away_from_a_layer():
     plain = {r.name: r.level for r in choose_profile(LATS, ERRS, _anchors(), 1.06).rows}
     assert plain["b"] == 0.75  # the cheapest error per saved ms
@@ -280,7 +298,7 @@ def test_profile_tile_mask_keeps_a_tile_per_block(shape, level, pruned):
 
 
 @pytest.mark.slow
-def test_measure_anchors_compiles_three_models():
+def test_measure_anchors_compiles_the_models():
     net = _net()
     x = torch.zeros(1, 3, 64, 64)
     lat = layer_latencies(net, [0.75], example_input=x, reps=2)
@@ -289,6 +307,7 @@ def test_measure_anchors_compiles_three_models():
     anchors = measure_anchors(net, lat, 0.75, example_input=x, reps=2)
     assert anchors.kernel_layers == tuple(lat) and anchors.level == 0.75
     assert min(anchors.dense_ms, anchors.kernel_ms, anchors.sparse_ms) > 0
+    assert 0 < anchors.bar_ms <= anchors.dense_ms  # the faster of the dense fp32 and bf16 models
     assert not any(hasattr(m, "weight_mask") for m in net.modules())  # the model itself is not pruned
 
 
