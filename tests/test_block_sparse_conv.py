@@ -99,6 +99,28 @@ class TestBlockSparseConv2dFp32:
         b = _run(x.contiguous(memory_format=torch.channels_last), packed, None, 1, 1, "identity")
         assert torch.equal(a, b)
 
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    @pytest.mark.parametrize("batch, hw, k", [(1, 20, 1), (1, 20, 3), (2, 9, 3), (3, 5, 1)])
+    def test_every_tile_once_for_any_thread_count(self, dtype, batch, hw, k):
+        # pixel tiles are split into chunks per thread (a 20x20 1x1 layer: 17 tiles of 24 pixels); each output is
+        # computed by one tile call, so any split gives the same bits, and a tile left out or run twice would not
+        gen = torch.Generator().manual_seed(3)
+        w = _pattern_weight(40, 16, k, k, "2:4 block16", gen)
+        x = torch.randn(batch, 16, hw, hw, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        packed = pack_block_sparse(w, dtype)
+        b = torch.randn(40, generator=gen)
+        old = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            ref = _run(x, packed, b, 1, k // 2, "silu")
+            for threads in (2, 3, 5, 8):
+                torch.set_num_threads(threads)
+                assert torch.equal(_run(x, packed, b, 1, k // 2, "silu"), ref), threads
+        finally:
+            torch.set_num_threads(old)
+        dense = _reference(x.float(), packed.to_dense(), b, 1, k // 2, "silu")
+        assert _rel(ref, dense) < (RTOL_FP32 if dtype == torch.float32 else 1e-2)
+
     def test_empty_batch(self):
         w = torch.randn(16, 8, 3, 3)
         packed = pack_block_sparse(w)

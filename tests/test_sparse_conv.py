@@ -130,8 +130,9 @@ class TestSparseConv2d:
         ref = _run(x, wt, None, 1, 1, "silu")
         old = torch.get_num_threads()
         try:
-            torch.set_num_threads(1)
-            torch.testing.assert_close(_run(x, wt, None, 1, 1, "silu"), ref, rtol=0, atol=0)
+            for threads in (1, 3, 5):  # uneven splits of the pixel tiles: each one computed once
+                torch.set_num_threads(threads)
+                torch.testing.assert_close(_run(x, wt, None, 1, 1, "silu"), ref, rtol=0, atol=0)
         finally:
             torch.set_num_threads(old)
         torch.testing.assert_close(_run(x.contiguous(memory_format=torch.channels_last), wt, None, 1, 1, "silu"), ref)

@@ -115,8 +115,10 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
 
   const int64_t tiles = (g.wide_pixels() + tile - 1) / tile;
   const int64_t want = kItemsPerThread * at::get_num_threads();
+  // Chunks of tiles / n_chunks tiles, give or take one: the last chunks are never empty, so parallel_for's
+  // contiguous share of items is an even share of tiles (a 20x20 layer has 17 tiles of 24 pixels: chunks of
+  // ceil(17/8) = 3 left 12 tiles to one thread and 5 to the other, 1.36x from 2 threads where oneDNN got 1.7x).
   const int64_t n_chunks = std::min(tiles, std::max<int64_t>(1, (want + n - 1) / n));
-  const int64_t per_chunk = (tiles + n_chunks - 1) / n_chunks;
 
   k::BsArgs args;
   args.g = g;
@@ -133,7 +135,7 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
       const int64_t img = item / n_chunks, ch = item % n_chunks;
       k::BsArgs a = args;
       a.output = po + img * out_image_bytes;
-      const int64_t t0 = ch * per_chunk, t1 = std::min(tiles, t0 + per_chunk);
+      const int64_t t0 = ch * tiles / n_chunks, t1 = (ch + 1) * tiles / n_chunks;
       if (t0 < t1) k::bs_run(a, base + img * in_stride, t0, t1, fn, tile);
     }
   });

@@ -112,7 +112,6 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values, 
   const int64_t tiles = g.tiles();
   const int64_t want = kItemsPerThread * at::get_num_threads();
   const int64_t n_blocks = std::min(tiles, std::max<int64_t>(1, (want + n * n_chunks - 1) / (n * n_chunks)));
-  const int64_t tiles_per_block = (tiles + n_blocks - 1) / n_blocks;
 
   const bool avx2 = use_avx2(op);
   k::SpconvArgs args;
@@ -131,7 +130,9 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values, 
       k::SpconvArgs a = args;
       a.input = base + img * in_stride;
       a.output = po + img * cout * g.ho * g.wo;
-      const int64_t t0 = blk * tiles_per_block, t1 = std::min(tiles, t0 + tiles_per_block);
+      // tiles / n_blocks tiles each, give or take one (ceil-sized blocks left the last ones empty and one thread
+      // idle for part of a small layer)
+      const int64_t t0 = blk * tiles / n_blocks, t1 = (blk + 1) * tiles / n_blocks;
       const int64_t c0 = ch * chunk, c1 = std::min(cout, c0 + chunk);
       if (t0 < t1) k::spconv_block(a, c0, c1, t0, t1, avx2);
     }
