@@ -128,11 +128,12 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--no-refit", dest="refit", action="store_false",
                    help="keep SparseGPT's weights as they are; by default the kept weights (and a per-channel bias, "
                    "folded into the BatchNorm) are re-solved exactly once each layer's mask is chosen")
-    s = p.add_argument_group("sparsity where it pays (with --calibrate; CPU, bf16 tile kernel)")
+    s = p.add_argument_group("sparsity where it pays (with --calibrate; CPU: bf16 tile kernel with AMX, else fp32)")
     s.add_argument("--target-speedup", type=float, default=None, metavar="S",
                    help="instead of --amount: time every conv on this machine (dense and on the tile kernel at each "
                    "of --levels), calibrate each one's error at each level, and choose per conv the tile sparsity "
-                   "that reaches S x the compiled dense bf16 model at the least error; then measure the result")
+                   "that reaches S x the faster compiled dense model (bf16 or fp32) at the least error; then "
+                   "measure the result")
     s.add_argument("--levels", type=float, nargs="+", default=[0.25, 0.5, 0.75], metavar="F",
                    help="tile sparsities --target-speedup chooses from, besides dense and 0 (default 0.25 0.5 0.75)")
     s.add_argument("--search-iters", type=int, default=100, metavar="K",
@@ -176,19 +177,24 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _speedup_profile(model, cfg, batches):
+    import torch
+
+    from sparseyolo import ops
     from sparseyolo.prune import select_layers
     from sparseyolo.prune.sensitivity import model_outputs, output_distortion, tile_variants
-    from sparseyolo.sparse.speedup_profile import kernel_layers, layer_latencies, measure_anchors, search_profile
+    from sparseyolo.sparse.speedup_profile import (kernel_layers, layer_latencies, measure_anchors, profile_kernel,
+                                                   search_profile)
 
     names = {name for name, _ in select_layers(model, "tile", 4, cfg.include, cfg.exclude)[0]}
-    print(f"speedup profile: timing {len(names)} convs alone, dense and on the tile kernel at {cfg.levels} ...")
+    backend, dtype = profile_kernel()
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+    print(f"speedup profile: timing {len(names)} convs alone, dense and on the {backend} kernel in {precision} (CPU "
+          f"path {ops.cpu_isa()}) at tile sparsities {cfg.levels} ...")
     latencies = layer_latencies(model, cfg.levels, names=names)
     if not kernel_layers(latencies):
-        from sparseyolo import ops
-
-        raise _UserError(f"no conv runs faster on the tile kernel than on oneDNN on this CPU (kernel path: "
-                         f"{ops.cpu_isa()}); --target-speedup needs the AMX tile kernel to pay. Prune with --nm 2:4 "
-                         "or --method tile --amount instead, and time it with sparseyolo bench")
+        raise _UserError(f"no conv runs faster on the {backend} kernel than on oneDNN on this CPU (kernel path: "
+                         f"{ops.cpu_isa()}), at any tile sparsity offered. Prune with --nm 2:4 or --method tile "
+                         "--amount instead, and time it with sparseyolo bench")
     print("speedup profile: compiling and timing three whole models (dense; kernel at 0 and "
           f"{max(cfg.levels):g}) ...")
     anchors = measure_anchors(model, latencies, max(cfg.levels))
@@ -213,12 +219,11 @@ def _speedup_profile(model, cfg, batches):
 
 
 def _measure_profile(model, path, profile) -> None:
-    import torch
-
     from sparseyolo.bench import run_bench
     from sparseyolo.checkpoint import load_model
-    from sparseyolo.sparse.speedup_profile import compiled_model_ms
+    from sparseyolo.sparse.speedup_profile import compiled_model_ms, profile_kernel
 
+    backend, dtype = profile_kernel()
     print("measuring the pruned model and the dense one (fp32 and bf16), compiled, back to back (as the "
           "prediction) ...")
     ms = compiled_model_ms({"dense": model, "pruned": load_model(str(path), fuse=False)})
@@ -227,8 +232,8 @@ def _measure_profile(model, path, profile) -> None:
           f"{ms['pruned']:.2f} ms: {ms['dense'] / ms['pruned']:.2f}x (target {profile.target_speedup:g}x, predicted "
           f"{profile.predicted_speedup:.2f}x)")
     print("measuring the pruned model against every dense runtime, interleaved with them ...")
-    result = run_bench(str(path), dtype=torch.bfloat16, plots=False, progress=False, reps=15,
-                       sparse_backend="cpu_block_tiles", compiled_variant="sparse")
+    result = run_bench(str(path), dtype=dtype, plots=False, progress=False, reps=15, sparse_backend=backend,
+                       compiled_variant="sparse")
     print(result.table())
     row = next(r for r in result.rows if r.name == "sparsify (sparse) compiled")
     print(f"target {profile.target_speedup:g}x, predicted {profile.predicted_speedup:.2f}x; measured "
@@ -486,7 +491,8 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                         "compiling takes seconds to a minute per model")
     p.add_argument("--backend", default="sparse", metavar="NAME",
                    help="backend of the 'sparsify (sparse)' row (default: the device's sparse backend); another one, "
-                   "e.g. cpu_block_tiles for a --target-speedup checkpoint, is also the model the compiled row "
+                   "e.g. cpu_block_tiles for a --target-speedup checkpoint made on a CPU with AMX (cpu_block, "
+                   "--dtype fp32, without), is also the model the compiled row "
                    "compiles (instead of auto's)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
     p.add_argument("--out", default="runs/bench", help="folder for the plots")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from sparseyolo import ops
 from sparseyolo.models.common import Conv
 from sparseyolo.prune import PruneConfig
 from sparseyolo.prune.calibrated import calibrated_prune
@@ -22,6 +23,7 @@ from sparseyolo.sparse.speedup_profile import (
     kernel_layers,
     layer_latencies,
     measure_anchors,
+    profile_kernel,
     profile_tile_mask,
     search_profile,
 )
@@ -267,9 +269,23 @@ def test_choose_profile_refuses_a_non_positive_target():
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def test_layer_latencies_time_every_conv_dense_and_at_each_level():
+def test_profile_kernel_follows_the_cpu(monkeypatch):
+    monkeypatch.setenv("SPARSEYOLO_CPU_ISA", "avx512_bf16")  # no AMX: bf16 convs are the slow precision there
+    assert profile_kernel() == ("cpu_block", torch.float32)
+    monkeypatch.delenv("SPARSEYOLO_CPU_ISA")
+    expected = ("cpu_block_tiles", torch.bfloat16) if ops.cpu_isa() == "amx" else ("cpu_block", torch.float32)
+    assert profile_kernel() == expected
+
+
+def test_layer_latencies_refuse_a_precision_without_a_kernel():
+    with pytest.raises(ValueError, match="bfloat16 or float32"):
+        layer_latencies(_net(), [0.5], example_input=torch.zeros(1, 3, 64, 64), reps=1, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_latencies_time_every_conv_dense_and_at_each_level(dtype):
     net = _net()
-    lat = layer_latencies(net, [0.5, 0.75], example_input=torch.zeros(1, 3, 64, 64), reps=2)
+    lat = layer_latencies(net, [0.5, 0.75], example_input=torch.zeros(1, 3, 64, 64), reps=2, dtype=dtype)
     assert list(lat) == ["0.conv", "1.conv", "2.conv", "3.conv"]
     for name, entry in lat.items():
         assert entry.dense_ms > 0
@@ -298,13 +314,14 @@ def test_profile_tile_mask_keeps_a_tile_per_block(shape, level, pruned):
 
 
 @pytest.mark.slow
-def test_measure_anchors_compiles_the_models():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_measure_anchors_compiles_the_models(dtype):
     net = _net()
     x = torch.zeros(1, 3, 64, 64)
-    lat = layer_latencies(net, [0.75], example_input=x, reps=2)
+    lat = layer_latencies(net, [0.75], example_input=x, reps=2, dtype=dtype)
     lat = {n: LayerLatency(v.name, v.weight_shape, v.input_shape, 1e3, v.kernel_ms) for n, v in lat.items()
            if v.kernel_ms}  # every conv the kernel takes counts as paying, whatever this machine times
-    anchors = measure_anchors(net, lat, 0.75, example_input=x, reps=2)
+    anchors = measure_anchors(net, lat, 0.75, example_input=x, reps=2, dtype=dtype)
     assert anchors.kernel_layers == tuple(lat) and anchors.level == 0.75
     assert min(anchors.dense_ms, anchors.kernel_ms, anchors.sparse_ms) > 0
     assert 0 < anchors.bar_ms <= anchors.dense_ms  # the faster of the dense fp32 and bf16 models
@@ -347,7 +364,7 @@ def test_cli_prune_target_speedup_refuses_what_does_not_fit(extra, says, capsys,
 
 
 def test_cli_prune_target_speedup_says_when_the_kernel_does_not_pay(monkeypatch, capsys, tmp_path):
-    """On a CPU where the tile kernel is never faster than oneDNN (no AMX), the command stops with a clear message
+    """On a CPU where the kernel is never faster than oneDNN at any level, the command stops with a clear message
     before compiling anything."""
     from sparseyolo import cli
     from sparseyolo.demo import packaged_weights
@@ -360,4 +377,5 @@ def test_cli_prune_target_speedup_says_when_the_kernel_does_not_pay(monkeypatch,
     rc = cli.main(["prune", "--weights", str(packaged_weights()), "--target-speedup", "1.3", "--calibrate",
                    "unused.yaml", "--out", str(tmp_path / "out.pt")])
     assert rc == 2
-    assert "tile kernel" in capsys.readouterr().err and not (tmp_path / "out.pt").exists()
+    err = capsys.readouterr().err
+    assert "no conv runs faster" in err and profile_kernel()[0] in err and not (tmp_path / "out.pt").exists()

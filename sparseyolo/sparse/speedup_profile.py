@@ -3,9 +3,13 @@
 SPDY's idea (Frantar & Alistarh, 2022) on this project's CPU kernel. Measurements, then a choice:
 
 1. :func:`layer_latencies`: each conv's time on THIS machine, on its input shape: dense as a frozen
-   ``torch.compile``'d bf16 model runs it (oneDNN with a prepacked weight and the activation fused,
-   ``mkldnn._convolution_pointwise``), and on the tile kernel (backend ``"cpu_block_tiles"``, bf16,
-   channels-last) at tile sparsity 0 and at each level. Variants of one layer are timed interleaved.
+   ``torch.compile``'d model runs it (oneDNN with a prepacked weight and the activation fused,
+   ``mkldnn._convolution_pointwise``), and on the kernel that skips pruned tiles at tile sparsity 0 and at each
+   level, channels-last. The kernel and its precision come from :func:`profile_kernel`: with AMX, bf16 tiles
+   (backend ``"cpu_block_tiles"``); without, fp32 on ``"cpu_block"`` (a pruned 16 x 32 tile is 32 input rows
+   skipped by a block of 16 output channels), because there oneDNN's bf16 convs ran ~1.6x slower than its fp32 ones
+   and a bf16 pruned model keeps its dense layers in the slow precision. Variants of one layer are timed
+   interleaved.
 2. :func:`measure_anchors`: three whole models compiled and timed back to back: dense; every conv the kernel runs
    faster than oneDNN at some level, on the kernel with nothing pruned; the same convs at the top level; and, as
    the bar the target is measured against, the dense model in fp32 as well: on a CPU whose bf16 convolutions run
@@ -52,13 +56,15 @@ from sparseyolo.utils import timing
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LEVELS", "LayerLatency", "ModelAnchors", "ProfileRow", "SpeedupProfile", "choose_profile",
-           "compiled_model_ms", "kernel_layers", "layer_latencies", "measure_anchors", "profile_tile_mask",
-           "search_profile"]
+           "compiled_model_ms", "kernel_layers", "layer_latencies", "measure_anchors", "profile_kernel",
+           "profile_tile_mask", "search_profile"]
 
 #: Tile sparsities a profile chooses from by default (besides dense and the kernel with no tile pruned).
 DEFAULT_LEVELS = (0.25, 0.5, 0.75)
-#: The backend whose work falls with tile sparsity (AMX; on other CPUs it runs, slowly, and the profile sees it).
+#: The backend whose work falls with tile sparsity on a CPU with AMX (bf16).
 TILE_BACKEND = "cpu_block_tiles"
+#: The same on other CPUs: fp32, whole input rows skipped by a block of 16 output channels.
+ROWS_BACKEND = "cpu_block"
 DENSE = "dense"
 DENSE_BF16, DENSE_FP32 = "dense bf16", "dense fp32"  # compiled_model_ms's two dense models
 
@@ -89,6 +95,14 @@ def _prepacked_dense(weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeo
     return lambda: torch.ops.mkldnn._convolution_pointwise(x, packed, b, pad, stride, [1, 1], 1, attr, [None], "")
 
 
+def profile_kernel() -> tuple[str, torch.dtype]:
+    """The backend and precision a profile times and a ``--target-speedup`` model runs on this CPU: bf16 tiles on
+    AMX (:data:`TILE_BACKEND`), else fp32 (:data:`ROWS_BACKEND`; see the module docstring)."""
+    from sparseyolo import ops
+
+    return (TILE_BACKEND, torch.bfloat16) if ops.cpu_isa() == "amx" else (ROWS_BACKEND, torch.float32)
+
+
 def profile_tile_mask(weight: torch.Tensor, level: float) -> torch.Tensor:
     """A tile mask of the kind calibrated tile pruning makes at ``level``, for timing: the ``round(level * tiles)``
     smallest tiles pruned, except that every block of 16 output channels keeps at least one tile (as
@@ -109,7 +123,7 @@ def layer_latencies(
     levels: Sequence[float] = DEFAULT_LEVELS,
     example_input: torch.Tensor | None = None,
     reps: int = 25,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     names: set[str] | None = None,
 ) -> dict[str, LayerLatency]:
     """Time every conv the tile kernel can run, dense and at each tile sparsity (see the module docstring).
@@ -120,7 +134,8 @@ def layer_latencies(
         levels: tile sparsities in ``(0, 1)``; 0 (nothing pruned) is always timed.
         example_input: the model input whose layer shapes are timed (default ``1x3x640x640``).
         reps: timed calls per variant and round (median; best of two interleaved rounds).
-        dtype: the kernel's dtype (the tile kernel is bf16).
+        dtype: the precision of both sides: bfloat16 (the AMX tile kernel) or float32 (the row kernel); default
+            :func:`profile_kernel`'s.
         names: only these convs (default: every conv the kernel takes).
 
     Returns:
@@ -131,7 +146,8 @@ def layer_latencies(
         raise ValueError(f"tile sparsity levels must be fractions in [0, 1), got {levels}")
     work = copy.deepcopy(model).float().eval()
     x = torch.zeros(1, 3, 640, 640) if example_input is None else example_input.float()
-    backend = get_backend(TILE_BACKEND)
+    dtype = profile_kernel()[1] if dtype is None else dtype
+    backend = get_backend(_backend_for(dtype))
     plans = [p for p in _all_convs(work) if names is None or p.name in names]
     shapes = layer_input_shapes(work, x, {id(p.conv) for p in plans})
     gen = torch.Generator().manual_seed(0)
@@ -160,6 +176,12 @@ def layer_latencies(
         ms = timing.interleaved_median_ms(fns, "cpu", reps)
         out[name] = LayerLatency(name, tuple(weight.shape), tuple(shape), ms.pop(DENSE), ms)
     return out
+
+
+def _backend_for(dtype: torch.dtype) -> str:
+    if dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"a speedup profile runs in bfloat16 or float32, got {dtype}")
+    return TILE_BACKEND if dtype == torch.bfloat16 else ROWS_BACKEND
 
 
 def _all_convs(model: nn.Module) -> list[Plan]:
@@ -198,7 +220,8 @@ class SpeedupProfile:
         target_speedup: the asked speedup over ``dense_model_ms``.
         dense_model_ms: the dense model's measured time: the faster of the compiled bf16 and fp32 models
             (:attr:`ModelAnchors.target_base_ms`).
-        predicted_ms: the dense bf16 model's time minus the time the chosen options are predicted to save.
+        predicted_ms: the dense model's time in the kernel's precision minus the time the chosen options are
+            predicted to save.
         feasible: False when even the fastest option everywhere misses the target (then that is the profile).
         rows: per conv, in model order.
         measured_speedup: the pruned model's measured speedup over the dense one, compiled and timed back to back
@@ -235,7 +258,8 @@ class SpeedupProfile:
         for r in self.rows:
             counts[r.choice] = counts.get(r.choice, 0) + 1
         lines.append(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-                     + " (ms: each conv timed alone, bf16; saved ms: scaled to the whole-model anchors)")
+                     + " (ms: each conv timed alone, in the kernel's precision; saved ms: scaled to the whole-model "
+                       "anchors)")
         lines.append(f"target {self.target_speedup:g}x of the fastest dense model ({self.dense_model_ms:.2f} ms): "
                      f"predicted {self.predicted_ms:.2f} ms ({self.predicted_speedup:.2f}x)"
                      + ("" if self.feasible else "; the target is out of reach: this is the fastest profile")
@@ -249,7 +273,7 @@ class ModelAnchors:
     """Whole-model times (ms, compiled, interleaved) that :func:`choose_profile` scales per-layer savings by.
 
     Attributes:
-        dense_ms: the dense bf16 model (the all-dense end of the pruned bf16 model's range).
+        dense_ms: the dense model in the kernel's precision (the all-dense end of the pruned model's range).
         kernel_ms: ``kernel_layers`` on the tile kernel with nothing pruned, the rest dense.
         sparse_ms: ``kernel_layers`` on the tile kernel at tile sparsity ``level``.
         level: the tile sparsity of ``sparse_ms`` (the top level offered).
@@ -284,10 +308,13 @@ def measure_anchors(
     level: float,
     example_input: torch.Tensor | None = None,
     reps: int = 15,
+    dtype: torch.dtype | None = None,
 ) -> ModelAnchors:
-    """Compile and time (interleaved) the dense model (bf16, and fp32 for the bar) and the :func:`kernel_layers` on
-    the tile kernel at tile sparsity 0 and ``level`` (:func:`profile_tile_mask`: the time depends on the share of
-    tiles, not on which). ``model`` is not changed. Compiling takes a minute or two on 2 cores."""
+    """Compile and time (interleaved) the dense model (bf16 and fp32: the faster is the bar) and the
+    :func:`kernel_layers` on the kernel of ``dtype`` (default :func:`profile_kernel`'s) at tile sparsity 0 and
+    ``level`` (:func:`profile_tile_mask`: the time depends on the share of tiles, not on which). ``model`` is not
+    changed. Compiling takes a minute or two on 2 cores."""
+    dtype = profile_kernel()[1] if dtype is None else dtype
     moved = kernel_layers(latencies)
     models = {"dense": model}
     for key, amount in (("kernel", 0.0), ("sparse", level)):
@@ -296,17 +323,18 @@ def measure_anchors(
             conv = m.get_submodule(name)
             set_mask(conv, profile_tile_mask(conv.weight.detach(), amount), TILE_PATTERN)
         models[key] = m
-    ms = compiled_model_ms(models, example_input, reps)
-    return ModelAnchors(ms[DENSE_BF16], ms["kernel"], ms["sparse"], float(level), moved, bar_ms=ms[DENSE])
+    ms = compiled_model_ms(models, example_input, reps, dtype)
+    start = ms[DENSE_BF16 if dtype == torch.bfloat16 else DENSE_FP32]
+    return ModelAnchors(start, ms["kernel"], ms["sparse"], float(level), moved, bar_ms=ms[DENSE])
 
 
 @torch.no_grad()
-def compiled_model_ms(models: Mapping[str, nn.Module], example_input: torch.Tensor | None = None, reps: int = 15
-                      ) -> dict[str, float]:
+def compiled_model_ms(models: Mapping[str, nn.Module], example_input: torch.Tensor | None = None, reps: int = 15,
+                      dtype: torch.dtype | None = None) -> dict[str, float]:
     """Compile each model as deployed on this CPU and time them interleaved, back to back (ms, best of two
-    rounds' medians): ``"dense"`` BN folded and channels-last in bf16 and in fp32, any other key with its masked
-    convs on the tile kernel (bf16) and the rest dense. Input: ``example_input`` (default a seeded random
-    ``1x3x640x640`` image). The models are not changed.
+    rounds' medians): ``"dense"`` BN folded and channels-last in bf16 and in fp32, any other key in ``dtype``
+    (default :func:`profile_kernel`'s) with its masked convs on that precision's kernel and the rest dense. Input:
+    ``example_input`` (default a seeded random ``1x3x640x640`` image). The models are not changed.
 
     Returns:
         ``{key: ms}`` for the other keys, and for ``"dense"``: ``"dense bf16"``, ``"dense fp32"`` and ``"dense"``,
@@ -317,16 +345,19 @@ def compiled_model_ms(models: Mapping[str, nn.Module], example_input: torch.Tens
 
     x = torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0)) if example_input is None \
         else example_input.float()
+    dtype = profile_kernel()[1] if dtype is None else dtype
+    backend = _backend_for(dtype)
     x32 = x.contiguous(memory_format=torch.channels_last)
-    x = x32.to(torch.bfloat16)
+    x16 = x32.to(torch.bfloat16)
     runs = {}
     for key, m in models.items():  # sparsify converts a copy: the models are not changed
         if key == DENSE:
             dense = sparsify(m, backend="dense").to(memory_format=torch.channels_last)
             runs[DENSE_FP32] = (compile_inference(dense), x32)
-            runs[DENSE_BF16] = (compile_inference(copy.deepcopy(dense).to(torch.bfloat16)), x)
+            runs[DENSE_BF16] = (compile_inference(copy.deepcopy(dense).to(torch.bfloat16)), x16)
         else:
-            runs[key] = (compile_inference(sparsify(m, backend=TILE_BACKEND, dtype=torch.bfloat16)), x)
+            runs[key] = (compile_inference(sparsify(m, backend=backend, dtype=dtype)),
+                         x16 if dtype == torch.bfloat16 else x32)
     for run, xin in runs.values():
         run(xin)  # compiles
     ms = timing.interleaved_median_ms({k: (lambda r=r, xin=xin: r(xin)) for k, (r, xin) in runs.items()}, "cpu",
@@ -349,8 +380,8 @@ def choose_profile(
     error (see the module docstring).
 
     A conv of ``anchors.kernel_layers`` saves ``a * (dense - kernel_0) + b * (kernel_0 - kernel_level)`` (its
-    times alone) from the dense bf16 model's ``anchors.dense_ms``, with ``a`` and ``b`` the factors that make the
-    prediction exact at the three anchors; the other convs stay dense.
+    times alone) from the dense model's ``anchors.dense_ms`` (in the kernel's precision), with ``a`` and ``b`` the
+    factors that make the prediction exact at the three anchors; the other convs stay dense.
 
     Args:
         latencies: :func:`layer_latencies`.
@@ -379,7 +410,7 @@ def choose_profile(
     a = max(0.0, (anchors.dense_ms - anchors.kernel_ms) / alone_0) if alone_0 > 0 else 0.0
     b = max(0.0, (anchors.kernel_ms - anchors.sparse_ms) / alone_top) if alone_top > 0 else 0.0
     LOGGER.info("speedup profile: in-model savings are %.2fx (kernel) and %.2fx (tiles) the per-layer ones", a, b)
-    need = start_ms - dense_model_ms / target_speedup  # to save from the bf16 model's time
+    need = start_ms - dense_model_ms / target_speedup  # to save from the dense model's time in the kernel's precision
     step = need / resolution if need > 0 else 1.0
     budget = resolution if need > 0 else 0
     # options per conv: (level, ms alone, error, predicted saving); dense saves 0; an option saving less is dropped
