@@ -198,8 +198,8 @@ def _speedup_profile(model, cfg, batches):
     print("speedup profile: compiling and timing three whole models (dense; kernel at 0 and "
           f"{max(cfg.levels):g}) ...")
     anchors = measure_anchors(model, latencies, max(cfg.levels))
-    print(f"  dense bf16 {anchors.dense_ms:.2f} ms (fastest dense, fp32 or bf16: {anchors.target_base_ms:.2f} ms), "
-          f"kernel {anchors.kernel_ms:.2f} ms, tiles {max(cfg.levels):g} {anchors.sparse_ms:.2f} ms "
+    print(f"  dense {precision} {anchors.dense_ms:.2f} ms (fastest dense, fp32 or bf16: {anchors.target_base_ms:.2f} "
+          f"ms), kernel {anchors.kernel_ms:.2f} ms, tiles {max(cfg.levels):g} {anchors.sparse_ms:.2f} ms "
           f"({len(anchors.kernel_layers)} convs the kernel runs faster)")
     variants = tile_variants(model, batches, cfg.levels, cfg.include, cfg.exclude, steps=cfg.steps, damp=cfg.damp,
                              solver=cfg.calib_solver)

@@ -225,6 +225,23 @@ def test_choose_profile_measures_the_target_against_the_faster_dense_model():
     assert not everything.feasible and everything.predicted_ms == pytest.approx(base.sparse_ms)
 
 
+def test_choose_profile_when_the_layers_alone_and_the_models_disagree():
+    # without AMX: every conv alone slower on the kernel with nothing pruned, the whole model on it a little faster
+    lats = {"a": _lat("a", 1.0, 1.4, 1.1, 0.5), "b": _lat("b", 1.0, 1.3, 0.9, 0.6), "c": _lat("c", 0.5, 0.7, 0.6, 0.3)}
+    errs = {"a": {0.5: 0.1, 0.75: 0.3}, "b": {0.5: 0.05, 0.75: 0.2}, "c": {0.5: 0.01, 0.75: 0.02}}
+    moved = kernel_layers(lats)
+    assert moved == ("a", "b", "c")
+    anchors = ModelAnchors(10.0, 9.8, 9.0, 0.75, moved)  # all at 75%: 1.0 ms saved in-model, 1.1 ms alone
+    everything = choose_profile(lats, {n: {0.75: 0.0, 0.5: 0.0} for n in lats}, anchors, 5.0)
+    assert not everything.feasible and everything.predicted_ms == pytest.approx(anchors.sparse_ms)
+    for target in (1.01, 1.05, 1.1):
+        prof = choose_profile(lats, errs, anchors, target)
+        for r in prof.rows:  # never an option slower alone than dense: the kernel at 0, c at 50%
+            assert r.level is None or r.ms < lats[r.name].dense_ms, r
+            assert r.saved_ms == pytest.approx(0.0 if r.level is None else (1.0 / 1.1) * (r.dense_ms - r.ms))
+        assert prof.predicted_ms <= 10.0 / target + 1e-9 or not prof.feasible
+
+
 def test_choose_profile_coefficients_steer_pruning_away_from_a_layer():
     plain = {r.name: r.level for r in choose_profile(LATS, ERRS, _anchors(), 1.06).rows}
     assert plain["b"] == 0.75  # the cheapest error per saved ms

@@ -381,7 +381,9 @@ def choose_profile(
 
     A conv of ``anchors.kernel_layers`` saves ``a * (dense - kernel_0) + b * (kernel_0 - kernel_level)`` (its
     times alone) from the dense model's ``anchors.dense_ms`` (in the kernel's precision), with ``a`` and ``b`` the
-    factors that make the prediction exact at the three anchors; the other convs stay dense.
+    factors that make the prediction exact at the three anchors; the other convs stay dense. Where the convs alone
+    and the whole models disagree on the kernel with nothing pruned (no positive ``a``), a conv saves
+    ``c * (dense - kernel_level)``, ``c`` fitted to the all-dense and the top-level models.
 
     Args:
         latencies: :func:`layer_latencies`.
@@ -407,9 +409,25 @@ def choose_profile(
     alone_0 = sum(lat.dense_ms - lat.kernel_ms[0.0] for lat in layers if lat.name in moved)
     alone_top = sum(lat.kernel_ms[0.0] - lat.kernel_ms.get(top, lat.kernel_ms[0.0]) for lat in layers
                     if lat.name in moved)
-    a = max(0.0, (anchors.dense_ms - anchors.kernel_ms) / alone_0) if alone_0 > 0 else 0.0
-    b = max(0.0, (anchors.kernel_ms - anchors.sparse_ms) / alone_top) if alone_top > 0 else 0.0
-    LOGGER.info("speedup profile: in-model savings are %.2fx (kernel) and %.2fx (tiles) the per-layer ones", a, b)
+    a = (anchors.dense_ms - anchors.kernel_ms) / alone_0 if alone_0 != 0 else 0.0
+    if a > 0:  # the layers alone and the whole models agree on what the kernel with nothing pruned does
+        b = max(0.0, (anchors.kernel_ms - anchors.sparse_ms) / alone_top) if alone_top > 0 else 0.0
+        LOGGER.info("speedup profile: in-model savings are %.2fx (kernel) and %.2fx (tiles) the per-layer ones", a, b)
+
+        def saving_of(lat: LayerLatency, ms: float) -> float:
+            return a * (lat.dense_ms - lat.kernel_ms[0.0]) + b * (lat.kernel_ms[0.0] - ms)
+    else:
+        # They disagree (seen without AMX: every conv alone slower on the fp32 kernel with nothing pruned, the
+        # whole model on it slightly faster), so the kernel-at-0 anchor cannot be fitted without rewarding a conv for
+        # being slower. One factor instead, fitted to the all-dense and the top-level anchors: a conv saves
+        # c * (its dense time - its time at the level) alone, so an option slower alone than dense is never taken.
+        alone = sum(lat.dense_ms - lat.kernel_ms.get(top, lat.dense_ms) for lat in layers if lat.name in moved)
+        c = max(0.0, (anchors.dense_ms - anchors.sparse_ms) / alone) if alone > 0 else 0.0
+        LOGGER.info("speedup profile: the kernel-at-0 anchor disagrees with the layers alone; in-model savings are "
+                    "%.2fx the per-layer ones (fitted to the top level)", c)
+
+        def saving_of(lat: LayerLatency, ms: float) -> float:
+            return c * (lat.dense_ms - ms)
     need = start_ms - dense_model_ms / target_speedup  # to save from the dense model's time in the kernel's precision
     step = need / resolution if need > 0 else 1.0
     budget = resolution if need > 0 else 0
@@ -419,7 +437,7 @@ def choose_profile(
         opts: list[tuple[float | None, float, float, float]] = [(None, lat.dense_ms, 0.0, 0.0)]
         for level, ms in sorted(lat.kernel_ms.items()) if lat.name in moved else ():
             err = 0.0 if level == 0.0 else errors.get(lat.name, {}).get(level)
-            saving = a * (lat.dense_ms - lat.kernel_ms[0.0]) + b * (lat.kernel_ms[0.0] - ms)
+            saving = saving_of(lat, ms)
             if err is not None and math.isfinite(err) and saving > 0:
                 opts.append((level, ms, float(err), saving))
         options.append(opts)
