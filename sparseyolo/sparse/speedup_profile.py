@@ -412,7 +412,7 @@ def choose_profile(
     a = (anchors.dense_ms - anchors.kernel_ms) / alone_0 if alone_0 != 0 else 0.0
     if a > 0:  # the layers alone and the whole models agree on what the kernel with nothing pruned does
         b = max(0.0, (anchors.kernel_ms - anchors.sparse_ms) / alone_top) if alone_top > 0 else 0.0
-        LOGGER.info("speedup profile: in-model savings are %.2fx (kernel) and %.2fx (tiles) the per-layer ones", a, b)
+        LOGGER.debug("speedup profile: in-model savings are %.2fx (kernel) and %.2fx (tiles) the per-layer ones", a, b)
 
         def saving_of(lat: LayerLatency, ms: float) -> float:
             return a * (lat.dense_ms - lat.kernel_ms[0.0]) + b * (lat.kernel_ms[0.0] - ms)
@@ -423,8 +423,8 @@ def choose_profile(
         # c * (its dense time - its time at the level) alone, so an option slower alone than dense is never taken.
         alone = sum(lat.dense_ms - lat.kernel_ms.get(top, lat.dense_ms) for lat in layers if lat.name in moved)
         c = max(0.0, (anchors.dense_ms - anchors.sparse_ms) / alone) if alone > 0 else 0.0
-        LOGGER.info("speedup profile: the kernel-at-0 anchor disagrees with the layers alone; in-model savings are "
-                    "%.2fx the per-layer ones (fitted to the top level)", c)
+        LOGGER.debug("speedup profile: the kernel-at-0 anchor disagrees with the layers alone; in-model savings are "
+                     "%.2fx the per-layer ones (fitted to the top level)", c)
 
         def saving_of(lat: LayerLatency, ms: float) -> float:
             return c * (lat.dense_ms - ms)
