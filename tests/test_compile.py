@@ -92,29 +92,29 @@ def test_compile_refuses_a_training_model():
         compile_inference(_toy().train())
 
 
-def test_dense_runtime_compiled_fp32_runs_and_matches_eager():
+def _compiled_dense_and_eager(name: str):
+    """The dense runtime ``name`` on a random-init yolov5n at 64x64: its output and the eager fp32 model's."""
     torch.manual_seed(0)
     model = sparsify(DetectionModel("yolov5n.yaml").eval(), backend="dense")
     x = torch.rand(1, 3, 64, 64)
-    rt = dense_runtimes(copy.deepcopy(model), x, 1, (PYTORCH_FP32_COMPILED,))[PYTORCH_FP32_COMPILED]
-    assert rt.run is not None and "fp32" in rt.note, rt.note
+    rt = dense_runtimes(copy.deepcopy(model), x, 1, (name,))[name]
+    assert rt.run is not None, rt.note
     out = _first(rt.run())
     with torch.no_grad():
         ref = _first(model(x))
     assert out.dtype == torch.float32 and out.shape == ref.shape
+    return rt, out, ref
+
+
+def test_dense_runtime_compiled_fp32_runs_and_matches_eager():
+    rt, out, ref = _compiled_dense_and_eager(PYTORCH_FP32_COMPILED)
+    assert "fp32" in rt.note, rt.note
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
 
 
 def test_dense_runtime_compiled_bf16_runs_and_matches_eager():
-    torch.manual_seed(0)
-    model = sparsify(DetectionModel("yolov5n.yaml").eval(), backend="dense")
-    x = torch.rand(1, 3, 64, 64)
-    rt = dense_runtimes(copy.deepcopy(model), x, 1, (PYTORCH_BF16_COMPILED,))[PYTORCH_BF16_COMPILED]
-    assert rt.run is not None and "bf16" in rt.note, rt.note
-    out = _first(rt.run())
-    with torch.no_grad():
-        ref = _first(model(x))
-    assert out.dtype == torch.float32 and out.shape == ref.shape
+    rt, out, ref = _compiled_dense_and_eager(PYTORCH_BF16_COMPILED)
+    assert "bf16" in rt.note, rt.note
     # bf16 weights and activations against the fp32 model: objectness within bf16's error, boxes within a pixel
     torch.testing.assert_close(out[..., 4], ref[..., 4], rtol=0.1, atol=0.02)
     torch.testing.assert_close(out[..., :4], ref[..., :4], rtol=0.02, atol=1.0)

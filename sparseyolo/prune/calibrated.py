@@ -16,9 +16,10 @@ error is chosen by ADMM over the whole mask at once (:func:`sparseyolo.prune.adm
 column by column by SparseGPT (:func:`sparseyolo.prune.obs.sparsegpt_prune`, ``solver="sparsegpt"``), and the
 next layers see the outputs of the already-pruned ones (as SparseGPT does), so errors are compensated
 downstream instead of compounding. By default each layer is fitted to the UNPRUNED model's output of that layer
-(``target="dense"``), so it also absorbs the error that earlier pruned layers left in its input. Once a layer's mask is chosen, its
-kept weights are re-solved exactly for that mask, with a per-channel bias that absorbs the mean output shift and
-is folded into the following BatchNorm (``refit=True``, :func:`sparseyolo.prune.obs.masked_least_squares`).
+(``target="dense"``), so it also absorbs the error that earlier pruned layers left in its input. Once a layer's
+mask is chosen, its kept weights are re-solved exactly for that mask, with a per-channel bias that absorbs the
+mean output shift and is folded into the following BatchNorm (``refit=True``,
+:func:`sparseyolo.prune.obs.masked_least_squares`).
 Optionally BatchNorm running statistics are then re-estimated on the calibration images
 (``bn_recalibration="reset"``).
 

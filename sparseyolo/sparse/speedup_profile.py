@@ -100,7 +100,8 @@ def profile_kernel() -> tuple[str, torch.dtype]:
     AMX (:data:`TILE_BACKEND`), else fp32 (:data:`ROWS_BACKEND`; see the module docstring)."""
     from sparseyolo import ops
 
-    return (TILE_BACKEND, torch.bfloat16) if ops.cpu_isa() == "amx" else (ROWS_BACKEND, torch.float32)
+    dtype = torch.bfloat16 if ops.cpu_isa() == "amx" else torch.float32
+    return _backend_for(dtype), dtype
 
 
 def profile_tile_mask(weight: torch.Tensor, level: float) -> torch.Tensor:
