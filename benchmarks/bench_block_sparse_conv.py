@@ -8,10 +8,14 @@ Each layer runs as the model runs it, ``act(conv(x) + bias)`` with SiLU, channel
   for each conv (:func:`sparseyolo.sparse.compile.compile_inference`; read from its output code): the weight
   reordered once (``mkldnn._reorder_convolution_weight``) and ``mkldnn._convolution_pointwise`` with SiLU fused
   (``"swish"``). They are the bars: the fp32 one for the fp32 variants, the bf16 one for the bf16 variants;
-* ``fp32 2:4 b16``: :func:`sparseyolo.ops.block_sparse_conv2d`, fp32, 2:4 masks shared by 16 output channels;
+* ``fp32 tiles 0%``: :func:`sparseyolo.ops.block_sparse_conv2d`, fp32, nothing pruned (the kernel's efficiency
+  against oneDNN; neighbouring blocks share every unit, so they run as twins on AVX-512);
+* ``fp32 2:4 b16`` / ``b32``: the same kernel, 2:4 masks shared by 16 / 32 output channels (b32: twin blocks,
+  two weight vectors per broadcast);
 * ``fp32 tiles 50%`` / ``75%``: the same kernel in fp32 on tile-pruned weights (whole 16 x 32 tiles of a tap:
-  32 input rows skipped for a block of 16 output channels);
-* ``bf16 2:4 b16``: the same in bf16 (gather ``pairs24``: vdpbf16ps, or two fp32 FMAs without AVX-512 BF16);
+  32 input rows skipped for a block of 16 output channels); ``fp32 tiles32 75%``: tiles of 32 x 32 (twins);
+* ``bf16 2:4 b16`` / ``b32``: the same in bf16 (gather ``pairs24``: vdpbf16ps, or two fp32 FMAs without AVX-512
+  BF16);
 * ``bf16 tiles 0%`` / ``50%`` / ``75%``: gather ``tiles32`` (AMX where the CPU has it, else pairs on vdpbf16ps)
   with that share of its 16 x 32 tiles pruned (0%: the dense work, the kernel's efficiency against oneDNN).
 
@@ -46,8 +50,9 @@ from benchmarks.bench_sparse_conv import conv_shapes, machine  # noqa: E402
 from sparseyolo import ops  # noqa: E402
 from sparseyolo.sparse.block_packing import BLOCK, pack_block_sparse  # noqa: E402
 
-VARIANTS = ("onednn fp32", "onednn fp32 prepacked", "onednn bf16", "onednn bf16 prepacked", "fp32 2:4 b16",
-            "fp32 tiles 50%", "fp32 tiles 75%", "bf16 2:4 b16", "bf16 tiles 0%", "bf16 tiles 50%", "bf16 tiles 75%")
+VARIANTS = ("onednn fp32", "onednn fp32 prepacked", "onednn bf16", "onednn bf16 prepacked", "fp32 tiles 0%",
+            "fp32 2:4 b16", "fp32 2:4 b32", "fp32 tiles 50%", "fp32 tiles 75%", "fp32 tiles32 75%", "bf16 2:4 b16",
+            "bf16 2:4 b32", "bf16 tiles 0%", "bf16 tiles 50%", "bf16 tiles 75%")
 FP32_BASELINE, BF16_BASELINE = "onednn fp32 prepacked", "onednn bf16 prepacked"
 BARS = (FP32_BASELINE, BF16_BASELINE)
 
@@ -57,19 +62,19 @@ def baseline(variant: str) -> str:
     return FP32_BASELINE if variant.startswith("fp32") else BF16_BASELINE
 
 
-def block_24_mask(cout: int, cin: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    """A random 2:4 mask (along Cin) shared by each block of 16 output channels."""
-    nb = (cout + BLOCK - 1) // BLOCK
+def block_24_mask(cout: int, cin: int, k: int, gen: torch.Generator, block: int = BLOCK) -> torch.Tensor:
+    """A random 2:4 mask (along Cin) shared by each block of ``block`` output channels."""
+    nb = (cout + block - 1) // block
     score = torch.rand(nb, cin // 4, 4, k, k, generator=gen)
     mask = torch.zeros_like(score).scatter_(2, score.topk(2, dim=2).indices, 1.0)
-    return mask.reshape(nb, 1, cin, k, k).expand(nb, BLOCK, cin, k, k).reshape(nb * BLOCK, cin, k, k)[:cout]
+    return mask.reshape(nb, 1, cin, k, k).expand(nb, block, cin, k, k).reshape(nb * block, cin, k, k)[:cout]
 
 
-def tile_mask(cout: int, cin: int, k: int, pruned: float, gen: torch.Generator) -> torch.Tensor:
-    """Whole 16 x 32 tiles (output x input channels) of each tap pruned at random, ``pruned`` of them."""
-    nb, nq = (cout + BLOCK - 1) // BLOCK, (cin + 31) // 32
+def tile_mask(cout: int, cin: int, k: int, pruned: float, gen: torch.Generator, block: int = BLOCK) -> torch.Tensor:
+    """Whole ``block`` x 32 tiles (output x input channels) of each tap pruned at random, ``pruned`` of them."""
+    nb, nq = (cout + block - 1) // block, (cin + 31) // 32
     keep = (torch.rand(nb, 1, nq, 1, k, k, generator=gen) >= pruned).float()
-    return keep.expand(nb, BLOCK, nq, 32, k, k).reshape(nb * BLOCK, nq * 32, k, k)[:cout, :cin]
+    return keep.expand(nb, block, nq, 32, k, k).reshape(nb * block, nq * 32, k, k)[:cout, :cin]
 
 
 def layer_variants(layer: dict, gen: torch.Generator) -> dict:
@@ -98,7 +103,9 @@ def layer_variants(layer: dict, gen: torch.Generator) -> dict:
         "onednn fp32 prepacked": onednn_prepacked(x, w, b),
         "onednn bf16": lambda: F.silu(F.conv2d(xb, dense16, b16, s, p)),
         "onednn bf16 prepacked": onednn_prepacked(xb, w.bfloat16(), b16),
+        "fp32 tiles 0%": ours(pack_block_sparse(w, torch.float32), x),
         "fp32 tiles 50%": ours(pack_block_sparse(w * t50, torch.float32), x),
+        "fp32 tiles32 75%": ours(pack_block_sparse(w * tile_mask(cout, cin, k, 0.75, gen, 32), torch.float32), x),
         "fp32 tiles 75%": ours(pack_block_sparse(w * t75, torch.float32), x),
         "bf16 tiles 0%": ours(pack_block_sparse(w, torch.bfloat16, "tiles32"), xb),
         "bf16 tiles 50%": ours(pack_block_sparse(w * t50, torch.bfloat16, "tiles32"), xb),
@@ -107,6 +114,9 @@ def layer_variants(layer: dict, gen: torch.Generator) -> dict:
     if m24 is not None:
         fns["fp32 2:4 b16"] = ours(pack_block_sparse(w * m24, torch.float32), x)
         fns["bf16 2:4 b16"] = ours(pack_block_sparse(w * m24, torch.bfloat16), xb)
+        m24_32 = block_24_mask(cout, cin, k, gen, 32)
+        fns["fp32 2:4 b32"] = ours(pack_block_sparse(w * m24_32, torch.float32), x)
+        fns["bf16 2:4 b32"] = ours(pack_block_sparse(w * m24_32, torch.bfloat16), xb)
     return fns
 
 

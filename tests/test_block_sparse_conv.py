@@ -34,11 +34,17 @@ def _pattern_weight(cout: int, cin: int, kh: int, kw: int, pattern: str, gen: to
     nb = (cout + BLOCK - 1) // BLOCK
     if pattern == "dense":
         return w
-    if pattern == "2:4 block16":
+    if pattern in ("2:4 block16", "2:4 block32"):
         score = torch.rand(nb, cin // 4, 4, kh, kw, generator=gen)
+        if pattern == "2:4 block32":  # neighbouring blocks share their units: they run as twins on AVX-512
+            score = score[torch.arange(nb) // 2 * 2]
         mask = torch.zeros_like(score).scatter_(2, score.topk(2, dim=2).indices, 1.0).reshape(nb, 1, cin, kh, kw)
     elif pattern == "rows 75% block16":
         mask = (torch.rand(nb, 1, cin, kh, kw, generator=gen) >= 0.75).float()
+    elif pattern == "rows 75% some twins":  # blocks (0, 1), (3, 4), ... share their rows, blocks 2, 5, ... do not
+        mask = (torch.rand(nb, 1, cin, kh, kw, generator=gen) >= 0.75).float()
+        for b in range(1, nb, 3):
+            mask[b] = mask[b - 1]
     elif pattern == "unstructured 50%":  # each block keeps a row when any of its channels does: still exact
         return w * (torch.rand(w.shape, generator=gen) >= 0.5)
     elif pattern == "tiles 50%":  # whole 16 x 32 tiles of a tap (AMX's tile), as tile pruning makes them
@@ -68,7 +74,8 @@ def _rel(y, ref):
 # (cin, cout): channels not multiples of the block, of 4, both; (kh, kw, stride, padding); batch, image
 CHANNELS = [(16, 32), (12, 33), (64, 40), (8, 17)]
 GEOMS = [(1, 1, 1, 0), (1, 1, 2, 0), (3, 3, 1, 1), (3, 3, 2, 1), (3, 3, 1, 0), (5, 5, 1, 2), (1, 3, 1, 0)]
-PATTERNS = ["2:4 block16", "rows 75% block16", "dense", "unstructured 50%", "tiles 50%"]
+PATTERNS = ["2:4 block16", "2:4 block32", "rows 75% block16", "rows 75% some twins", "dense", "unstructured 50%",
+            "tiles 50%"]
 
 
 class TestBlockSparseConv2dFp32:
@@ -78,7 +85,9 @@ class TestBlockSparseConv2dFp32:
         gen = torch.Generator().manual_seed(cin * 1000 + cout * 10 + kh + stride)
         for batch, (h, w_), pattern, act in [(1, (13, 9), "2:4 block16", "silu"), (3, (7, 11), "rows 75% block16",
                                                                                   "identity"),
-                                             (2, (6, 5), "unstructured 50%", "silu"), (1, (9, 9), "dense", "silu")]:
+                                             (2, (6, 5), "unstructured 50%", "silu"), (1, (9, 9), "dense", "silu"),
+                                             (1, (10, 7), "2:4 block32", "silu"),
+                                             (2, (5, 8), "rows 75% some twins", "identity")]:
             w = _pattern_weight(cout, cin, kh, kw, pattern, gen)
             b = torch.randn(cout, generator=gen)
             x = torch.randn(batch, cin, h, w_, generator=gen)
@@ -120,6 +129,27 @@ class TestBlockSparseConv2dFp32:
             torch.set_num_threads(old)
         dense = _reference(x.float(), packed.to_dense(), b, 1, k // 2, "silu")
         assert _rel(ref, dense) < (RTOL_FP32 if dtype == torch.float32 else 1e-2)
+
+    @pytest.mark.parametrize("pattern", ["2:4 block32", "rows 75% some twins", "dense"])
+    @pytest.mark.parametrize("cout", [32, 33, 80, 112])
+    def test_twin_blocks_same_bits_as_single_blocks(self, monkeypatch, pattern, cout):
+        # AVX-512 runs neighbouring blocks with the same units as twins (two weight vectors per broadcast); AVX2 has
+        # no twins. Both sum each output's products in unit order with FMAs, so without SiLU (whose approximations
+        # differ per ISA) the bits agree; a twin that read the other block's weights or units, or stored to the
+        # wrong channels, would not. cout 33: a partial last block; 80: an odd number of blocks.
+        if not _supported("avx512"):
+            pytest.skip(f"this CPU has no avx512 (best: {ops.cpu_isa()})")
+        gen = torch.Generator().manual_seed(cout)
+        w = _pattern_weight(cout, 32, 3, 3, pattern, gen)
+        x = torch.randn(2, 32, 11, 13, generator=gen).contiguous(memory_format=torch.channels_last)
+        b = torch.randn(cout, generator=gen)
+        packed = pack_block_sparse(w, torch.float32)
+        outs = {}
+        for isa in ("avx2", "avx512"):
+            monkeypatch.setenv("SPARSEYOLO_CPU_ISA", isa)
+            outs[isa] = _run(x, packed, b, 1, 1, "identity")
+        assert torch.equal(outs["avx512"], outs["avx2"])
+        assert _rel(outs["avx512"], _reference(x, w, b, 1, 1, "identity")) < RTOL_FP32
 
     def test_empty_batch(self):
         w = torch.randn(16, 8, 3, 3)

@@ -4,11 +4,13 @@
 // each input tile), so what it measures is the loop, not memory. Variants of the pixel addressing:
 //   strided: pixel i at p[i * cu], cu known at run time (what the kernel does: index registers and an add chain);
 //   fixed:   the same with cu a compile-time constant (displacement addressing, no index registers);
-//   planar:  the input stored channel-major, pixel i at p[i] (24 pixels of a unit on two cache lines).
+//   planar:  the input stored channel-major, pixel i at p[i] (24 pixels of a unit on two cache lines);
+//   twin12:  two blocks with the same units (bs_twin_avx512): 12 pixels x 2 weight vectors per unit, twice per tile.
 // Build and run (AVX-512 needed; CIN sets the input channels):
 //   g++ -O3 -march=x86-64-v4 -DCIN=128 benchmarks/experimental/fp32_inner_loop.cpp -o /tmp/fp32_inner_loop
 //   /tmp/fp32_inner_loop
-// Prints zmm-FMAs per ns, one thread; on 2026-12-04's Xeon without AMX: peak ~5.5, every variant 3.4-4.2.
+// Prints zmm-FMAs per ns, one thread; on 2026-12-04's Xeon without AMX: peak ~5.5, strided/fixed/planar 3.4-4.2,
+// twin12 4.8-5.5.
 #include <immintrin.h>
 
 #include <chrono>
@@ -36,6 +38,26 @@ __attribute__((noinline)) void tile(const float* in, const float* w, const int32
     for (int i = 0; i < kP; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(p[i * s]), wf, acc[i]);
   }
   for (int i = 0; i < kP; ++i) _mm512_storeu_ps(out + 16 * i, acc[i]);
+}
+
+__attribute__((noinline)) void twin_tile(const float* in, const float* w0, const float* w1, const int32_t* off,
+                                         int64_t units, int64_t stride, float* out) {
+  constexpr int kH = kP / 2;
+  for (int h = 0; h < 2; ++h, in += kH * stride) {
+    __m512 acc0[kH], acc1[kH];
+    for (int i = 0; i < kH; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+    for (int64_t u = 0; u < units; ++u) {
+      const float* p = in + off[u];
+      const __m512 a = _mm512_loadu_ps(w0 + 16 * u), b = _mm512_loadu_ps(w1 + 16 * u);
+#pragma GCC unroll 16
+      for (int i = 0; i < kH; ++i) {
+        const __m512 x = _mm512_set1_ps(p[i * stride]);
+        acc0[i] = _mm512_fmadd_ps(x, a, acc0[i]);
+        acc1[i] = _mm512_fmadd_ps(x, b, acc1[i]);
+      }
+    }
+    for (int i = 0; i < kH; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_add_ps(acc0[i], acc1[i]));
+  }
 }
 
 double peak() {
@@ -67,10 +89,10 @@ int main() {
     off_cl[u] = static_cast<int32_t>(shift * cin + c);
     off_pl[u] = static_cast<int32_t>(c * (pixels + 200) + shift);
   }
-  const char* names[] = {"strided", "fixed  ", "planar "};
+  const char* names[] = {"strided", "fixed  ", "planar ", "twin12 "};
   for (int rep = 0; rep < 3; ++rep) {
     std::printf("cin %d, peak %.2f |", CIN, peak());
-    for (int v = 0; v < 3; ++v) {
+    for (int v = 0; v < 4; ++v) {
       const auto t0 = std::chrono::steady_clock::now();
       for (int64_t q = 0; q + kP <= pixels; q += kP) {
         for (int64_t b = 0; b < kBlocks; ++b) {
@@ -78,6 +100,9 @@ int main() {
           if (v == 0) tile<0>(chlast.data() + q * cin, wb, off_cl.data(), units, cin, out.data());
           if (v == 1) tile<CIN>(chlast.data() + q * cin, wb, off_cl.data(), units, cin, out.data());
           if (v == 2) tile<1>(planar.data() + q, wb, off_pl.data(), units, 1, out.data());
+          if (v == 3 && b % 2 == 0) {
+            twin_tile(chlast.data() + q * cin, wb, wb + units * 16, off_cl.data(), units, cin, out.data());
+          }
         }
       }
       const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();

@@ -18,6 +18,11 @@
 // (KW-1)/sw), each pixel `cu` 4-byte units. Wide pixel q = oh*Wq + ow reads unit u of its taps at q*cu +
 // offset(u), the offset independent of the pixel; the Wq - Wo extra columns are computed and dropped. A 1x1,
 // stride-1, unpadded conv with plain gather reads the input itself ("direct").
+//
+// Twin blocks. Two neighbouring blocks with the same units (a pattern shared by 32 output channels, or a layer
+// with nothing pruned) run together on AVX-512: per unit two weight vectors and 12 broadcasts feed 24 FMAs, where
+// one block needs a broadcast per FMA (25 loads per 24 FMAs). The loop alone runs ~1.25x faster that way
+// (benchmarks/experimental/fp32_inner_loop.cpp, "twin12"). bs_twin_starts finds them once per call.
 #pragma once
 
 #include <algorithm>
@@ -183,12 +188,26 @@ inline bool bs_unit_offsets(const BsGeometry& g, const int32_t* taps, int64_t n,
   return true;
 }
 
+// twin_start[b] = 1 where output blocks b and b+1 have the same units (same count, same offsets) and b is not the
+// second of twins already; blocks are paired greedily from block 0. O(units) per call.
+inline void bs_twin_starts(const int64_t* block_ptr, const int32_t* offsets, int64_t nb, uint8_t* twin_start) {
+  for (int64_t b = 0; b < nb; ++b) twin_start[b] = 0;
+  for (int64_t b = 0; b + 1 < nb; ++b) {
+    const int64_t n0 = block_ptr[b + 1] - block_ptr[b], n1 = block_ptr[b + 2] - block_ptr[b + 1];
+    if (n0 != n1 || !std::equal(offsets + block_ptr[b], offsets + block_ptr[b + 1], offsets + block_ptr[b + 1]))
+      continue;
+    twin_start[b] = 1;
+    ++b;
+  }
+}
+
 // What one (pixel tile, output block) call needs.
 struct BsArgs {
   BsGeometry g;
   const uint32_t* weight = nullptr;    // [U][16] fp32 bits, or bf16 pairs (low = first of the unit's two)
   const int32_t* offsets = nullptr;    // [U] (bs_unit_offsets)
   const int64_t* block_ptr = nullptr;  // [nb + 1]: units of output block b are [block_ptr[b], block_ptr[b+1])
+  const uint8_t* twin_start = nullptr; // [nb] or null: 1 where blocks b and b+1 run as twins (bs_twin_starts)
   int64_t cout = 0;
   const float* bias = nullptr;         // [cout] or null
   bool silu = false;
@@ -458,6 +477,61 @@ SPARSEYOLO_BS_AVX512BF16 void bs_tile_avx512bf16(const BsArgs& a, const uint32_t
   bs_store_bf16_avx512bf16<P>(a, out_pix, ob, acc);
 }
 
+// Blocks ob and ob + 1 (same units, see bs_twin_starts) over P pixels, as two halves of P/2: per unit two weight
+// vectors and P/2 broadcasts for P FMAs, in 2 x P/2 accumulators. fp32 units.
+template <int P>
+SPARSEYOLO_BS_AVX512 void bs_twin_avx512(const BsArgs& a, const uint32_t* in, const int64_t* out_pix, int64_t ob) {
+  constexpr int H = P / 2;
+  const int64_t cu = a.g.cu, u0 = a.block_ptr[ob], n = a.block_ptr[ob + 1] - u0;
+  const float* w0 = reinterpret_cast<const float*>(a.weight + u0 * kBsBlock);
+  const float* w1 = reinterpret_cast<const float*>(a.weight + a.block_ptr[ob + 1] * kBsBlock);
+  for (int h = 0; h < 2; ++h) {
+    __m512 acc0[H], acc1[H];
+    for (int i = 0; i < H; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+    const float* pin = reinterpret_cast<const float*>(in + h * H * cu);
+    for (int64_t k = 0; k < n; ++k) {
+      const float* p = pin + a.offsets[u0 + k];
+      const __m512 f0 = _mm512_loadu_ps(w0 + k * kBsBlock), f1 = _mm512_loadu_ps(w1 + k * kBsBlock);
+#pragma GCC unroll 16
+      for (int i = 0; i < H; ++i) {
+        const __m512 x = _mm512_set1_ps(p[i * cu]);
+        acc0[i] = _mm512_fmadd_ps(x, f0, acc0[i]);
+        acc1[i] = _mm512_fmadd_ps(x, f1, acc1[i]);
+      }
+    }
+    bs_store_avx512<H>(a, out_pix + h * H, ob, acc0);
+    bs_store_avx512<H>(a, out_pix + h * H, ob + 1, acc1);
+  }
+}
+
+// The same for bf16 pairs on vdpbf16ps.
+template <int P>
+SPARSEYOLO_BS_AVX512BF16 void bs_twin_avx512bf16(const BsArgs& a, const uint32_t* in, const int64_t* out_pix,
+                                                 int64_t ob) {
+  constexpr int H = P / 2;
+  const int64_t cu = a.g.cu, u0 = a.block_ptr[ob], n = a.block_ptr[ob + 1] - u0;
+  const uint32_t* w0 = a.weight + u0 * kBsBlock;
+  const uint32_t* w1 = a.weight + a.block_ptr[ob + 1] * kBsBlock;
+  for (int h = 0; h < 2; ++h) {
+    __m512 acc0[H], acc1[H];
+    for (int i = 0; i < H; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+    const uint32_t* pin = in + h * H * cu;
+    for (int64_t k = 0; k < n; ++k) {
+      const uint32_t* p = pin + a.offsets[u0 + k];
+      const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w0 + k * kBsBlock));
+      const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w1 + k * kBsBlock));
+#pragma GCC unroll 16
+      for (int i = 0; i < H; ++i) {
+        const __m512bh x = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(p[i * cu])));
+        acc0[i] = _mm512_dpbf16_ps(acc0[i], x, b0);
+        acc1[i] = _mm512_dpbf16_ps(acc1[i], x, b1);
+      }
+    }
+    bs_store_bf16_avx512bf16<H>(a, out_pix + h * H, ob, acc0);
+    bs_store_bf16_avx512bf16<H>(a, out_pix + h * H, ob + 1, acc1);
+  }
+}
+
 // --------------------------------------------------------------------------------------- AMX (experimental)
 // One call: 64 wide pixels (4 A tiles of 16 pixel rows at the pixel stride) x one block of 16 output channels
 // (4 C tiles of 16 x 16 fp32); per tiles32 unit, one B tile (16 pairs x 16 channels, 1 KiB, the unit's panel in
@@ -517,7 +591,9 @@ using BsTileFn = void (*)(const BsArgs&, const uint32_t*, const int64_t*, int64_
 // The tile function and its pixel count for an ISA and a dtype. P: accumulators that fit the register file next to
 // the weight vector(s) (32 zmm: 24 tiles; 16 ymm: 6 tiles of 2 vectors, 4 for the bf16 emulation's 4 weights).
 // gather kTiles32 on kAmx takes the AMX tile; every other call gets units of one pair (tiles32 expanded by the caller).
-inline BsTileFn bs_select(CpuIsa isa, bool bf16, BsGather gather, int* tile) {
+// *twin: the function for two blocks with the same units over the same `tile` pixels, or null where there is none.
+inline BsTileFn bs_select(CpuIsa isa, bool bf16, BsGather gather, int* tile, BsTileFn* twin = nullptr) {
+  if (twin != nullptr) *twin = nullptr;
 #if defined(SPARSEYOLO_BS_X86)
   if (isa == CpuIsa::kAmx && gather == BsGather::kTiles32) {
     *tile = 64;
@@ -525,6 +601,7 @@ inline BsTileFn bs_select(CpuIsa isa, bool bf16, BsGather gather, int* tile) {
   }
   if (isa >= CpuIsa::kAvx512Bf16 && bf16) {
     *tile = 24;
+    if (twin != nullptr) *twin = bs_twin_avx512bf16<24>;
     return bs_tile_avx512bf16<24>;
   }
   if (isa >= CpuIsa::kAvx512) {
@@ -533,6 +610,7 @@ inline BsTileFn bs_select(CpuIsa isa, bool bf16, BsGather gather, int* tile) {
       return bs_tile_avx512<12, true>;
     }
     *tile = 24;
+    if (twin != nullptr) *twin = bs_twin_avx512<24>;
     return bs_tile_avx512<24, false>;
   }
   if (isa == CpuIsa::kAvx2) {
@@ -553,8 +631,9 @@ inline BsTileFn bs_select(CpuIsa isa, bool bf16, BsGather gather, int* tile) {
 
 // Runs wide-pixel tiles [t0, t1) of one image (tile = `tile` pixels) for every output block. `image` is the
 // image's buffer (or, direct, its input). Output blocks go in groups whose weights (~256 KiB) stay in L2 while the
-// tiles go by.
-inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t1, BsTileFn fn, int tile) {
+// tiles go by. With `twin` (bs_select) and a.twin_start, twin blocks run together (a group never splits them).
+inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t1, BsTileFn fn, int tile,
+                   BsTileFn twin = nullptr) {
   const BsGeometry& g = a.g;
   const int64_t nb = (a.cout + kBsBlock - 1) / kBsBlock, pixels = g.wide_pixels();
   constexpr int64_t kGroupBytes = 256 * 1024;
@@ -567,6 +646,7 @@ inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t
   for (int64_t b0 = 0; b0 < nb;) {
     int64_t b1 = b0 + 1;
     while (b1 < nb && (a.block_ptr[b1 + 1] - a.block_ptr[b0]) * kBsBlock * 4 <= kGroupBytes) ++b1;
+    if (twin != nullptr && a.twin_start != nullptr && a.twin_start[b1 - 1]) ++b1;  // b1 - 1 has its twin next
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t q0 = t * tile;
       int64_t oh = q0 / g.wq, ow = q0 % g.wq;  // walked, not divided, per pixel
@@ -580,7 +660,13 @@ inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t
         std::memcpy(tail.data(), in, sizeof(uint32_t) * (pixels - q0) * g.cu);
         in = tail.data();
       }
-      for (int64_t ob = b0; ob < b1; ++ob) fn(a, in, out_pix, ob);
+      for (int64_t ob = b0; ob < b1; ++ob) {
+        if (twin != nullptr && a.twin_start != nullptr && a.twin_start[ob]) {
+          twin(a, in, out_pix, ob++);
+        } else {
+          fn(a, in, out_pix, ob);
+        }
+      }
     }
     b0 = b1;
   }

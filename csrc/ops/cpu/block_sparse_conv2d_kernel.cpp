@@ -67,7 +67,8 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
 
   int tile = 0;
   const k::CpuIsa isa = current_isa(op);
-  const k::BsTileFn fn = k::bs_select(isa, bf16, mode, &tile);
+  k::BsTileFn twin = nullptr;
+  const k::BsTileFn fn = k::bs_select(isa, bf16, mode, &tile, &twin);
   // tiles32 off AMX: each unit is 16 pair units at consecutive offsets, its panel already [16][16] pairs.
   std::vector<int64_t> expanded_ptr;
   if (mode == k::BsGather::kTiles32 && tile != 64) {
@@ -77,6 +78,13 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
     offsets.swap(pairs);
     expanded_ptr.resize(static_cast<size_t>(nb + 1));
     for (int64_t i = 0; i <= nb; ++i) expanded_ptr[i] = pbp[i] * 16;
+  }
+
+  // Neighbouring blocks with the same units run as twins (two weight vectors per broadcast) where the ISA has it.
+  std::vector<uint8_t> twin_start;
+  if (twin != nullptr) {
+    twin_start.resize(static_cast<size_t>(nb));
+    k::bs_twin_starts(expanded_ptr.empty() ? pbp : expanded_ptr.data(), offsets.data(), nb, twin_start.data());
   }
 
   auto out = at::empty({n, out_channels, g.ho, g.wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -125,6 +133,7 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
   args.weight = reinterpret_cast<const uint32_t*>(w.const_data_ptr());
   args.offsets = offsets.data();
   args.block_ptr = expanded_ptr.empty() ? pbp : expanded_ptr.data();
+  args.twin_start = twin_start.empty() ? nullptr : twin_start.data();
   args.cout = out_channels;
   args.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
   args.silu = silu;
@@ -136,7 +145,7 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
       k::BsArgs a = args;
       a.output = po + img * out_image_bytes;
       const int64_t t0 = ch * tiles / n_chunks, t1 = (ch + 1) * tiles / n_chunks;
-      if (t0 < t1) k::bs_run(a, base + img * in_stride, t0, t1, fn, tile);
+      if (t0 < t1) k::bs_run(a, base + img * in_stride, t0, t1, fn, tile, twin);
     }
   });
   return out;
