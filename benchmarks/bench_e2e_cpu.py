@@ -58,6 +58,8 @@ PATTERNS = {  # label -> (prune kwargs, {dtype: backend forced on every pruned c
     # no tile pruned: the kernel doing the dense work, to tell its own gain (epilogue, fusion) from sparsity's
     "tiles 0%": (dict(method="tile", amount=0.0), {FP32: "cpu_block", BF16: "cpu_block_tiles"}),
     "2:4 b16": (dict(method="nm", n=2, m=4, block=16), {FP32: "cpu_block", BF16: "cpu_block"}),
+    # shared by 32 output channels: neighbouring blocks of the kernel run as twins (two weight vectors per broadcast)
+    "2:4 b32": (dict(method="nm", n=2, m=4, block=32), {FP32: "cpu_block", BF16: "cpu_block"}),
     "tiles 50%": (dict(method="tile", amount=0.5), {FP32: "cpu_block", BF16: "cpu_block_tiles"}),
     "tiles 75%": (dict(method="tile", amount=0.75), {FP32: "cpu_block", BF16: "cpu_block_tiles"}),
 }
@@ -73,9 +75,12 @@ def load(name: str) -> tuple[torch.nn.Module, str]:
     return DetectionModel(f"{name}.yaml").eval(), "random init"
 
 
-def sparse_variants(base: torch.nn.Module, x: torch.Tensor, compiled: bool) -> tuple[dict, dict]:
+def sparse_variants(base: torch.nn.Module, x: torch.Tensor, compiled: bool,
+                    patterns: list[str] | None = None) -> tuple[dict, dict]:
     fns, notes = {}, {}
     for label, (kw, forced_by_dtype) in PATTERNS.items():
+        if patterns is not None and label not in patterns:
+            continue
         pruned = copy.deepcopy(base)
         prune(pruned, exclude=EXCLUDE, **kw)
         for dtype, forced in forced_by_dtype.items():
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", type=int, default=1, choices=(0, 1),
                     help="1: also the compiled rows (dense fp32 and bf16 and every sparse model through "
                          "torch.compile; ~25 s of compiling per model on 2 cores)")
+    ap.add_argument("--patterns", nargs="+", choices=list(PATTERNS), default=None,
+                    help="the pruning patterns to time (default: all)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
     args = ap.parse_args(argv)
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                       tuple(n for n in DENSE_RUNTIMES if n not in COMPILED_RUNTIMES))
             fns = {k: r.run for k, r in runtimes.items() if r.run is not None}
             notes = {k: r.note for k, r in runtimes.items()}
-            sfns, snotes = sparse_variants(base, x, args.compile)
+            sfns, snotes = sparse_variants(base, x, args.compile, args.patterns)
             fns.update(sfns)
             notes.update(snotes)
             with torch.no_grad():
