@@ -4,7 +4,9 @@ The kernel (``csrc/kernels/cpu/block_sparse_conv2d.h``) keeps 16 output channels
 reduces over *units* shared by those 16 channels: a unit is one input value per pixel (fp32) or a pair of them
 (bf16, the two products ``vdpbf16ps`` sums per lane). A unit is kept for a block when any of the block's 16 weights
 on it is nonzero, so the work is the number of kept units, and it equals the dense work over the kept rows when the
-pruning pattern is shared by the 16 channels (``prune(..., block=16)``; row-block sparsity).
+pruning pattern is shared by the 16 channels (``prune(..., block=16)``; row-block sparsity). Two neighbouring blocks
+with the same units (``block=32``, or nothing pruned) run together on AVX-512 (twin blocks: two weight vectors per
+broadcast); the kernel finds them, the packing is the same.
 
 Units, for a weight ``[Cout, Cin, KH, KW]`` with taps ``t = kh*KW + kw``:
 
