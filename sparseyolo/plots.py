@@ -93,12 +93,15 @@ def plot_map_vs_sparsity(
         pts = sorted(set(pts))
         ax.plot([100 * s for s, _ in pts], [m for _, m in pts], "o-", color=METHOD_COLOURS.get(method),
                 label=f"{METHOD_LABELS.get(method, method)}, one-shot")
+    calibrated_seen: set[str] = set()
     for r in rows:
         if r.recovered:
             ax.plot(100 * r.sparsity, r.map5095, "*", ms=14, color=METHOD_COLOURS.get(r.method),
                     label=f"{r.name} (masked fine-tune)")
-        elif r.calibrated:
-            ax.plot(100 * r.sparsity, r.map5095, "D", ms=8, color=METHOD_COLOURS.get(r.method),
+        elif r.calibrated:  # a second calibrated model of the same method (another pattern) is drawn hollow
+            fill = "full" if r.method not in calibrated_seen else "none"
+            calibrated_seen.add(r.method)
+            ax.plot(100 * r.sparsity, r.map5095, "D", ms=8, color=METHOD_COLOURS.get(r.method), fillstyle=fill,
                     label=f"{r.name} (one-shot)")
     if dense is not None:
         ax.axhline(dense.map5095, color="#888888", lw=0.8, ls="--", label=f"dense {dense.map5095:.3f}")

@@ -86,16 +86,19 @@ def test_demo_tiny_end_to_end(demo_weights, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     table = (out / "table.txt").read_text()
-    for name in ("dense", "l1 30%", "2:4 one-shot", "2:4 calibrated", "2:4 recovered", "global 75%"):
+    for name in ("dense", "l1 30%", "2:4 one-shot", "2:4 calibrated", "2:4 b32 calibrated", "2:4 recovered",
+                 "global 75%"):
         assert name in table
     assert table.strip() in printed
+    assert "batch 1, 320x320" in table  # latency at the synthetic data's bench size, not its 128 px
     for png in PNGS:
         data = (out / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5_000, png
     # the 2:4 rows keep exactly half of every pruned conv, and their checkpoints are smaller than dense
-    rows = {line[:15].strip(): line.split() for line in table.splitlines()[2:8]}
-    assert rows["2:4 calibrated"][2] == "50.0%" and rows["2:4 recovered"][2] == "50.0%"
-    assert float(rows["2:4 one-shot"][5]) < float(rows["dense"][4])
+    rows = {line[:18].strip(): line[18:].split() for line in table.splitlines()[2:9]}
+    assert rows["2:4 calibrated"][0] == "50.0%" and rows["2:4 recovered"][0] == "50.0%"
+    assert rows["2:4 b32 calibrated"][0] == "50.0%"
+    assert float(rows["2:4 one-shot"][3]) < float(rows["dense"][3])
 
 
 def test_demo_without_plots_and_finetune(demo_weights, tmp_path):
@@ -115,6 +118,8 @@ def test_demo_argument_errors(capsys):
     assert cli.main(["demo", "--calib-images", "-1"]) == 2
     assert "--calib-images" in capsys.readouterr().err
     assert cli.main(["demo", "--global-amount", "1.5"]) == 2
+    assert cli.main(["demo", "--bench-img", "0"]) == 2
+    assert "--bench-img" in capsys.readouterr().err
 
 
 def test_val_bf16_sparse_matches_fp32_masked(demo_weights, tmp_path):
