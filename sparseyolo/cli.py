@@ -502,9 +502,6 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    "e.g. cpu_block_tiles for a --target-speedup checkpoint made on a CPU with AMX (cpu_block, "
                    "--dtype fp32, without), is also the model the compiled row "
                    "compiles (instead of auto's)")
-    p.add_argument("--bench-img", dest="bench_imgsz", type=int, default=None,
-                   help="size latency is timed at (default: 320 for the synthetic data, where the model evaluates at "
-                   "128, too small for any sparse kernel to pay; else --img)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
     p.add_argument("--out", default="runs/bench", help="folder for the plots")
     p.set_defaults(func=_cmd_bench)

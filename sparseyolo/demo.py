@@ -149,12 +149,12 @@ class DemoResult:
     imgsz: int
     threads: int
     seconds: float
-    bench_imgsz: int = 0  # the size latency was timed at (0: imgsz)
+    bench_imgsz: int  # the size latency was timed at
     plots: list[Path] = field(default_factory=list)
     sweep: list[tuple[str, float, float]] = field(default_factory=list)  # (method, sparsity, mAP50-95)
 
     def table(self) -> str:
-        return format_table(self.rows, self.bench_imgsz or self.imgsz, self.threads)
+        return format_table(self.rows, self.bench_imgsz, self.threads)
 
 
 def format_table(rows: list[DemoRow], imgsz: int, threads: int) -> str:
@@ -282,7 +282,7 @@ def demo_plots(result: DemoResult, out: Path, sparsity_report: Any) -> list[Path
              and getattr(r.sparse_model, "sparsify_report", None) is not None}
     if timed:
         written.append(plot_layer_speedup(timed, out / "layer_speedup.png"))
-    written.append(plot_latency(rows, out / "latency.png", result.bench_imgsz or result.imgsz, result.threads))
+    written.append(plot_latency(rows, out / "latency.png", result.bench_imgsz, result.threads))
     found = _detections_image(result)
     if found is not None and pruned:
         image, names = found
@@ -410,7 +410,7 @@ def run_demo(cfg: DemoConfig, verbose: bool = False) -> DemoResult:
     if cfg.global_amount > 0:
         measure(f"global {100 * cfg.global_amount:.0f}%", "global", pruned("global", cfg.global_amount))
 
-    result = DemoResult(rows, out, data, imgsz, threads, 0.0, bench_imgsz=bench_imgsz)
+    result = DemoResult(rows, out, data, imgsz, threads, 0.0, bench_imgsz)
     if cfg.plots and cfg.sweep:
         t0 = time.time()
         for method, amount in SWEEP:

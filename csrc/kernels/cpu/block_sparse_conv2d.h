@@ -637,6 +637,7 @@ inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t
   const BsGeometry& g = a.g;
   const int64_t nb = (a.cout + kBsBlock - 1) / kBsBlock, pixels = g.wide_pixels();
   constexpr int64_t kGroupBytes = 256 * 1024;
+  const uint8_t* twins = twin != nullptr ? a.twin_start : nullptr;  // null: every block alone
   std::vector<uint32_t> tail;  // direct mode: the last tile's input, padded with zeros
   int64_t out_pix[kBsMaxTile];
 #if defined(SPARSEYOLO_BS_X86)
@@ -646,7 +647,7 @@ inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t
   for (int64_t b0 = 0; b0 < nb;) {
     int64_t b1 = b0 + 1;
     while (b1 < nb && (a.block_ptr[b1 + 1] - a.block_ptr[b0]) * kBsBlock * 4 <= kGroupBytes) ++b1;
-    if (twin != nullptr && a.twin_start != nullptr && a.twin_start[b1 - 1]) ++b1;  // b1 - 1 has its twin next
+    if (twins != nullptr && twins[b1 - 1]) ++b1;  // b1 - 1 has its twin next
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t q0 = t * tile;
       int64_t oh = q0 / g.wq, ow = q0 % g.wq;  // walked, not divided, per pixel
@@ -661,7 +662,7 @@ inline void bs_run(const BsArgs& a, const uint32_t* image, int64_t t0, int64_t t
         in = tail.data();
       }
       for (int64_t ob = b0; ob < b1; ++ob) {
-        if (twin != nullptr && a.twin_start != nullptr && a.twin_start[ob]) {
+        if (twins != nullptr && twins[ob]) {
           twin(a, in, out_pix, ob++);
         } else {
           fn(a, in, out_pix, ob);
