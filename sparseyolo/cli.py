@@ -131,12 +131,12 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
                    "folded into the BatchNorm) are re-solved exactly once each layer's mask is chosen")
     s = p.add_argument_group("sparsity where it pays (with --calibrate; CPU: bf16 tile kernel with AMX, else fp32)")
     s.add_argument("--target-speedup", type=float, default=None, metavar="S",
-                   help="instead of --amount: time every conv on this machine (dense and on the tile kernel at each "
-                   "of --levels), calibrate each one's error at each level, and choose per conv the tile sparsity "
-                   "that reaches S x the faster compiled dense model (bf16 or fp32) at the least error; then "
-                   "measure the result")
-    s.add_argument("--levels", type=float, nargs="+", default=[0.25, 0.5, 0.75], metavar="F",
-                   help="tile sparsities --target-speedup chooses from, besides dense and 0 (default 0.25 0.5 0.75)")
+                   help="instead of --amount: time every conv on this machine (dense and on the kernel at each of "
+                   "--levels), calibrate each one's error at each level, and choose per conv the level that reaches "
+                   "S x the faster compiled dense model (bf16 or fp32) at the least error; then measure the result")
+    s.add_argument("--levels", nargs="+", default=None, metavar="LEVEL",
+                   help="what --target-speedup chooses from besides dense and 0: tile sparsities (0.5) and N:M "
+                   "shared by B output channels (2:4b32); default 0.25 0.5 0.75, and 2:4b32 on a CPU without AMX")
     s.add_argument("--search-iters", type=int, default=100, metavar="K",
                    help="profiles tried by the search over per-layer error coefficients, each scored by the model's "
                    "output distortion on a batch of calibration images (SPDY); 0: the plain summed-error choice")
@@ -182,28 +182,32 @@ def _speedup_profile(model, cfg, batches):
 
     from sparseyolo import ops
     from sparseyolo.prune import select_layers
-    from sparseyolo.prune.sensitivity import model_outputs, output_distortion, tile_variants
-    from sparseyolo.sparse.speedup_profile import (kernel_layers, layer_latencies, measure_anchors, profile_kernel,
-                                                   search_profile)
+    from sparseyolo.prune.levels import level_label
+    from sparseyolo.prune.sensitivity import layer_variants, model_outputs, output_distortion
+    from sparseyolo.sparse.speedup_profile import (anchor_level, default_levels, kernel_layers, layer_latencies,
+                                                   measure_anchors, profile_kernel, search_profile)
 
     names = {name for name, _ in select_layers(model, "tile", 4, cfg.include, cfg.exclude)[0]}
     backend, dtype = profile_kernel()
     precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+    if cfg.levels is None:
+        cfg.levels = list(default_levels())  # recorded in the checkpoint's recipe
+    top = anchor_level(cfg.levels)
     print(f"speedup profile: timing {len(names)} convs alone, dense and on the {backend} kernel in {precision} (CPU "
-          f"path {ops.cpu_isa()}) at tile sparsities {cfg.levels} ...")
+          f"path {ops.cpu_isa()}) at levels {', '.join(map(level_label, cfg.levels))} ...")
     latencies = layer_latencies(model, cfg.levels, names=names)
     if not kernel_layers(latencies):
         raise _UserError(f"no conv runs faster on the {backend} kernel than on oneDNN on this CPU (kernel path: "
-                         f"{ops.cpu_isa()}), at any tile sparsity offered. Prune with --nm 2:4 or --method tile "
+                         f"{ops.cpu_isa()}), at any level offered. Prune with --nm 2:4 or --method tile "
                          "--amount instead, and time it with sparseyolo bench")
-    print("speedup profile: compiling and timing three whole models (dense; kernel at 0 and "
-          f"{max(cfg.levels):g}) ...")
-    anchors = measure_anchors(model, latencies, max(cfg.levels))
+    print(f"speedup profile: compiling and timing three whole models (dense; kernel at 0 and {level_label(top)}) "
+          "...")
+    anchors = measure_anchors(model, latencies, top)
     print(f"  dense {precision} {anchors.dense_ms:.2f} ms (fastest dense, fp32 or bf16: {anchors.target_base_ms:.2f} "
-          f"ms), kernel {anchors.kernel_ms:.2f} ms, tiles {max(cfg.levels):g} {anchors.sparse_ms:.2f} ms "
+          f"ms), kernel {anchors.kernel_ms:.2f} ms, {level_label(top)} {anchors.sparse_ms:.2f} ms "
           f"({len(anchors.kernel_layers)} convs the kernel runs faster)")
-    variants = tile_variants(model, batches, cfg.levels, cfg.include, cfg.exclude, steps=cfg.steps, damp=cfg.damp,
-                             solver=cfg.calib_solver)
+    variants = layer_variants(model, batches, cfg.levels, cfg.include, cfg.exclude, steps=cfg.steps, damp=cfg.damp,
+                              solver=cfg.calib_solver)
     images = [b[0] if isinstance(b, (tuple, list)) else b for b in batches][:1]  # one batch scores a profile
     reference = model_outputs(model, images)
 
@@ -262,7 +266,7 @@ def _calibrated_prune(model, cfg, batches):
     from sparseyolo.prune.calibrated import calibrated_prune
 
     kwargs = cfg.prune_kwargs()
-    if cfg.layer_amounts is not None:  # a speedup profile: one tile sparsity per conv
+    if cfg.layer_amounts is not None:  # a speedup profile: one level per conv
         kwargs = {"amounts": cfg.layer_amounts}
     report = calibrated_prune(model, batches, blocksize=cfg.blocksize, damp=cfg.damp,
                               bn_recalibration=cfg.bn_recalib, target=cfg.calib_target, refit=cfg.refit,

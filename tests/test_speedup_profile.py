@@ -1,4 +1,4 @@
-"""Sparsity where it pays: per-layer tile errors, per-layer latencies, the profile's choice, per-layer amounts."""
+"""Sparsity where it pays: levels, per-layer errors, per-layer latencies, the profile's choice, per-layer amounts."""
 
 from __future__ import annotations
 
@@ -14,16 +14,23 @@ from sparseyolo import ops
 from sparseyolo.models.common import Conv
 from sparseyolo.prune import PruneConfig
 from sparseyolo.prune.calibrated import calibrated_prune
-from sparseyolo.prune.sensitivity import model_outputs, output_distortion, tile_variants
+from sparseyolo.prune.levels import NMBlock, canonical_level, level_label, level_order, parse_level
+from sparseyolo.prune.masks import PATTERN_ATTR
+from sparseyolo.prune.methods import is_nm_mask
+from sparseyolo.prune.sensitivity import layer_variants, model_outputs, output_distortion
 from sparseyolo.prune.tiles import is_tile_mask, tile_norms
 from sparseyolo.sparse.speedup_profile import (
+    NM_BLOCK_LEVEL,
     LayerLatency,
     ModelAnchors,
+    anchor_level,
     choose_profile,
+    default_levels,
     kernel_layers,
     layer_latencies,
     measure_anchors,
     profile_kernel,
+    profile_mask,
     profile_tile_mask,
     search_profile,
 )
@@ -45,15 +52,58 @@ def _batches(n: int = 3) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (2, 3, 64, 64), generator=gen, dtype=torch.uint8) for _ in range(n)]
 
 
+def _is_nm_block_mask(mask: torch.Tensor, n: int, m: int, block: int) -> bool:
+    """N:M along input channels, the same choice in every row of each block of ``block`` output channels."""
+    rows = torch.arange(mask.shape[0]) // block * block
+    return is_nm_mask(mask, n, m) and torch.equal(mask, mask[rows])
+
+
 # ------------------------------------------------------------------------------------------------------------------
-# tile_variants
+# levels
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, canonical, label", [
+    (0.5, 0.5, "tiles 50%"),
+    ("0.25", 0.25, "tiles 25%"),
+    (0, 0.0, "tiles 0%"),
+    ("2:4b32", "2:4b32", "2:4 b32"),
+    (" 1:4b16 ", "1:4b16", "1:4 b16"),
+    (NMBlock(2, 8, 4), "2:8b4", "2:8 b4"),
+])
+def test_levels_parse_to_one_form(given, canonical, label):
+    assert canonical_level(given) == canonical and type(canonical_level(given)) is type(canonical)
+    assert level_label(given) == label
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, "2:4", "2:4 b32", "4:2b8", "2:4b0", "b32", True, None, float("nan")])
+def test_levels_refuse_what_is_not_one(bad):
+    with pytest.raises(ValueError, match="level"):
+        parse_level(bad)
+
+
+def test_levels_sort_tiles_first_then_nm_blocks():
+    levels = ["2:4b32", 0.75, "2:4b16", 0.0, "1:4b32", 0.25]
+    assert sorted(levels, key=level_order) == [0.0, 0.25, 0.75, "2:4b16", "2:4b32", "1:4b32"]
+    assert anchor_level(levels) == 0.75 and anchor_level(["2:4b32"]) == "2:4b32"
+
+
+def test_default_levels_offer_nm_blocks_only_to_the_fp32_kernel(monkeypatch):
+    monkeypatch.setenv("SPARSEYOLO_CPU_ISA", "avx512_bf16")
+    assert default_levels() == (0.25, 0.5, 0.75, NM_BLOCK_LEVEL)
+    monkeypatch.setattr("sparseyolo.sparse.speedup_profile.profile_kernel", lambda: ("cpu_block_tiles", None))
+    assert default_levels() == (0.25, 0.5, 0.75)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# layer_variants
 # ------------------------------------------------------------------------------------------------------------------
 
 
 def test_tile_errors_grow_with_the_level_and_leave_the_model_alone():
     net = _net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    errs = tile_variants(net, _batches(), [0.25, 0.5, 0.75], exclude="0.*", progress=False).errors
+    errs = layer_variants(net, _batches(), [0.25, 0.5, 0.75], exclude="0.*", progress=False).errors
     assert set(errs) == {"1.conv", "2.conv", "3.conv"}
     for name, by_level in errs.items():
         assert list(by_level) == [0.25, 0.5, 0.75]
@@ -67,7 +117,7 @@ def test_tile_errors_grow_with_the_level_and_leave_the_model_alone():
 
 def test_tile_errors_match_pruning_that_layer_alone():
     net = _net()
-    errs = tile_variants(net, _batches(), [0.5], include="2.conv", progress=False).errors
+    errs = layer_variants(net, _batches(), [0.5], include="2.conv", progress=False).errors
     report = calibrated_prune(net, _batches(), amount=0.5, method="tile", include="2.conv", target="layer",
                               steps=3, progress=False)
     # first pruned layer: its inputs are the dense model's, so the two solves are the same problem
@@ -76,7 +126,7 @@ def test_tile_errors_match_pruning_that_layer_alone():
 
 def test_stitched_variants_are_the_layers_pruned_alone():
     net = _net()
-    variants = tile_variants(net, _batches(), [0.5, 0.75], exclude="0.*", progress=False)
+    variants = layer_variants(net, _batches(), [0.5, 0.75], exclude="0.*", progress=False)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     stitched = variants.stitch(net, {"1.conv": 0.75, "2.conv": 0.0, "3.conv": 0.5})
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the model itself is untouched
@@ -94,10 +144,26 @@ def test_stitched_variants_are_the_layers_pruned_alone():
     assert 0.0 < light < heavy
 
 
-@pytest.mark.parametrize("levels", [[], [0.0], [1.0], [0.5, -0.1]])
-def test_tile_errors_refuse_bad_levels(levels):
-    with pytest.raises(ValueError, match="levels"):
-        tile_variants(_net(), _batches(1), levels, progress=False)
+def test_layer_variants_take_nm_block_levels_where_the_channels_fit():
+    net = _net()
+    variants = layer_variants(net, _batches(), [0.5, "2:4b32"], progress=False)
+    assert list(variants.errors["0.conv"]) == [0.5]  # 3 input channels: no 2:4 there
+    for name in ("1.conv", "2.conv", "3.conv"):
+        assert list(variants.errors[name]) == [0.5, "2:4b32"]
+        assert 0.0 < variants.errors[name]["2:4b32"] < 1.0
+        weight, mask, _ = variants.weights[name]["2:4b32"]
+        assert _is_nm_block_mask(mask, 2, 4, 32) and torch.equal(weight != 0, weight != 0 & mask)
+    stitched = variants.stitch(net, {"1.conv": "2:4b32", "2.conv": 0.5, "3.conv": 0.0})
+    assert getattr(stitched[1].conv, PATTERN_ATTR) == "2:4"
+    assert _is_nm_block_mask(stitched[1].conv.weight_mask, 2, 4, 32)
+    assert is_tile_mask(stitched[2].conv.weight_mask) and not hasattr(stitched[3].conv, "weight_mask")
+    assert torch.equal(stitched[1].conv.weight, variants.weights["1.conv"]["2:4b32"][0])
+
+
+@pytest.mark.parametrize("levels", [[], [0.0], [1.0], [0.5, -0.1], ["2:4"], ["4:2b8"], ["2:4b0"], [True]])
+def test_layer_variants_refuse_bad_levels(levels):
+    with pytest.raises(ValueError, match="level"):
+        layer_variants(_net(), _batches(1), levels, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -117,10 +183,25 @@ def test_calibrated_prune_takes_one_amount_per_layer():
         tiles = tile_norms(conv.weight_mask.float()) > 0
         assert int((~tiles).sum()) == round(amount * tiles.numel()), name
     assert not hasattr(net[0].conv, "weight_mask") and torch.equal(net[0].conv.weight, stem)
-    assert "per-layer amounts" in str(report)
+    assert "per-layer levels (tiles 0% x1, tiles 50% x1, tiles 75% x1)" in str(report)
+
+
+def test_calibrated_prune_takes_nm_block_levels_per_layer():
+    net = _net()
+    amounts = {"1.conv": "2:4b32", "2.conv": 0.5, "3.conv": NMBlock(2, 4, 16)}
+    report = calibrated_prune(net, _batches(), amounts=amounts, method="tile", progress=False)
+    assert _is_nm_block_mask(net[1].conv.weight_mask, 2, 4, 32) and not _is_nm_block_mask(
+        net[1].conv.weight_mask, 2, 4, 64)  # 64 output channels: two blocks, chosen apart
+    assert _is_nm_block_mask(net[3].conv.weight_mask, 2, 4, 16)
+    assert getattr(net[1].conv, PATTERN_ATTR) == "2:4" and is_tile_mask(net[2].conv.weight_mask)
+    assert report.pruned["1.conv.weight"] == 0.5
+    assert report.levels == {"1.conv": "2:4b32", "2.conv": 0.5, "3.conv": "2:4b16"}
+    assert "per-layer levels (tiles 50% x1, 2:4 b16 x1, 2:4 b32 x1)" in str(report)
 
 
 @pytest.mark.parametrize("kwargs, match", [
+    (dict(amounts={"0.conv": "2:4b32"}, method="tile"), "multiple of M: 0.conv"),
+    (dict(amounts={"1.conv": "2:4"}, method="tile"), "level"),
     (dict(amounts={"1.conv": 0.5}, amount=0.5, method="tile"), "amounts"),
     (dict(amounts={"1.conv": 0.5}, n=2, m=4), "amounts"),
     (dict(amounts={"1.conv": 1.0}, method="tile"), r"\[0, 1\)"),
@@ -268,6 +349,23 @@ def test_search_profile_finds_a_profile_the_true_cost_prefers():
     assert not out_of_reach.feasible
 
 
+def test_choose_profile_weighs_nm_block_levels_like_tile_levels():
+    """An N:M level is one more option per conv: taken where it saves at least as much for less error, and the
+    profile stays the least error that meets the target."""
+    lats = {n: replace(lat, kernel_ms={**lat.kernel_ms, "2:4b32": lat.kernel_ms[0.5] - 0.05})
+            for n, lat in LATS.items() if n != "d"} | {"d": LATS["d"]}
+    errs = {n: {**e, "2:4b32": 0.5 * e[0.5]} for n, e in ERRS.items() if n != "d"} | {"d": {}}
+    anchors = _anchors()
+    for target in (1.03, 1.06, 1.1, 1.12, 1.14):
+        prof = choose_profile(lats, errs, anchors, target)
+        assert prof.feasible and prof.predicted_ms <= anchors.dense_ms / target + 1e-9
+        assert all(r.level not in (0.5,) for r in prof.rows)  # 2:4b32 dominates tiles 50% here
+        without = choose_profile(LATS, ERRS, anchors, target)
+        assert sum(r.error for r in prof.rows) <= sum(r.error for r in without.rows) + 1e-12
+    prof = choose_profile(lats, errs, anchors, 1.12)
+    assert prof.amounts() == {"a": "2:4b32", "b": 0.75, "c": "2:4b32"} and "2:4 b32" in prof.table()
+
+
 def test_choose_profile_table_names_every_choice():
     prof = choose_profile(LATS, ERRS, _anchors(), 1.1)
     text = prof.table()
@@ -312,6 +410,21 @@ def test_layer_latencies_time_every_conv_dense_and_at_each_level(dtype):
     assert lat["1.conv"].input_shape == (1, 32, 32, 32)
     only = layer_latencies(net, [0.5], example_input=torch.zeros(1, 3, 64, 64), reps=1, names={"2.conv"})
     assert list(only) == ["2.conv"]
+
+
+def test_layer_latencies_time_nm_block_levels_where_the_channels_fit():
+    lat = layer_latencies(_net(), ["2:4b32"], example_input=torch.zeros(1, 3, 64, 64), reps=1,
+                          dtype=torch.float32)
+    assert "2:4b32" not in lat["0.conv"].kernel_ms  # 3 input channels
+    for name in ("1.conv", "2.conv", "3.conv"):
+        assert set(lat[name].kernel_ms) == {0.0, "2:4b32"}
+
+
+def test_profile_mask_of_an_nm_block_level():
+    w = torch.randn(48, 64, 3, 3, generator=torch.Generator().manual_seed(4))
+    assert _is_nm_block_mask(profile_mask(w, "2:4b32"), 2, 4, 32)
+    assert profile_mask(torch.randn(16, 6, 3, 3), "2:4b32") is None  # 6 input channels: not a multiple of 4
+    assert torch.equal(profile_mask(w, 0.5), profile_tile_mask(w, 0.5))
 
 
 @pytest.mark.parametrize("shape, level, pruned", [
@@ -396,3 +509,37 @@ def test_cli_prune_target_speedup_says_when_the_kernel_does_not_pay(monkeypatch,
     assert rc == 2
     err = capsys.readouterr().err
     assert "no conv runs faster" in err and profile_kernel()[0] in err and not (tmp_path / "out.pt").exists()
+
+
+def test_cli_prune_target_speedup_chooses_and_records_nm_block_levels(monkeypatch, capsys, tmp_path):
+    """Through the command with the times faked (the kernel's speed is this machine's; the choice is what is
+    tested): where 2:4 shared by 32 channels is timed fastest and calibrates no worse, the profile takes it, the
+    checkpoint holds that pattern and records the levels offered and chosen."""
+    from sparseyolo import cli
+    from sparseyolo.checkpoint import load_checkpoint, load_model
+    from sparseyolo.demo import packaged_weights
+    from sparseyolo.sparse import speedup_profile
+
+    def fake_latencies(model, levels, names=None):
+        assert levels == [0.5, "2:4b32"]
+        return {n: LayerLatency(n, (16, 16, 1, 1), (1, 16, 8, 8), 1.0, {0.0: 0.95, 0.5: 0.8, "2:4b32": 0.5})
+                for n in sorted(names)}
+
+    monkeypatch.setattr(cli, "_calibration_batches", lambda model, cfg: _batches(1))
+    monkeypatch.setattr(speedup_profile, "layer_latencies", fake_latencies)
+    monkeypatch.setattr(speedup_profile, "measure_anchors", lambda model, lat, level: ModelAnchors(
+        60.0, 58.0, 50.0, level, kernel_layers(lat)))
+    out = tmp_path / "out.pt"
+    rc = cli.main(["prune", "--weights", str(packaged_weights()), "--target-speedup", "1.25", "--calibrate",
+                   "unused.yaml", "--levels", "0.5", "2:4b32", "--search-iters", "0", "--no-measure",
+                   "--include", "model.[1-4].*", "--fp32", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert "2:4 b32" in capsys.readouterr().out
+    recipe = load_checkpoint(out).meta["pruning"]
+    assert recipe["levels"] == [0.5, "2:4b32"] and recipe["target_speedup"] == 1.25
+    chosen = recipe["layer_amounts"]
+    nm = sorted(name for name, level in chosen.items() if level == "2:4b32")
+    assert nm and set(chosen.values()) <= {0.0, 0.5, "2:4b32"}
+    model = load_model(str(out), fuse=False)
+    for name in nm:
+        assert _is_nm_block_mask(model.get_submodule(name).weight_mask, 2, 4, 32), name

@@ -2,7 +2,7 @@
 
 Evidence for what a latency-aware profile (``sparseyolo prune --target-speedup``) could choose from on a CPU without
 AMX, where the fp32 block kernel runs 2:4 shared by 32 output channels (twin blocks) faster than tiles 50%. Each
-conv is pruned alone from the dense model's activations, as :func:`sparseyolo.prune.sensitivity.tile_variants` does
+conv is pruned alone from the dense model's activations, as :func:`sparseyolo.prune.sensitivity.layer_variants` does
 (ADMM masks, exact refit, the bias into a copy of its BatchNorm): tiles at 25/50/75% (3 steps, as the profile), and
 2:4 shared by 16 and by 32 output channels. Errors are ``||W x - W' x||^2 / ||W x||^2`` on the calibration inputs.
 A tile level that prunes nothing (a block's last tile is always kept) shows 0.

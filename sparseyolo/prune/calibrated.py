@@ -54,7 +54,9 @@ from sparseyolo.prune.layerwise import (
     following_batchnorms,
     layer_input_columns,
     prune_layer,
+    prune_layer_at,
 )
+from sparseyolo.prune.levels import Level, NMBlock, canonical_level, level_label, level_order, parse_level
 from sparseyolo.prune.methods import PruneReport, select_layers
 from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP
 
@@ -87,6 +89,7 @@ class CalibratedPruneReport(PruneReport):
             resident memory afterwards (``ru_maxrss``; includes everything loaded before).
         bn_recalibrated: number of BatchNorm layers whose running statistics were re-estimated.
         block: output channels sharing each N:M choice (``"nm"``).
+        levels: ``{layer name: level}`` of a per-layer profile (``amounts``), else None.
     """
 
     calib_images: int = 0
@@ -96,12 +99,17 @@ class CalibratedPruneReport(PruneReport):
     peak_rss_mb: float = 0.0
     bn_recalibrated: int = 0
     block: int = 1
+    levels: dict[str, Level] | None = None
 
     def __str__(self) -> str:
         if self.method == "nm":
             what = f"{self.n}:{self.m}" + (f" shared by {self.block} output channels" if self.block > 1 else "")
-        elif self.amount is None:
-            what = "per-layer amounts" + (" of the 16x32 tiles" if self.method == "tile" else " (unstructured)")
+        elif self.levels is not None:
+            counts: dict[str, int] = {}
+            for level in sorted(self.levels.values(), key=level_order):
+                label = level_label(level) if self.method == "tile" or isinstance(level, str) else f"{100 * level:g}% unstructured"
+                counts[label] = counts.get(label, 0) + 1
+            what = "per-layer levels (" + ", ".join(f"{k} x{v}" for k, v in counts.items()) + ")"
         else:
             unit = "of the 16x32 tiles" if self.method == "tile" else "unstructured"
             what = f"{100 * (self.amount or 0):g}% {unit}"
@@ -280,7 +288,7 @@ def calibrated_prune(
     progress: bool = True,
     method: str | None = None,
     block: int = 1,
-    amounts: Mapping[str, float] | None = None,
+    amounts: Mapping[str, Level] | None = None,
     solver: str = "admm",
 ) -> CalibratedPruneReport:
     """Prune ``model`` in place, one layer at a time, with OBS-calibrated masks and weights from calibration data.
@@ -327,10 +335,13 @@ def calibrated_prune(
             with ``n, m``, else ``"l1"``.
         block: ``"nm"`` only: every ``block`` consecutive output channels share one N:M choice, made on their
             summed OBS saliency (the pattern of ``prune(..., block=B)`` that the block-sparse CPU kernel wants).
-        amounts: ``"l1"``/``"tile"`` only, instead of ``amount``: ``{layer name: amount}``, one amount per layer
-            (a profile of :mod:`sparseyolo.sparse.speedup_profile`); only these layers are pruned (within
-            ``include``/``exclude``). An amount of 0 prunes nothing but still registers the mask and refits the
-            layer to the dense model's output, which absorbs part of the error of the pruned layers before it.
+        amounts: ``"l1"``/``"tile"`` only, instead of ``amount``: ``{layer name: level}``, one sparsity level per
+            layer (a profile of :mod:`sparseyolo.sparse.speedup_profile`): a float is that layer's amount (of tiles
+            for ``"tile"``), a string such as ``"2:4b32"`` an N:M pattern shared by a block of output channels
+            (:mod:`sparseyolo.prune.levels`; the layer's input channels must be a multiple of M). Only these layers
+            are pruned (within ``include``/``exclude``). An amount of 0 prunes nothing but still registers the mask
+            and refits the layer to the dense model's output, which absorbs part of the error of the pruned layers
+            before it.
         solver: how each layer's mask is chosen (:func:`prune_layer`): ``"admm"`` (the whole mask at once,
             :mod:`sparseyolo.prune.admm`) or ``"sparsegpt"`` (column by column). Measured on yolov5n calibrated on
             coco128, held-out coco_val124 mAP50-95 sparsegpt -> admm (docs/results.md "Choosing the mask by
@@ -355,10 +366,12 @@ def calibrated_prune(
         if amount is not None or n is not None or m is not None or method not in ("l1", "tile"):
             raise ValueError("calibrated pruning: amounts (one per layer) goes with method 'l1' or 'tile' and "
                              "without amount or n, m")
-        bad = {k: v for k, v in amounts.items() if not 0.0 <= float(v) < 1.0}
-        if bad:
-            raise ValueError(f"calibrated pruning: every amount must be in [0, 1), got {bad}")
-        amount = max(amounts.values(), default=0.0)  # validated as a pattern below; each layer uses its own
+        try:
+            amounts = {name: canonical_level(v) for name, v in amounts.items()}
+        except ValueError as e:
+            raise ValueError(f"calibrated pruning: amounts: {e}") from None
+        # validated as a pattern below; each layer uses its own
+        amount = max((v for v in amounts.values() if isinstance(v, float)), default=0.0)
     amount, n, m = _check_pattern(amount, n, m)
     method = method or ("nm" if n is not None else "l1")
     if method not in ("nm", "l1", "tile") or (method == "nm") != (n is not None):
@@ -386,6 +399,11 @@ def calibrated_prune(
     selected, skipped = select_layers(model, method, m or 4, include, exclude, layer_filter)
     if amounts is not None:
         skipped = [(name, why) for name, why in skipped if name in amounts]  # the rest were never asked for
+        misfit = [f"{name} ({mod.weight.shape[1]} input channels, {amounts[name]})" for name, mod in selected
+                  if isinstance(p := parse_level(amounts[name]), NMBlock) and mod.weight.shape[1] % p.m]
+        if misfit:
+            raise ValueError("calibrated pruning: an N:M level needs input channels that are a multiple of M: "
+                             + ", ".join(misfit[:5]))
     if not selected:
         why = "; ".join(f"{name}: {reason}" for name, reason in skipped[:5]) or "the model has no Conv2d/Linear layer"
         raise ValueError(f"no prunable layer for calibrated pruning ({why})")
@@ -401,7 +419,7 @@ def calibrated_prune(
     names = {mod: name for name, mod in selected}
     report = CalibratedPruneReport(method=method, amount=None if amounts is not None else amount, n=n, m=m,
                                    skipped=list(skipped), calib_images=sum(int(x.shape[0]) for x in images),
-                                   block=block)
+                                   block=block, levels=None if amounts is None else dict(amounts))
     bns = following_batchnorms(model)
     stages, routes, save = _stages(model)
     last_use: dict[int, int] = {}
@@ -433,11 +451,14 @@ def calibrated_prune(
                                                                     twins))
                 for mod in group:
                     key = f"{names[mod]}.weight"
-                    layer_amount = amount if amounts is None else float(amounts[names[mod]])
-                    rel = prune_layer(mod, accs[mod], layer_amount, n, m, blocksize, damp,
-                                      row_weight=_row_weight(bns.get(mod)) if amount is not None else None,
-                                      refit=refit, bn=bns.get(mod), steps=steps, block=block,
-                                      tiles=method == "tile", solver=solver)
+                    if amounts is None:
+                        rel = prune_layer(mod, accs[mod], amount, n, m, blocksize, damp,
+                                          row_weight=_row_weight(bns.get(mod)) if amount is not None else None,
+                                          refit=refit, bn=bns.get(mod), steps=steps, block=block,
+                                          tiles=method == "tile", solver=solver)
+                    else:
+                        rel = prune_layer_at(mod, accs[mod], amounts[names[mod]], bns.get(mod), steps, damp,
+                                             solver, refit, tiles=method == "tile", blocksize=blocksize)
                     report.rel_error[key] = rel
                     report.calib_rows[key] = accs[mod].rows
                     LOGGER.debug("%s: relative output error %.4f over %d rows", key, rel, accs[mod].rows)

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sparseyolo.prune.levels import Level, canonical_level, parse_level, parse_nm
 from sparseyolo.utils.errors import ParameterError
 
 METHODS = ("l1", "global", "nm", "tile")  # sparseyolo.prune.prune's methods
@@ -29,18 +30,6 @@ BN_RECALIBRATION = ("reset", "none")
 CALIB_TARGETS = ("dense", "layer")
 #: How calibrated pruning chooses each layer's mask (sparseyolo.prune.layerwise.prune_layer).
 SOLVERS = ("sparsegpt", "admm")
-
-
-def parse_nm(spec: str) -> tuple[int, int]:
-    """``"2:4"`` -> ``(2, 4)``; raises ValueError naming the expected form."""
-    parts = str(spec).split(":")
-    try:
-        n, m = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"an N:M pattern looks like 2:4, got '{spec}'") from None
-    if not 1 <= n < m <= 16:
-        raise ValueError(f"N:M pruning needs 1 <= n < m <= 16 (keep n of every m), got {n}:{m}")
-    return n, m
 
 
 @dataclass
@@ -70,12 +59,15 @@ class PruneConfig:
         calib_steps: prune each layer in this many increments (None: 1 for N:M, 3 for unstructured and tiles).
         refit: re-solve the kept weights once each layer's mask is chosen.
         calib_solver: how each layer's mask is chosen: ``'sparsegpt'`` or ``'admm'`` (:mod:`sparseyolo.prune.admm`).
-        target_speedup: ``'tile'`` with ``calibrate`` only, instead of ``amount``: choose each conv's tile
-            sparsity among ``levels`` to reach this end-to-end speedup on this machine at the least calibrated
+        target_speedup: ``'tile'`` with ``calibrate`` only, instead of ``amount``: choose each conv's sparsity
+            level among ``levels`` to reach this end-to-end speedup on this machine at the least calibrated
             error (:mod:`sparseyolo.sparse.speedup_profile`).
-        levels: the tile sparsities a ``target_speedup`` profile chooses from (besides dense and 0).
+        levels: the levels a ``target_speedup`` profile chooses from besides dense and 0
+            (:mod:`sparseyolo.prune.levels`: tile sparsities in ``(0, 1)`` and N:M-block levels such as
+            ``"2:4b32"``); None: the profile's default on this CPU
+            (:func:`sparseyolo.sparse.speedup_profile.default_levels`, recorded once chosen).
         search_iters: profiles the search over per-layer error coefficients tries (0: the plain choice).
-        layer_amounts: the per-conv tile sparsities the profile chose (recorded).
+        layer_amounts: the per-conv levels the profile chose (recorded).
         fused: the BatchNorms were folded before pruning (recorded).
         source: the checkpoint that was pruned (recorded).
     """
@@ -105,9 +97,9 @@ class PruneConfig:
     refit: bool = True
     calib_solver: str = "admm"
     target_speedup: float | None = None
-    levels: list[float] | None = None
+    levels: list[Level] | None = None
     search_iters: int = 0
-    layer_amounts: dict[str, float] | None = None
+    layer_amounts: dict[str, Level] | None = None
     fused: bool = False
     source: str | None = None
 
@@ -191,8 +183,16 @@ class PruneConfig:
         if not self.target_speedup > 0:
             raise ParameterError(f"target_speedup must be positive, e.g. 1.5, got {self.target_speedup}",
                                  "target_speedup")
-        if not self.levels or not all(0.0 < v < 1.0 for v in self.levels):
-            raise ParameterError(f"levels must be tile sparsities in (0, 1), got {self.levels}", "levels")
+        if self.levels is not None and not self.levels:
+            raise ParameterError("levels must name at least one sparsity level, e.g. 0.5 or 2:4b32", "levels")
+        for level in self.levels or ():
+            try:
+                ok = parse_level(level) != 0.0
+            except ValueError as e:
+                raise ParameterError(f"levels: {e}", "levels") from None
+            if not ok:
+                raise ParameterError("levels are what a conv may be pruned to besides nothing: 0 is always offered",
+                                     "levels")
         if self.search_iters < 0:
             raise ParameterError(f"search_iters must be >= 0, got {self.search_iters}", "search_iters")
 
@@ -308,9 +308,13 @@ class PruneConfig:
             fields.update(fused=bool(args.fused), source=str(args.weights), permute=bool(args.permute))
             if getattr(args, "target_speedup", None) is not None:
                 if args.method not in (None, "tile"):
-                    raise ParameterError(f"target_speedup chooses tile sparsity per layer; drop method {args.method}",
+                    raise ParameterError(f"target_speedup chooses a sparsity level per layer; drop method {args.method}",
                                          "target_speedup", "method")
-                fields.update(method="tile", target_speedup=args.target_speedup, levels=list(args.levels),
+                try:
+                    levels = None if args.levels is None else [canonical_level(v) for v in args.levels]
+                except ValueError as e:
+                    raise ParameterError(f"levels: {e}", "levels") from None
+                fields.update(method="tile", target_speedup=args.target_speedup, levels=levels,
                               search_iters=args.search_iters)
             if args.calibrate:
                 fields.update(calibrate=str(args.calibrate), calib_images=args.calib_images, calib_img=args.calib_img,

@@ -267,14 +267,21 @@ def _move_axis1_last(t: torch.Tensor) -> torch.Tensor:
     return t.movedim(1, -1) if t.dim() > 2 else t
 
 
+def nm_magnitude_mask(weight: torch.Tensor, n: int, m: int, block: int = 1) -> torch.Tensor:
+    """The N:M mask keeping the ``n`` largest of every ``m`` input channels, by ``|w|`` summed over each ``block``
+    consecutive output channels (one choice per block; 1: per row)."""
+    w = weight.detach()
+    return ops.nm_mask(block_sums(w.abs().float(), block, repeat=True), n, m) if block > 1 else ops.nm_mask(w, n, m)
+
+
 def _prune_nm(mod: nn.Module, n: int, m: int, block: int = 1) -> None:
     w = mod.weight.detach()
     if block > 1:
         if has_mask(mod):
             raise ValueError("block > 1 needs a layer without masks (prune the unpruned model)")
-        new = ops.nm_mask(block_sums(w.abs().float(), block, repeat=True), n, m)  # |w| summed per block
+        new = nm_magnitude_mask(w, n, m, block)
     elif not has_mask(mod):
-        new = ops.nm_mask(w, n, m)
+        new = nm_magnitude_mask(w, n, m)
     else:
         # Rank the kept weights first (a kept exact zero beats a pruned one), then by magnitude.
         wl = _move_axis1_last(w).contiguous()

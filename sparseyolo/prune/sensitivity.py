@@ -1,13 +1,14 @@
-"""Per-layer sensitivity to tile pruning: each conv pruned alone at each tile sparsity, its error and its weights.
+"""Per-layer sensitivity: each conv pruned alone at each sparsity level, its error and its weights.
 
 What a latency-aware profile (:mod:`sparseyolo.sparse.speedup_profile`, SPDY's idea) trades against the time each
-level saves. :func:`tile_variants` gathers every selected conv's input statistics once on the DENSE model's
-activations (one forward pass per calibration batch, every layer at once); then, for each level, a copy of the
-layer is pruned exactly as :func:`sparseyolo.prune.calibrated.calibrated_prune` would (OBS tile choice, ``steps``
-increments, exact refit with the bias folded into a copy of its BatchNorm), and its relative output error and
-pruned weights are kept (SPDY's reconstruction database). :meth:`TileVariants.stitch` builds a model from any
-choice of variants in a moment, and :func:`output_distortion` scores it against the dense model on calibration
-images: what the profile search compares candidate profiles by. The model itself is not changed.
+level saves. Levels are tile sparsities and N:M-block patterns (:mod:`sparseyolo.prune.levels`).
+:func:`layer_variants` gathers every selected conv's input statistics once on the DENSE model's activations (one
+forward pass per calibration batch, every layer at once); then, for each level, a copy of the layer is pruned
+exactly as :func:`sparseyolo.prune.calibrated.calibrated_prune` would (OBS mask choice, exact refit with the bias
+folded into a copy of its BatchNorm), and its relative output error and pruned weights are kept (SPDY's
+reconstruction database). :meth:`LayerVariants.stitch` builds a model from any choice of variants in a moment, and
+:func:`output_distortion` scores it against the dense model on calibration images: what the profile search compares
+candidate profiles by. The model itself is not changed.
 
 The variants are of each layer pruned alone from dense inputs: they do not include what earlier pruned layers do to
 a layer's input, which is why the profile's choice is then pruned for real, layer by layer, with the dense-output
@@ -26,53 +27,54 @@ from torch import nn
 from tqdm import tqdm
 
 from sparseyolo.prune.calibration_data import as_float_images
-from sparseyolo.prune.layerwise import HessianAccumulator, _row_weight, following_batchnorms, prune_layer
+from sparseyolo.prune.layerwise import HessianAccumulator, following_batchnorms, level_pattern, prune_layer_at
+from sparseyolo.prune.levels import Level, NMBlock, canonical_level, level_label, level_order, parse_level
 from sparseyolo.prune.methods import _set, select_layers
 from sparseyolo.prune.obs import DEFAULT_DAMP
-from sparseyolo.prune.tiles import TILE_PATTERN
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["TileVariants", "model_outputs", "output_distortion", "tile_variants"]
+__all__ = ["LayerVariants", "layer_variants", "model_outputs", "output_distortion"]
 
 Variant = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # pruned weight, mask, BatchNorm running mean
 
 
 @dataclass
-class TileVariants:
-    """Every selected conv pruned alone at each level (:func:`tile_variants`).
+class LayerVariants:
+    """Every selected conv pruned alone at each level (:func:`layer_variants`).
 
     Attributes:
-        errors: ``{conv name: {level: relative output error}}``.
+        errors: ``{conv name: {level: relative output error}}``; a level a conv cannot take (an N:M level on input
+            channels that are not a multiple of M) is absent.
         weights: ``{conv name: {level: (pruned weight, mask, its BatchNorm's running mean or None)}}``, on the CPU.
     """
 
-    errors: dict[str, dict[float, float]] = field(default_factory=dict)
-    weights: dict[str, dict[float, Variant]] = field(default_factory=dict)
+    errors: dict[str, dict[Level, float]] = field(default_factory=dict)
+    weights: dict[str, dict[Level, Variant]] = field(default_factory=dict)
 
     @torch.no_grad()
-    def stitch(self, model: nn.Module, amounts: Mapping[str, float]) -> nn.Module:
+    def stitch(self, model: nn.Module, amounts: Mapping[str, Level]) -> nn.Module:
         """A copy of ``model`` with each conv of ``amounts`` replaced by its variant at that level (level 0 and the
-        convs not named stay as they are), masks registered as tile masks."""
+        convs not named stay as they are), masks registered with their level's pattern."""
         out = copy.deepcopy(model)
         bns = following_batchnorms(out)
         for name, level in amounts.items():
             if level == 0.0:
                 continue
-            weight, mask, mean = self.weights[name][float(level)]
+            weight, mask, mean = self.weights[name][canonical_level(level)]
             conv = out.get_submodule(name)
             conv.weight.data.copy_(weight.to(conv.weight))
-            _set(conv, mask.to(conv.weight.device), TILE_PATTERN)
+            _set(conv, mask.to(conv.weight.device), level_pattern(level))
             if mean is not None:
                 bns[conv].running_mean.copy_(mean.to(bns[conv].running_mean))
         return out
 
 
 @torch.no_grad()
-def tile_variants(
+def layer_variants(
     model: nn.Module,
     batches: Iterable,
-    levels: Sequence[float],
+    levels: Sequence[Level],
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     filter_fn: Callable[[str, nn.Module], bool] | None = None,
@@ -80,7 +82,7 @@ def tile_variants(
     damp: float = DEFAULT_DAMP,
     progress: bool = True,
     solver: str = "admm",
-) -> TileVariants:
+) -> LayerVariants:
     """Every conv :func:`~sparseyolo.prune.select_layers` selects for ``"tile"``, pruned alone at each level (see
     the module docstring).
 
@@ -88,23 +90,25 @@ def tile_variants(
         model: the dense model (unfused: BatchNorms kept, as for calibrated pruning); left unchanged.
         batches: calibration batches as for :func:`~sparseyolo.prune.calibrated.calibrated_prune` (image tensors,
             or tuples whose first item is one).
-        levels: tile sparsities in ``(0, 1)``; level 0 (no tile pruned) has error 0 and needs no entry.
+        levels: tile sparsities in ``(0, 1)`` and N:M-block levels (:mod:`sparseyolo.prune.levels`); level 0 (no
+            tile pruned) has error 0 and needs no entry.
         include, exclude, filter_fn: layer selection, as in :func:`sparseyolo.prune.prune`.
-        steps, damp, solver: as in :func:`~sparseyolo.prune.calibrated.calibrated_prune`.
+        steps, damp, solver: as in :func:`~sparseyolo.prune.calibrated.calibrated_prune` (``steps``: tile levels;
+            N:M levels prune in one step, :func:`prune_layer_at`).
         progress: a progress bar over the layers (on stderr).
 
     Raises:
         ValueError: a level outside ``(0, 1)``, no calibration image, or no layer selected.
     """
-    levels = sorted({float(v) for v in levels})
-    if not levels or not all(0.0 < v < 1.0 for v in levels):
-        raise ValueError(f"tile sparsity levels must be fractions in (0, 1), got {levels}")
+    levels = sorted({canonical_level(v) for v in levels}, key=level_order)
+    if not levels or 0.0 in levels:
+        raise ValueError(f"levels must be tile sparsities in (0, 1) or N:M-block levels such as 2:4b32, got {levels}")
     selected, _ = select_layers(model, "tile", 4, include, exclude, filter_fn)
     if not selected:
         raise ValueError("no conv selected for tile pruning (check include/exclude)")
     images = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
     if not images:
-        raise ValueError("tile_variants needs calibration images; the calibration data is empty")
+        raise ValueError("layer_variants needs calibration images; the calibration data is empty")
     param = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -122,24 +126,25 @@ def tile_variants(
             h.remove()
         model.train(was_training)
     bns = following_batchnorms(model)
-    out = TileVariants()
+    out = LayerVariants()
     for name, mod in tqdm(selected, desc="sensitivity", unit="layer", disable=not progress,
                           bar_format="{l_bar}{bar:20}{r_bar}"):
         acc = accs.pop(mod)
         if acc.rows == 0:
-            LOGGER.warning("tile_variants: %s not reached by the forward pass; left out", name)
+            LOGGER.warning("layer_variants: %s not reached by the forward pass; left out", name)
             continue
         bn = bns.get(mod)
         out.errors[name], out.weights[name] = {}, {}
         for level in levels:
+            p = parse_level(level)
+            if isinstance(p, NMBlock) and mod.in_channels % p.m:
+                continue  # not offered to this conv
             trial, trial_bn = copy.deepcopy(mod), copy.deepcopy(bn)
             acc.module = trial
-            out.errors[name][level] = float(prune_layer(trial, acc, amount=level, damp=damp,
-                                                        row_weight=_row_weight(bn), refit=True, bn=trial_bn,
-                                                        steps=steps, tiles=True, solver=solver))
+            out.errors[name][level] = prune_layer_at(trial, acc, level, trial_bn, steps, damp, solver)
             out.weights[name][level] = (trial.weight.detach().cpu(), trial.weight_mask.cpu(),
                                         None if trial_bn is None else trial_bn.running_mean.detach().cpu())
-        LOGGER.debug("%s: %s", name, ", ".join(f"{lv:g}: {e:.4f}" for lv, e in out.errors[name].items()))
+        LOGGER.debug("%s: %s", name, ", ".join(f"{level_label(lv)}: {e:.4f}" for lv, e in out.errors[name].items()))
     return out
 
 

@@ -1,23 +1,26 @@
-"""Sparsity where it pays: a per-layer tile-sparsity profile that reaches a target speedup at the least error.
+"""Sparsity where it pays: a per-layer sparsity profile that reaches a target speedup at the least error.
 
-SPDY's idea (Frantar & Alistarh, 2022) on this project's CPU kernel. Measurements, then a choice:
+SPDY's idea (Frantar & Alistarh, 2022) on this project's CPU kernel. The levels a conv may take
+(:mod:`sparseyolo.prune.levels`) are tile sparsities and, where the kernel runs them fast (no AMX:
+:func:`default_levels`), 2:4 shared by 32 output channels. Measurements, then a choice:
 
 1. :func:`layer_latencies`: each conv's time on THIS machine, on its input shape: dense as a frozen
    ``torch.compile``'d model runs it (oneDNN with a prepacked weight and the activation fused,
    ``mkldnn._convolution_pointwise``), and on the kernel that skips pruned tiles at tile sparsity 0 and at each
-   level, channels-last. The kernel and its precision come from :func:`profile_kernel`: with AMX, bf16 tiles
+   level (its mask made by magnitude, :func:`profile_mask`), channels-last. The kernel and its precision come from :func:`profile_kernel`: with AMX, bf16 tiles
    (backend ``"cpu_block_tiles"``); without, fp32 on ``"cpu_block"`` (a pruned 16 x 32 tile is 32 input rows
    skipped by a block of 16 output channels), because there oneDNN's bf16 convs ran ~1.6x slower than its fp32 ones
    and a bf16 pruned model keeps its dense layers in the slow precision. Variants of one layer are timed
    interleaved.
 2. :func:`measure_anchors`: three whole models compiled and timed back to back: dense; every conv the kernel runs
-   faster than oneDNN at some level, on the kernel with nothing pruned; the same convs at the top level; and, as
+   faster than oneDNN at some level, on the kernel with nothing pruned; the same convs at the top tile level
+   (:func:`anchor_level`; the in-model factor fitted there scales every level's savings); and, as
    the bar the target is measured against, the dense model in fp32 as well: on a CPU whose bf16 convolutions run
    on AVX-512 BF16 alone (no AMX) oneDNN's fp32 model was ~1.6x faster than its bf16 one. Layers
    timed alone miss what a model adds (colder caches, the glue Inductor generates around a custom op): on yolov5n
    the convs' in-model time is 1.1-1.4x their time alone, and the glue changes too. The anchors scale the
    per-layer savings so that the prediction is exact at those three models.
-3. :func:`sparseyolo.prune.sensitivity.tile_variants`: each conv pruned alone at each level (calibrated): its
+3. :func:`sparseyolo.prune.sensitivity.layer_variants`: each conv pruned alone at each level (calibrated): its
    relative output error and its pruned weights.
 4. :func:`choose_profile`: per conv one option (dense; the kernel with nothing pruned; the kernel at a level), by
    a dynamic program over the convs minimising the weighted sum of errors subject to the predicted model time
@@ -44,8 +47,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from sparseyolo.prune.layerwise import level_pattern
+from sparseyolo.prune.levels import Level, NMBlock, canonical_level, level_label, level_order, parse_level
 from sparseyolo.prune.masks import set_mask
-from sparseyolo.prune.tiles import TILE_PATTERN, expand_tiles, tile_norms
+from sparseyolo.prune.methods import nm_magnitude_mask
+from sparseyolo.prune.tiles import expand_tiles, tile_norms
 from sparseyolo.sparse.autotune import disagreement
 from sparseyolo.sparse.backends import ConvGeometry, get_backend
 from sparseyolo.sparse.convert import layer_input_shapes
@@ -55,12 +61,16 @@ from sparseyolo.utils import timing
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_LEVELS", "LayerLatency", "ModelAnchors", "ProfileRow", "SpeedupProfile", "choose_profile",
-           "compiled_model_ms", "kernel_layers", "layer_latencies", "measure_anchors", "profile_kernel",
-           "profile_tile_mask", "search_profile"]
+__all__ = ["DEFAULT_LEVELS", "LayerLatency", "ModelAnchors", "ProfileRow", "SpeedupProfile", "anchor_level",
+           "choose_profile", "compiled_model_ms", "default_levels", "kernel_layers", "layer_latencies",
+           "measure_anchors", "profile_kernel", "profile_mask", "profile_tile_mask", "search_profile"]
 
 #: Tile sparsities a profile chooses from by default (besides dense and the kernel with no tile pruned).
 DEFAULT_LEVELS = (0.25, 0.5, 0.75)
+#: Offered besides on a CPU without AMX: 2:4 shared by 32 output channels, which the fp32 block kernel runs as
+#: twin blocks (1.53x of oneDNN over yolov5s's convs, against 1.29x for tiles 50%, benchmarks/RESULTS.md) at a
+#: calibrated error below tiles 50%'s on 50 of yolov5n's 52 convs.
+NM_BLOCK_LEVEL = "2:4b32"
 #: The backend whose work falls with tile sparsity on a CPU with AMX (bf16).
 TILE_BACKEND = "cpu_block_tiles"
 #: The same on other CPUs: fp32, whole input rows skipped by a block of 16 output channels.
@@ -72,13 +82,13 @@ DENSE_BF16, DENSE_FP32 = "dense bf16", "dense fp32"  # compiled_model_ms's two d
 @dataclass
 class LayerLatency:
     """One conv's measured times (ms): ``dense_ms`` (oneDNN as the compiled model runs it) and ``kernel_ms``
-    (``{tile sparsity: ms}`` on the tile kernel, 0.0 included)."""
+    (``{level: ms}`` on the kernel, 0.0 included; a level the conv cannot take is absent)."""
 
     name: str
     weight_shape: tuple[int, ...]
     input_shape: tuple[int, ...]
     dense_ms: float
-    kernel_ms: dict[float, float]
+    kernel_ms: dict[Level, float]
 
 
 def _prepacked_dense(weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry, activation: str,
@@ -104,6 +114,28 @@ def profile_kernel() -> tuple[str, torch.dtype]:
     return _backend_for(dtype), dtype
 
 
+def default_levels() -> tuple[Level, ...]:
+    """The levels a profile offers by default on this CPU: :data:`DEFAULT_LEVELS`, and :data:`NM_BLOCK_LEVEL` where
+    the profile runs the fp32 block kernel (no AMX; the AMX tile kernel skips only whole tiles)."""
+    return DEFAULT_LEVELS + ((NM_BLOCK_LEVEL,) if profile_kernel()[0] == ROWS_BACKEND else ())
+
+
+def anchor_level(levels: Sequence[Level]) -> Level:
+    """The level :func:`measure_anchors` times the whole model at: the top tile sparsity, else the first level."""
+    tiles = [float(v) for v in map(parse_level, levels) if not isinstance(v, NMBlock)]
+    return max(tiles) if tiles else canonical_level(levels[0])
+
+
+def profile_mask(weight: torch.Tensor, level: Level) -> torch.Tensor | None:
+    """A mask of the kind calibrated pruning makes at ``level``, for timing (the time depends on the pattern, not
+    on which weights): :func:`profile_tile_mask` for a tile sparsity, the magnitude N:M-block mask for an N:M
+    level; None where the conv cannot take the level (input channels not a multiple of M)."""
+    p = parse_level(level)
+    if not isinstance(p, NMBlock):
+        return profile_tile_mask(weight, p)
+    return None if weight.shape[1] % p.m else nm_magnitude_mask(weight, p.n, p.m, p.block)
+
+
 def profile_tile_mask(weight: torch.Tensor, level: float) -> torch.Tensor:
     """A tile mask of the kind calibrated tile pruning makes at ``level``, for timing: the ``round(level * tiles)``
     smallest tiles pruned, except that every block of 16 output channels keeps at least one tile (as
@@ -127,12 +159,13 @@ def layer_latencies(
     dtype: torch.dtype | None = None,
     names: set[str] | None = None,
 ) -> dict[str, LayerLatency]:
-    """Time every conv the tile kernel can run, dense and at each tile sparsity (see the module docstring).
+    """Time every conv the kernel can run, dense and at each level (see the module docstring).
 
     Args:
-        model: the model (unfused or fused; pruned or not: the time depends on the share of tiles pruned, so
-            each level is timed on the layer's weight with that share of its smallest tiles zeroed). Not changed.
-        levels: tile sparsities in ``(0, 1)``; 0 (nothing pruned) is always timed.
+        model: the model (unfused or fused; pruned or not: the time depends on the pattern and the share pruned,
+            so each level is timed on the layer's weight with :func:`profile_mask`'s mask). Not changed.
+        levels: tile sparsities in ``(0, 1)`` and N:M-block levels (:mod:`sparseyolo.prune.levels`); 0 (nothing
+            pruned) is always timed.
         example_input: the model input whose layer shapes are timed (default ``1x3x640x640``).
         reps: timed calls per variant and round (median; best of two interleaved rounds).
         dtype: the precision of both sides: bfloat16 (the AMX tile kernel) or float32 (the row kernel); default
@@ -142,9 +175,7 @@ def layer_latencies(
     Returns:
         ``{conv name: LayerLatency}`` in model order; convs the kernel cannot run are left out (logged).
     """
-    levels = sorted({0.0, *(float(v) for v in levels)})
-    if not all(0.0 <= v < 1.0 for v in levels):
-        raise ValueError(f"tile sparsity levels must be fractions in [0, 1), got {levels}")
+    levels = sorted({0.0, *(canonical_level(v) for v in levels)}, key=level_order)
     work = copy.deepcopy(model).float().eval()
     x = torch.zeros(1, 3, 640, 640) if example_input is None else example_input.float()
     dtype = profile_kernel()[1] if dtype is None else dtype
@@ -164,7 +195,10 @@ def layer_latencies(
         fns = {DENSE: _prepacked_dense(weight, bias, geometry, act, xi)}
         why = backend.why_not(weight, geometry, act, "cpu", dtype)
         for level in levels if why is None else ():
-            w = weight * profile_tile_mask(weight, level) if level > 0 else weight
+            mask = profile_mask(weight, level) if level != 0.0 else None
+            if level != 0.0 and mask is None:
+                continue  # a level this conv cannot take
+            w = weight if mask is None else weight * mask
             mod = SparseConv2d.from_weight(w, bias, geometry, act, backend=backend, dtype=dtype)
             fns[level] = (lambda m=mod: m(xi))
         if why is None:
@@ -196,13 +230,13 @@ def _all_convs(model: nn.Module) -> list[Plan]:
 
 @dataclass
 class ProfileRow:
-    """One conv's choice: ``level`` None (dense oneDNN) or a tile sparsity on the kernel (0.0: nothing pruned);
+    """One conv's choice: ``level`` None (dense oneDNN) or a level on the kernel (0.0: nothing pruned);
     ``ms`` its time alone, ``dense_ms`` oneDNN's alone, ``saved_ms`` the in-model saving predicted for it,
     ``error`` the calibrated relative output error."""
 
     name: str
     weight_shape: tuple[int, ...]
-    level: float | None
+    level: Level | None
     ms: float
     dense_ms: float
     saved_ms: float
@@ -210,7 +244,7 @@ class ProfileRow:
 
     @property
     def choice(self) -> str:
-        return "dense" if self.level is None else f"tiles {100 * self.level:g}%"
+        return "dense" if self.level is None else level_label(self.level)
 
 
 @dataclass
@@ -243,8 +277,8 @@ class SpeedupProfile:
     def predicted_speedup(self) -> float:
         return self.dense_model_ms / self.predicted_ms
 
-    def amounts(self) -> dict[str, float]:
-        """``{conv name: tile sparsity}`` of the convs that go to the kernel (for ``calibrated_prune(amounts=)``)."""
+    def amounts(self) -> dict[str, Level]:
+        """``{conv name: level}`` of the convs that go to the kernel (for ``calibrated_prune(amounts=)``)."""
         return {r.name: r.level for r in self.rows if r.level is not None}
 
     def table(self) -> str:
@@ -276,9 +310,9 @@ class ModelAnchors:
     Attributes:
         dense_ms: the dense model in the kernel's precision (the all-dense end of the pruned model's range).
         kernel_ms: ``kernel_layers`` on the tile kernel with nothing pruned, the rest dense.
-        sparse_ms: ``kernel_layers`` on the tile kernel at tile sparsity ``level``.
-        level: the tile sparsity of ``sparse_ms`` (the top level offered).
-        kernel_layers: the convs the kernel runs faster than oneDNN alone at some tile sparsity.
+        sparse_ms: ``kernel_layers`` on the tile kernel at ``level`` (those that cannot take it at level 0).
+        level: the level of ``sparse_ms`` (:func:`anchor_level`).
+        kernel_layers: the convs the kernel runs faster than oneDNN alone at some level.
         bar_ms: what a target speedup is measured against: the faster of the dense model compiled in bf16 and in
             fp32 (None: ``dense_ms``).
     """
@@ -286,7 +320,7 @@ class ModelAnchors:
     dense_ms: float
     kernel_ms: float
     sparse_ms: float
-    level: float
+    level: Level
     kernel_layers: tuple[str, ...]
     bar_ms: float | None = None
 
@@ -297,7 +331,7 @@ class ModelAnchors:
 
 
 def kernel_layers(latencies: Mapping[str, LayerLatency]) -> tuple[str, ...]:
-    """The convs the tile kernel runs faster than oneDNN at some tile sparsity: the ones a profile may move (a
+    """The convs the kernel runs faster than oneDNN at some level: the ones a profile may move (a
     stride-2 3x3 conv may be slower with nothing pruned and twice as fast at 75%)."""
     return tuple(n for n, lat in latencies.items() if min(lat.kernel_ms.values(), default=math.inf) < lat.dense_ms)
 
@@ -306,27 +340,30 @@ def kernel_layers(latencies: Mapping[str, LayerLatency]) -> tuple[str, ...]:
 def measure_anchors(
     model: nn.Module,
     latencies: Mapping[str, LayerLatency],
-    level: float,
+    level: Level,
     example_input: torch.Tensor | None = None,
     reps: int = 15,
     dtype: torch.dtype | None = None,
 ) -> ModelAnchors:
     """Compile and time (interleaved) the dense model (bf16 and fp32: the faster is the bar) and the
-    :func:`kernel_layers` on the kernel of ``dtype`` (default :func:`profile_kernel`'s) at tile sparsity 0 and
-    ``level`` (:func:`profile_tile_mask`: the time depends on the share of tiles, not on which). ``model`` is not
-    changed. Compiling takes a minute or two on 2 cores."""
+    :func:`kernel_layers` on the kernel of ``dtype`` (default :func:`profile_kernel`'s) at level 0 and at ``level``
+    (:func:`profile_mask`: the time depends on the pattern and the share pruned, not on which weights; a conv that
+    cannot take ``level`` stays at 0). ``model`` is not changed. Compiling takes a minute or two on 2 cores."""
     dtype = profile_kernel()[1] if dtype is None else dtype
+    level = canonical_level(level)
     moved = kernel_layers(latencies)
     models = {"dense": model}
-    for key, amount in (("kernel", 0.0), ("sparse", level)):
+    for key, lv in (("kernel", 0.0), ("sparse", level)):
         m = copy.deepcopy(model)
         for name in moved:
             conv = m.get_submodule(name)
-            set_mask(conv, profile_tile_mask(conv.weight.detach(), amount), TILE_PATTERN)
+            w = conv.weight.detach()
+            mask = profile_mask(w, lv)
+            set_mask(conv, torch.ones_like(w, dtype=torch.bool) if mask is None else mask, level_pattern(lv))
         models[key] = m
     ms = compiled_model_ms(models, example_input, reps, dtype)
     start = ms[DENSE_BF16 if dtype == torch.bfloat16 else DENSE_FP32]
-    return ModelAnchors(start, ms["kernel"], ms["sparse"], float(level), moved, bar_ms=ms[DENSE])
+    return ModelAnchors(start, ms["kernel"], ms["sparse"], level, moved, bar_ms=ms[DENSE])
 
 
 @torch.no_grad()
@@ -370,13 +407,13 @@ def compiled_model_ms(models: Mapping[str, nn.Module], example_input: torch.Tens
 
 def choose_profile(
     latencies: Mapping[str, LayerLatency],
-    errors: Mapping[str, Mapping[float, float]],
+    errors: Mapping[str, Mapping[Level, float]],
     anchors: ModelAnchors,
     target_speedup: float,
     resolution: int = 2000,
     coefficients: Mapping[str, float] | None = None,
 ) -> SpeedupProfile:
-    """Per conv the option (dense, kernel at tile sparsity 0 or at a level of ``errors``) that reaches
+    """Per conv the option (dense, kernel at level 0 or at a level of ``errors``) that reaches
     ``target_speedup`` over ``anchors.target_base_ms`` (the faster dense model, fp32 or bf16) with the least summed
     error (see the module docstring).
 
@@ -388,8 +425,8 @@ def choose_profile(
 
     Args:
         latencies: :func:`layer_latencies`.
-        errors: :attr:`sparseyolo.prune.sensitivity.TileVariants.errors` (``{name: {level: error}}``); a level a conv has
-            no error for is not offered to it.
+        errors: :attr:`sparseyolo.prune.sensitivity.LayerVariants.errors` (``{name: {level: error}}``); a level a
+            conv has no error for is not offered to it.
         anchors: :func:`measure_anchors`.
         target_speedup: > 0; e.g. 1.5.
         resolution: the time to save is cut into this many steps; a conv's saving is rounded DOWN to a step, so
@@ -433,10 +470,10 @@ def choose_profile(
     step = need / resolution if need > 0 else 1.0
     budget = resolution if need > 0 else 0
     # options per conv: (level, ms alone, error, predicted saving); dense saves 0; an option saving less is dropped
-    options: list[list[tuple[float | None, float, float, float]]] = []
+    options: list[list[tuple[Level | None, float, float, float]]] = []
     for lat in layers:
-        opts: list[tuple[float | None, float, float, float]] = [(None, lat.dense_ms, 0.0, 0.0)]
-        for level, ms in sorted(lat.kernel_ms.items()) if lat.name in moved else ():
+        opts: list[tuple[Level | None, float, float, float]] = [(None, lat.dense_ms, 0.0, 0.0)]
+        for level, ms in sorted(lat.kernel_ms.items(), key=lambda kv: level_order(kv[0])) if lat.name in moved else ():
             err = 0.0 if level == 0.0 else errors.get(lat.name, {}).get(level)
             saving = saving_of(lat, ms)
             if err is not None and math.isfinite(err) and saving > 0:
@@ -484,10 +521,10 @@ def choose_profile(
 
 def search_profile(
     latencies: Mapping[str, LayerLatency],
-    errors: Mapping[str, Mapping[float, float]],
+    errors: Mapping[str, Mapping[Level, float]],
     anchors: ModelAnchors,
     target_speedup: float,
-    evaluate: Callable[[dict[str, float]], float],
+    evaluate: Callable[[dict[str, Level]], float],
     iters: int = 100,
     seed: int = 0,
     resolution: int = 2000,
@@ -495,7 +532,7 @@ def search_profile(
     """SPDY's search: the summed per-layer error is a weak guide across layers (an error in one conv may cost the
     model far more than the same error in another), so the program's per-conv coefficients are searched, each
     candidate profile scored by ``evaluate`` (the stitched model's output distortion on calibration images,
-    :meth:`sparseyolo.prune.sensitivity.TileVariants.stitch` and
+    :meth:`sparseyolo.prune.sensitivity.LayerVariants.stitch` and
     :func:`sparseyolo.prune.sensitivity.output_distortion`), lower is better.
 
     Starting from all coefficients 1 (:func:`choose_profile`), each step multiplies a random fifth of them by
