@@ -64,8 +64,7 @@ class PruneConfig:
             error (:mod:`sparseyolo.sparse.speedup_profile`).
         levels: the levels a ``target_speedup`` profile chooses from besides dense and 0
             (:mod:`sparseyolo.prune.levels`: tile sparsities in ``(0, 1)`` and N:M-block levels such as
-            ``"2:4b32"``); None: the profile's default on this CPU
-            (:func:`sparseyolo.sparse.speedup_profile.default_levels`, recorded once chosen).
+            ``"2:4b32"``).
         search_iters: profiles the search over per-layer error coefficients tries (0: the plain choice).
         layer_amounts: the per-conv levels the profile chose (recorded).
         fused: the BatchNorms were folded before pruning (recorded).
@@ -183,9 +182,9 @@ class PruneConfig:
         if not self.target_speedup > 0:
             raise ParameterError(f"target_speedup must be positive, e.g. 1.5, got {self.target_speedup}",
                                  "target_speedup")
-        if self.levels is not None and not self.levels:
+        if not self.levels:
             raise ParameterError("levels must name at least one sparsity level, e.g. 0.5 or 2:4b32", "levels")
-        for level in self.levels or ():
+        for level in self.levels:
             try:
                 ok = parse_level(level) != 0.0
             except ValueError as e:
@@ -311,7 +310,7 @@ class PruneConfig:
                     raise ParameterError(f"target_speedup chooses a sparsity level per layer; drop method {args.method}",
                                          "target_speedup", "method")
                 try:
-                    levels = None if args.levels is None else [canonical_level(v) for v in args.levels]
+                    levels = [canonical_level(v) for v in args.levels]
                 except ValueError as e:
                     raise ParameterError(f"levels: {e}", "levels") from None
                 fields.update(method="tile", target_speedup=args.target_speedup, levels=levels,

@@ -1,8 +1,8 @@
 """Sparsity where it pays: a per-layer sparsity profile that reaches a target speedup at the least error.
 
 SPDY's idea (Frantar & Alistarh, 2022) on this project's CPU kernel. The levels a conv may take
-(:mod:`sparseyolo.prune.levels`) are tile sparsities and, where the kernel runs them fast (no AMX:
-:func:`default_levels`), 2:4 shared by 32 output channels. Measurements, then a choice:
+(:mod:`sparseyolo.prune.levels`) are tile sparsities (:data:`DEFAULT_LEVELS`) and, on request, N:M shared by a block
+of output channels (``"2:4b32"``, which the kernel without AMX runs as twin blocks). Measurements, then a choice:
 
 1. :func:`layer_latencies`: each conv's time on THIS machine, on its input shape: dense as a frozen
    ``torch.compile``'d model runs it (oneDNN with a prepacked weight and the activation fused,
@@ -62,15 +62,15 @@ from sparseyolo.utils import timing
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LEVELS", "LayerLatency", "ModelAnchors", "ProfileRow", "SpeedupProfile", "anchor_level",
-           "choose_profile", "compiled_model_ms", "default_levels", "kernel_layers", "layer_latencies",
-           "measure_anchors", "profile_kernel", "profile_mask", "profile_tile_mask", "search_profile"]
+           "choose_profile", "compiled_model_ms", "kernel_layers", "layer_latencies", "measure_anchors",
+           "profile_kernel", "profile_mask", "profile_tile_mask", "search_profile"]
 
-#: Tile sparsities a profile chooses from by default (besides dense and the kernel with no tile pruned).
+#: Tile sparsities a profile chooses from by default (besides dense and the kernel with no tile pruned). Offering
+#: 2:4 shared by 32 output channels besides (``"2:4b32"``: on a CPU without AMX 1.53x of oneDNN over yolov5s's convs
+#: against 1.29x for tiles 50%, at a calibrated per-conv error below tiles 50%'s on 50 of yolov5n's 52 convs) lowered
+#: the searched profiles' output distortion by 10-30% but not their held-out mAP (yolov5n at 1.1-1.3x, the same
+#: measurements for both: benchmarks/results/profile_levels_ab_yolov5n.md), so it is not a default.
 DEFAULT_LEVELS = (0.25, 0.5, 0.75)
-#: Offered besides on a CPU without AMX: 2:4 shared by 32 output channels, which the fp32 block kernel runs as
-#: twin blocks (1.53x of oneDNN over yolov5s's convs, against 1.29x for tiles 50%, benchmarks/RESULTS.md) at a
-#: calibrated error below tiles 50%'s on 50 of yolov5n's 52 convs.
-NM_BLOCK_LEVEL = "2:4b32"
 #: The backend whose work falls with tile sparsity on a CPU with AMX (bf16).
 TILE_BACKEND = "cpu_block_tiles"
 #: The same on other CPUs: fp32, whole input rows skipped by a block of 16 output channels.
@@ -112,12 +112,6 @@ def profile_kernel() -> tuple[str, torch.dtype]:
 
     dtype = torch.bfloat16 if ops.cpu_isa() == "amx" else torch.float32
     return _backend_for(dtype), dtype
-
-
-def default_levels() -> tuple[Level, ...]:
-    """The levels a profile offers by default on this CPU: :data:`DEFAULT_LEVELS`, and :data:`NM_BLOCK_LEVEL` where
-    the profile runs the fp32 block kernel (no AMX; the AMX tile kernel skips only whole tiles)."""
-    return DEFAULT_LEVELS + ((NM_BLOCK_LEVEL,) if profile_kernel()[0] == ROWS_BACKEND else ())
 
 
 def anchor_level(levels: Sequence[Level]) -> Level:
@@ -196,8 +190,10 @@ def layer_latencies(
         why = backend.why_not(weight, geometry, act, "cpu", dtype)
         for level in levels if why is None else ():
             mask = profile_mask(weight, level) if level != 0.0 else None
-            if level != 0.0 and mask is None:
-                continue  # a level this conv cannot take
+            if level != 0.0 and (mask is None or bool(mask.all())):
+                # a level this conv cannot take, or one that prunes nothing (a narrow conv keeps a tile per block):
+                # the latter is level 0 again, and timing it apart would only offer the noise between two timings
+                continue
             w = weight if mask is None else weight * mask
             mod = SparseConv2d.from_weight(w, bias, geometry, act, backend=backend, dtype=dtype)
             fns[level] = (lambda m=mod: m(xi))
