@@ -35,7 +35,6 @@ from sparseyolo import val  # noqa: E402
 from sparseyolo.checkpoint import load_model, save_checkpoint  # noqa: E402
 from sparseyolo.prune import select_layers  # noqa: E402
 from sparseyolo.prune.calibrated import calibrated_prune, calibration_batches  # noqa: E402
-from sparseyolo.prune.levels import level_label  # noqa: E402
 from sparseyolo.prune.sensitivity import layer_variants, model_outputs, output_distortion  # noqa: E402
 from sparseyolo.sparse.speedup_profile import (  # noqa: E402
     compiled_model_ms,
