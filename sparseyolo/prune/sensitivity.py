@@ -94,7 +94,7 @@ def layer_variants(
             tile pruned) has error 0 and needs no entry.
         include, exclude, filter_fn: layer selection, as in :func:`sparseyolo.prune.prune`.
         steps, damp, solver: as in :func:`~sparseyolo.prune.calibrated.calibrated_prune` (``steps``: tile levels;
-            N:M levels prune in one step, :func:`prune_layer_at`).
+            N:M levels prune in one step, :func:`~sparseyolo.prune.layerwise.prune_layer_at`).
         progress: a progress bar over the layers (on stderr).
 
     Raises:
