@@ -56,7 +56,7 @@ from sparseyolo.prune.layerwise import (
     prune_layer,
     prune_layer_at,
 )
-from sparseyolo.prune.levels import Level, NMBlock, canonical_level, level_label, level_order, parse_level
+from sparseyolo.prune.levels import Level, canonical_level, level_fits, level_label, level_order
 from sparseyolo.prune.methods import PruneReport, select_layers
 from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP
 
@@ -107,7 +107,8 @@ class CalibratedPruneReport(PruneReport):
         elif self.levels is not None:
             counts: dict[str, int] = {}
             for level in sorted(self.levels.values(), key=level_order):
-                label = level_label(level) if self.method == "tile" or isinstance(level, str) else f"{100 * level:g}% unstructured"
+                tiles = self.method == "tile" or isinstance(level, str)
+                label = level_label(level) if tiles else f"{100 * level:g}% unstructured"
                 counts[label] = counts.get(label, 0) + 1
             what = "per-layer levels (" + ", ".join(f"{k} x{v}" for k, v in counts.items()) + ")"
         else:
@@ -400,7 +401,7 @@ def calibrated_prune(
     if amounts is not None:
         skipped = [(name, why) for name, why in skipped if name in amounts]  # the rest were never asked for
         misfit = [f"{name} ({mod.weight.shape[1]} input channels, {amounts[name]})" for name, mod in selected
-                  if isinstance(p := parse_level(amounts[name]), NMBlock) and mod.weight.shape[1] % p.m]
+                  if not level_fits(amounts[name], mod.weight.shape[1])]
         if misfit:
             raise ValueError("calibrated pruning: an N:M level needs input channels that are a multiple of M: "
                              + ", ".join(misfit[:5]))

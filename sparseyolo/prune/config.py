@@ -307,8 +307,8 @@ class PruneConfig:
             fields.update(fused=bool(args.fused), source=str(args.weights), permute=bool(args.permute))
             if getattr(args, "target_speedup", None) is not None:
                 if args.method not in (None, "tile"):
-                    raise ParameterError(f"target_speedup chooses a sparsity level per layer; drop method {args.method}",
-                                         "target_speedup", "method")
+                    raise ParameterError("target_speedup chooses a sparsity level per layer; drop method "
+                                         f"{args.method}", "target_speedup", "method")
                 try:
                     levels = [canonical_level(v) for v in args.levels]
                 except ValueError as e:

@@ -273,12 +273,6 @@ def prune_layer(
     return rel
 
 
-def level_pattern(level: Level) -> str:
-    """The ``weight_mask_pattern`` a mask at ``level`` is registered with: tiles or ``"N:M"``."""
-    p = parse_level(level)
-    return f"{p.n}:{p.m}" if isinstance(p, NMBlock) else TILE_PATTERN
-
-
 def prune_layer_at(module: nn.Module, stats: HessianAccumulator, level: Level, bn: nn.BatchNorm2d | None,
                    steps: int = 3, damp: float = DEFAULT_DAMP, solver: str = "admm", refit: bool = True,
                    tiles: bool = True, blocksize: int = DEFAULT_BLOCKSIZE) -> float:

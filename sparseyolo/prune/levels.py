@@ -15,7 +15,10 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-__all__ = ["Level", "NMBlock", "canonical_level", "level_label", "level_order", "parse_level", "parse_nm"]
+from sparseyolo.prune.tiles import TILE_PATTERN
+
+__all__ = ["Level", "NMBlock", "canonical_level", "level_fits", "level_label", "level_order", "level_pattern",
+           "parse_level", "parse_nm"]
 
 #: A tile sparsity (float) or an N:M-block level (``"2:4b32"``).
 Level = float | str
@@ -81,6 +84,19 @@ def canonical_level(level: Level | NMBlock) -> Level:
     """The form a level is stored and keyed in: a float tile sparsity, or the string ``"N:MbB"``."""
     p = parse_level(level)
     return str(p) if isinstance(p, NMBlock) else p
+
+
+def level_fits(level: Level, in_channels: int) -> bool:
+    """Whether a layer with ``in_channels`` input channels can take ``level``: any tile sparsity; an N:M level where
+    the channels are a multiple of M."""
+    p = parse_level(level)
+    return not isinstance(p, NMBlock) or in_channels % p.m == 0
+
+
+def level_pattern(level: Level) -> str:
+    """The ``weight_mask_pattern`` a mask at ``level`` is registered with: tiles or ``"N:M"``."""
+    p = parse_level(level)
+    return f"{p.n}:{p.m}" if isinstance(p, NMBlock) else TILE_PATTERN
 
 
 def level_label(level: Level) -> str:

@@ -27,8 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from sparseyolo.prune.calibration_data import as_float_images
-from sparseyolo.prune.layerwise import HessianAccumulator, following_batchnorms, level_pattern, prune_layer_at
-from sparseyolo.prune.levels import Level, NMBlock, canonical_level, level_label, level_order, parse_level
+from sparseyolo.prune.layerwise import HessianAccumulator, following_batchnorms, prune_layer_at
+from sparseyolo.prune.levels import Level, canonical_level, level_fits, level_label, level_order, level_pattern
 from sparseyolo.prune.methods import _set, select_layers
 from sparseyolo.prune.obs import DEFAULT_DAMP
 
@@ -136,8 +136,7 @@ def layer_variants(
         bn = bns.get(mod)
         out.errors[name], out.weights[name] = {}, {}
         for level in levels:
-            p = parse_level(level)
-            if isinstance(p, NMBlock) and mod.in_channels % p.m:
+            if not level_fits(level, mod.in_channels):
                 continue  # not offered to this conv
             trial, trial_bn = copy.deepcopy(mod), copy.deepcopy(bn)
             acc.module = trial

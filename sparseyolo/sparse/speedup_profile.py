@@ -7,8 +7,9 @@ of output channels (``"2:4b32"``, which the kernel without AMX runs as twin bloc
 1. :func:`layer_latencies`: each conv's time on THIS machine, on its input shape: dense as a frozen
    ``torch.compile``'d model runs it (oneDNN with a prepacked weight and the activation fused,
    ``mkldnn._convolution_pointwise``), and on the kernel that skips pruned tiles at tile sparsity 0 and at each
-   level (its mask made by magnitude, :func:`profile_mask`), channels-last. The kernel and its precision come from :func:`profile_kernel`: with AMX, bf16 tiles
-   (backend ``"cpu_block_tiles"``); without, fp32 on ``"cpu_block"`` (a pruned 16 x 32 tile is 32 input rows
+   level (its mask made by magnitude, :func:`profile_mask`; a level that prunes nothing is level 0 and is not
+   timed apart), channels-last. The kernel and its precision come from :func:`profile_kernel`: with AMX, bf16
+   tiles (backend ``"cpu_block_tiles"``); without, fp32 on ``"cpu_block"`` (a pruned 16 x 32 tile is 32 input rows
    skipped by a block of 16 output channels), because there oneDNN's bf16 convs ran ~1.6x slower than its fp32 ones
    and a bf16 pruned model keeps its dense layers in the slow precision. Variants of one layer are timed
    interleaved.
@@ -47,8 +48,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparseyolo.prune.layerwise import level_pattern
-from sparseyolo.prune.levels import Level, NMBlock, canonical_level, level_label, level_order, parse_level
+from sparseyolo.prune.levels import (Level, NMBlock, canonical_level, level_fits, level_label, level_order,
+                                     level_pattern, parse_level)
 from sparseyolo.prune.masks import set_mask
 from sparseyolo.prune.methods import nm_magnitude_mask
 from sparseyolo.prune.tiles import expand_tiles, tile_norms
@@ -124,10 +125,10 @@ def profile_mask(weight: torch.Tensor, level: Level) -> torch.Tensor | None:
     """A mask of the kind calibrated pruning makes at ``level``, for timing (the time depends on the pattern, not
     on which weights): :func:`profile_tile_mask` for a tile sparsity, the magnitude N:M-block mask for an N:M
     level; None where the conv cannot take the level (input channels not a multiple of M)."""
+    if not level_fits(level, weight.shape[1]):
+        return None
     p = parse_level(level)
-    if not isinstance(p, NMBlock):
-        return profile_tile_mask(weight, p)
-    return None if weight.shape[1] % p.m else nm_magnitude_mask(weight, p.n, p.m, p.block)
+    return nm_magnitude_mask(weight, p.n, p.m, p.block) if isinstance(p, NMBlock) else profile_tile_mask(weight, p)
 
 
 def profile_tile_mask(weight: torch.Tensor, level: float) -> torch.Tensor:
@@ -469,7 +470,8 @@ def choose_profile(
     options: list[list[tuple[Level | None, float, float, float]]] = []
     for lat in layers:
         opts: list[tuple[Level | None, float, float, float]] = [(None, lat.dense_ms, 0.0, 0.0)]
-        for level, ms in sorted(lat.kernel_ms.items(), key=lambda kv: level_order(kv[0])) if lat.name in moved else ():
+        timed = sorted(lat.kernel_ms.items(), key=lambda kv: level_order(kv[0])) if lat.name in moved else ()
+        for level, ms in timed:
             err = 0.0 if level == 0.0 else errors.get(lat.name, {}).get(level)
             saving = saving_of(lat, ms)
             if err is not None and math.isfinite(err) and saving > 0:
