@@ -157,6 +157,19 @@ class TestBlockSparseConv2dFp32:
         y = _run(torch.randn(0, 8, 5, 5), packed, None, 1, 1, "silu")
         assert y.shape == (0, 16, 5, 5)
 
+    def test_silu_over_the_fp32_range(self, isa):
+        # pre-activations across and beyond the epilogue's clamps (its exp sees -v in [-86, 80]), compared
+        # element by element: a relative error where SiLU is representable, the clamp's 1.8e-35 |v| where it is not
+        w = torch.zeros(32, 4, 1, 1)
+        w[:, 0] = 1.0
+        x = torch.zeros(1, 4, 8, 16)
+        x[0, 0] = torch.linspace(-125.0, 125.0, 128).reshape(8, 16)
+        x[0, 0, 0, :8] = torch.tensor([-86.5, -86.0, -80.5, -80.0, 80.0, 86.0, 87.5, 88.5])
+        b = torch.linspace(-3.0, 3.0, 32)
+        y = _run(x.contiguous(memory_format=torch.channels_last), pack_block_sparse(w), b, 1, 0, "silu")
+        ref = F.silu(F.conv2d(x, w, b).double())  # v rounded to fp32 as the kernel rounds it: SiLU's error alone
+        assert ((y.double() - ref).abs() <= 1e-6 * ref.abs() + 1e-30).all()
+
     def test_all_zero_weight(self, isa):
         packed = pack_block_sparse(torch.zeros(20, 8, 3, 3))
         assert packed.units == 0

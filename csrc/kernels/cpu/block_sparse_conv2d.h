@@ -330,8 +330,7 @@ SPARSEYOLO_BS_AVX2 void bs_tile_avx2(const BsArgs& a, const uint32_t* in, const 
     __m256 v[2] = {_mm256_add_ps(acc[i][0], b0), _mm256_add_ps(acc[i][1], b1)};
     if (a.silu) {
       for (int h = 0; h < 2; ++h) {
-        const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v[h])));
-        v[h] = _mm256_div_ps(v[h], den);
+        v[h] = silu_avx2(v[h]);
       }
     }
     alignas(32) float tmp[kBsBlock];
@@ -348,18 +347,6 @@ SPARSEYOLO_BS_AVX2 void bs_tile_avx2(const BsArgs& a, const uint32_t* in, const 
 }
 
 // ---------------------------------------------------------------------------------------------- AVX-512
-// Bias, SiLU and the store of one tile (all AVX-512 paths: the same rounding to bf16 on every one). Four pixels at
-// a time: SiLU is a ~15-deep dependent chain per vector, and four independent chains keep the FMA pipes busy
-// (one at a time, the epilogue cost ~40 cycles per vector, as much as the MACs of a 3x3 layer with Cin = 64).
-SPARSEYOLO_BS_AVX512_INLINE __m512 bs_silu_avx512(__m512 v) {
-  // v / (1 + e^-v) with a reciprocal estimate and one Newton step (~1e-7 relative): a zmm division costs about
-  // as much as the rest of the epilogue
-  const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.f), exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), v)));
-  __m512 r = _mm512_rcp14_ps(den);
-  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.f)));
-  return _mm512_mul_ps(v, r);
-}
-
 // fp32 -> bf16 bits in the low half of each lane: round to nearest even in integer arithmetic (bs_float_to_bf16),
 // NaN -> quiet NaN.
 SPARSEYOLO_BS_AVX512_INLINE __m256i bs_to_bf16_avx512(__m512 v) {
@@ -371,6 +358,10 @@ SPARSEYOLO_BS_AVX512_INLINE __m256i bs_to_bf16_avx512(__m512 v) {
   return _mm512_cvtepi32_epi16(r);
 }
 
+// Bias, SiLU and the store of one tile (all AVX-512 paths: the same rounding to bf16 on every one). Four pixels at
+// a time: SiLU (silu_avx512) is a 16-deep dependent chain per vector, and four independent chains keep the FMA
+// pipes busy (one at a time, the epilogue cost ~40 cycles per vector, as much as the MACs of a 3x3 layer with
+// Cin = 64).
 template <int P>
 SPARSEYOLO_BS_AVX512_INLINE void bs_store_avx512(const BsArgs& a, const int64_t* out_pix, int64_t ob, __m512* acc) {
   static_assert(P % 4 == 0, "pixel tiles come in fours");
@@ -381,7 +372,7 @@ SPARSEYOLO_BS_AVX512_INLINE void bs_store_avx512(const BsArgs& a, const int64_t*
     __m512 v[4];
     for (int j = 0; j < 4; ++j) v[j] = _mm512_add_ps(acc[i0 + j], bias);
     if (a.silu) {
-      for (int j = 0; j < 4; ++j) v[j] = bs_silu_avx512(v[j]);
+      for (int j = 0; j < 4; ++j) v[j] = silu_avx512(v[j]);
     }
     for (int j = 0; j < 4; ++j) {
       if (out_pix[i0 + j] < 0) continue;

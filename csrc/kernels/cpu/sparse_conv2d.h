@@ -253,8 +253,7 @@ inline void spconv_block_portable(const SpconvArgs& a, int64_t c0, int64_t c1, i
 SPARSEYOLO_AVX2_INLINE __m256 spconv_epilogue_avx2(__m256 v, __m256 bias, bool silu) {
   v = _mm256_add_ps(v, bias);
   if (!silu) return v;
-  const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v)));
-  return _mm256_div_ps(v, den);
+  return silu_avx2(v);
 }
 
 // Lanes valid[i] of a tile: mask of vector v has lane i set when 8*v + i < lanes.
