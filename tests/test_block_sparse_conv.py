@@ -130,6 +130,29 @@ class TestBlockSparseConv2dFp32:
         dense = _reference(x.float(), packed.to_dense(), b, 1, k // 2, "silu")
         assert _rel(ref, dense) < (RTOL_FP32 if dtype == torch.float32 else 1e-2)
 
+    @pytest.mark.parametrize("dtype, gather", [(torch.float32, None), (torch.bfloat16, "plain"),
+                                               (torch.bfloat16, "pairs24"), (torch.bfloat16, "tiles32")])
+    @pytest.mark.parametrize("k, stride, padding", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (3, 1, 0), (3, 2, 0)])
+    def test_layout_rows_follow_the_input(self, dtype, gather, k, stride, padding):
+        # each work item lays out only the rows its tiles read, into its thread's buffer, kept from call to call:
+        # a row the bounds missed would hold the previous call's input. So every call here follows one on another
+        # input (of another size too), under thread counts that cut the tiles differently.
+        gen = torch.Generator().manual_seed(k * 10 + stride)
+        w = _pattern_weight(40, 16, k, k, "2:4 block16", gen)
+        packed = pack_block_sparse(w, dtype, gather)
+        b = torch.randn(40, generator=gen)
+        old = torch.get_num_threads()
+        try:
+            for threads in (1, 2, 3, 5):
+                torch.set_num_threads(threads)
+                for hw in [(23, 17), (23, 17), (9, 30), (31, 31)]:
+                    x = torch.randn(2, 16, *hw, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+                    y = _run(x, packed, b, stride, padding, "silu")
+                    ref = _reference(x.float(), packed.to_dense(), b, stride, padding, "silu")
+                    assert _rel(y, ref) < (RTOL_FP32 if dtype == torch.float32 else 1e-2), (threads, hw)
+        finally:
+            torch.set_num_threads(old)
+
     @pytest.mark.parametrize("pattern", ["2:4 block32", "rows 75% some twins", "dense"])
     @pytest.mark.parametrize("cout", [32, 33, 80, 112])
     def test_twin_blocks_same_bits_as_single_blocks(self, monkeypatch, pattern, cout):

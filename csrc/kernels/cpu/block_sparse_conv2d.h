@@ -13,11 +13,12 @@
 // * whole input rows (or aligned row pairs, for bf16) dropped for a block of 16 output channels (row-block
 //   sparsity), or dense layers: units straight from the channels-last input (gather kPlain).
 //
-// Geometry ("wide grid", as in sparse_conv2d.h): the input is copied once per call into a zero-padded buffer
-// split into stride phases, phase (a, b)[i][j] = x_pad[i*sh + a][j*sw + b] of Hq x Wq pixels (Wq = Wo +
-// (KW-1)/sw), each pixel `cu` 4-byte units. Wide pixel q = oh*Wq + ow reads unit u of its taps at q*cu +
-// offset(u), the offset independent of the pixel; the Wq - Wo extra columns are computed and dropped. A 1x1,
-// stride-1, unpadded conv with plain gather reads the input itself ("direct").
+// Geometry ("wide grid", as in sparse_conv2d.h): the input is copied into a zero-padded buffer split into stride
+// phases (by each work item, the rows its tiles read, just before it computes them: bs_tile_rows), phase
+// (a, b)[i][j] = x_pad[i*sh + a][j*sw + b] of Hq x Wq pixels (Wq = Wo + (KW-1)/sw), each pixel `cu` 4-byte units.
+// Wide pixel q = oh*Wq + ow reads unit u of its taps at q*cu + offset(u), the offset independent of the pixel; the
+// Wq - Wo extra columns are computed and dropped. A 1x1, stride-1, unpadded conv with plain gather reads the input
+// itself ("direct").
 //
 // Twin blocks. Two neighbouring blocks with the same units (a pattern shared by 32 output channels, or a layer
 // with nothing pruned) run together on AVX-512: per unit two weight vectors and 12 broadcasts feed 24 FMAs, where
@@ -29,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "cpu_isa.h"
@@ -124,7 +126,7 @@ inline void bs_copy_pixels(char* dst, const char* src, int64_t n, int64_t bytes,
 }
 
 // Rows of the buffer: pa*pb*hq of them, row r = (phase, i). Fills rows [r0, r1) of one image from x, the image in
-// channels-last [H][W][Cin] (T = float, or uint16_t bf16 bits). The caller zeroes the slack. Per row: the padding
+// channels-last [H][W][Cin] (T = float, or uint16_t bf16 bits). Per row: the padding
 // columns zeroed, the pixels inside the image copied as one run (plain copies) or unit by unit (pairs24, and
 // tiles32 when Cin is padded to 32).
 template <typename T>
@@ -172,7 +174,14 @@ inline void bs_prepare_rows(const BsGeometry& g, const T* x, uint32_t* buf, int6
   }
 }
 
-inline int64_t bs_buffer_rows(const BsGeometry& g) { return g.pa * g.pb * g.hq; }
+// Rows [r0, r1) of every phase that the output pixels among wide pixels [q0, q1) read: a caller that lays out only
+// these (bs_prepare_rows, row phase * hq + i) computes those pixels exactly. The wide pixels it drops (the extra
+// columns, the last tile's run past the image) may read other rows and the slack: whatever they hold is discarded.
+inline std::pair<int64_t, int64_t> bs_tile_rows(const BsGeometry& g, int64_t q0, int64_t q1) {
+  const int64_t last = std::min(q1, g.wide_pixels()) - 1;
+  if (last < q0) return {0, 0};
+  return {q0 / g.wq, std::min(g.hq, last / g.wq + (g.kh - 1) / g.sh + 1)};
+}
 
 // taps[u] = (kh*KW + kw) * per_tap + c names unit u (tap, unit c of that pixel, in steps of bs_unit_width);
 // offsets[u] = its buffer offset from a wide pixel's first unit. False when a tap lies outside [0, KH*KW*per_tap).
