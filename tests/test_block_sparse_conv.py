@@ -153,6 +153,26 @@ class TestBlockSparseConv2dFp32:
         finally:
             torch.set_num_threads(old)
 
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    @pytest.mark.parametrize("k, stride, padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0)])
+    def test_work_items_of_a_large_image(self, dtype, k, stride, padding):
+        # each work item (4 per thread) lays out the rows of its own tiles, halo rows included, into its thread's
+        # buffer: a wide image of 256 channels gives items of a few rows each, laid out over one another
+        gen = torch.Generator().manual_seed(k + stride)
+        w = _pattern_weight(24, 256, k, k, "2:4 block16", gen)
+        packed = pack_block_sparse(w, dtype)
+        b = torch.randn(24, generator=gen)
+        x = torch.randn(1, 256, 37, 130, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        ref = _reference(x.float(), packed.to_dense(), b, stride, padding, "silu")
+        old = torch.get_num_threads()
+        try:
+            for threads in (1, 2, 3):
+                torch.set_num_threads(threads)
+                y = _run(x, packed, b, stride, padding, "silu")
+                assert _rel(y, ref) < (RTOL_FP32 if dtype == torch.float32 else 1e-2), threads
+        finally:
+            torch.set_num_threads(old)
+
     @pytest.mark.parametrize("pattern", ["2:4 block32", "rows 75% some twins", "dense"])
     @pytest.mark.parametrize("cout", [32, 33, 80, 112])
     def test_twin_blocks_same_bits_as_single_blocks(self, monkeypatch, pattern, cout):
