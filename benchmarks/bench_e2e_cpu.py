@@ -10,7 +10,8 @@ rounds after two warm-up forwards; medians), so a change of machine load hits ev
 * pruned models converted by ``sparsify`` in fp32 and bf16: 2:4 masks shared by 16 output channels
   (``prune(..., "nm", block=16)``), and tile pruning at 0%, 50% and 75% (``prune(..., "tile", amount)``: whole
   16 x 32 tiles of a tap, the unit the AMX kernel skips, and 32 whole input rows of a block of 16 output channels
-  for the fp32 and the bf16 pair kernels), each with ``backend="auto"`` (per layer the fastest backend timed for
+  for the fp32 and the bf16 pair kernels), tiles of 32 x 32 at 75% (``block=32``: two neighbouring blocks
+  pruned alike, run as twins without AMX), each with ``backend="auto"`` (per layer the fastest backend timed for
   this input, then the whole-model check) and with the block-sparse backend forced on every pruned conv
   (``cpu_block``, or ``cpu_block_tiles`` for tiles in bf16); ``tiles 0%``: no tile pruned, the kernel doing the
   dense model's work, which tells the kernel's own gain (its fused epilogue) from the gain of skipping tiles;
@@ -62,6 +63,8 @@ PATTERNS = {  # label -> (prune kwargs, {dtype: backend forced on every pruned c
     "2:4 b32": (dict(method="nm", n=2, m=4, block=32), {FP32: "cpu_block", BF16: "cpu_block"}),
     "tiles 50%": (dict(method="tile", amount=0.5), {FP32: "cpu_block", BF16: "cpu_block_tiles"}),
     "tiles 75%": (dict(method="tile", amount=0.75), {FP32: "cpu_block", BF16: "cpu_block_tiles"}),
+    # 32 x 32 tiles: two neighbouring blocks pruned alike, which the kernel without AMX runs as twins
+    "tiles32 75%": (dict(method="tile", amount=0.75, block=32), {FP32: "cpu_block", BF16: "cpu_block_tiles"}),
 }
 
 

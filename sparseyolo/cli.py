@@ -86,14 +86,16 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="checkpoint: Ultralytics *.pt, sparseyolo *.pt or a state_dict")
     p.add_argument("--method", choices=_PRUNE_METHODS, default=None,
                    help="l1 per layer, global magnitude, nm (N:M along input channels) or tile (16x32 channel tiles "
-                   "of each tap, what the AMX CPU kernel skips); default: nm with --nm or --nm-block, else l1")
+                   "of each tap, what the AMX CPU kernel skips); default: nm with --nm or --block, else l1")
     p.add_argument("--amount", type=float, default=None,
                    help="fraction of weights to prune, in [0, 1) (l1, global, tile)")
     p.add_argument("--nm", default=None, metavar="N:M", help="N:M pattern for --method nm, e.g. 2:4 (default 2:4)")
-    p.add_argument("--nm-block", type=int, default=1, metavar="B",
-                   help="share each N:M choice across B consecutive output channels (the block-sparse CPU kernel "
-                   "skips work only for patterns shared by its 16-channel blocks, and runs fastest, two blocks at "
-                   "once, when 32 channels share them; costs accuracy); default 1")
+    p.add_argument("--block", "--nm-block", dest="block", type=int, default=1, metavar="B",
+                   help="output channels sharing a pattern: nm, one N:M choice shared by B consecutive output "
+                   "channels (the block-sparse CPU kernel skips work only for patterns shared by its 16-channel "
+                   "blocks, and runs fastest, two blocks at once, when 32 channels share them; costs accuracy); "
+                   "tile, the tiles' height, 16 or 32 (32 x 32 tiles: two blocks at once); default 1 (nm: per "
+                   "row; tile: 16)")
     p.add_argument("--permute", action="store_true",
                    help="nm: first reorder input channels (folded into the weights; outputs unchanged) so that the "
                    "N:M groups keep more saliency: |w|, or with --calibrate w^2 times the input's mean square")
@@ -108,7 +110,7 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     c = p.add_argument_group("one-shot calibrated pruning (SparseGPT masks + weight updates, layer by layer)")
     c.add_argument("--calibrate", default=None, metavar="DATA",
                    help="data yaml whose train split (else val) gives the calibration images; with --method l1 "
-                   "(per-layer unstructured --amount), nm (also with --nm-block) or tile")
+                   "(per-layer unstructured --amount), nm or tile (both also with --block)")
     c.add_argument("--calib-images", type=int, default=128, help="number of calibration images (first in file order)")
     c.add_argument("--calib-img", type=int, default=640, help="calibration image size (pixels, rect letterbox)")
     c.add_argument("--calib-batch", type=int, default=8, help="calibration images per batch")
@@ -533,7 +535,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 #: Library parameter names that no option's dest spells, per command (see :func:`_flag_names`).
 _FLAG_ALIASES: dict[str, dict[str, str]] = {
-    "prune": {"n:m": "--nm N:M", "block": "--nm-block"},
+    "prune": {"n:m": "--nm N:M"},
     "finetune": {"n:m": "--nm N:M", "method": "--prune-method", "start": "--prune-start", "end": "--prune-end",
                  "initial": "--initial-sparsity", "freq": "--prune-freq"},
 }

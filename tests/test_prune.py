@@ -371,7 +371,7 @@ class TestBlockNM:
         prune(a, "nm", n=2, m=4)
         prune(b, "nm", n=2, m=4, block=1)
         assert torch.equal(a.weight_mask, b.weight_mask)
-        with pytest.raises(ValueError, match="block .* is for method 'nm'"):
+        with pytest.raises(ValueError, match="block .* is for methods 'nm' and 'tile'"):
             prune(torch.nn.Conv2d(8, 8, 3), "l1", amount=0.5, block=4)
         with pytest.raises(ValueError, match="needs a layer without masks"):
             prune(a, "nm", n=2, m=4, block=4)
@@ -396,10 +396,10 @@ def test_prune_cli_nm_block(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["prune", "--weights", str(packaged_weights()), "--method", "l1", "--amount", "0.3",
                      "--nm-block", "4", "--out", str(out)]) == 2
-    assert "--nm-block are for --method nm" in capsys.readouterr().err
+    assert "--block is for methods nm and tile" in capsys.readouterr().err
     # --nm-block goes with --calibrate (tests/test_prune_calibrated_blocks.py); here the data is what is missing
     assert cli.main(["prune", "--weights", str(packaged_weights()), "--nm", "2:4", "--nm-block", "4",
                      "--calibrate", "x.yaml", "--out", str(out)]) == 2
     assert "data yaml not found: x.yaml" in capsys.readouterr().err
     assert cli.main(["prune", "--weights", str(packaged_weights()), "--nm-block", "0", "--out", str(out)]) == 2
-    assert "--nm-block must be >= 1" in capsys.readouterr().err
+    assert "--block must be >= 1" in capsys.readouterr().err

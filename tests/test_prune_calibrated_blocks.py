@@ -203,14 +203,27 @@ class TestDriver:
         err_mag = float((mag(held_out) - dense).detach().pow(2).mean())
         assert err < 0.5 * err_mag
 
+    def test_tiles_of_32_rows(self):
+        model = self._model()
+        calib = [torch.rand(4, 3, 16, 16) for _ in range(2)]
+        report = calibrated_prune(model, calib, amount=0.5, method="tile", block=32, progress=False)
+        assert "of the 32x32 tiles" in str(report)
+        for i in (0, 2, 5):
+            mask = model[i].weight_mask
+            assert is_tile_mask(mask, 32) and model[i].weight_mask_pattern == "tile32x32", i
+            assert bool((model[i].weight[~mask] == 0).all())
+        assert not model[2].weight_mask.all()  # 48 x 288: 2 x 9 tiles, half of them pruned (one kept per block)
+
     def test_block_nm_driver_and_errors(self):
         model = self._model()
         calib = [torch.rand(2, 3, 16, 16)]
         calibrated_prune(model, calib, n=2, m=4, block=16, progress=False)
         w = model[2].weight_mask
         assert is_nm_mask(w, 2, 4) and bool((w.view(3, 16, -1) == w.view(3, 16, -1)[:, :1]).all())
-        with pytest.raises(ValueError, match="for method nm only"):
+        with pytest.raises(ValueError, match="for methods nm and tile"):
             calibrated_prune(self._model(), calib, amount=0.5, block=4, progress=False)
+        with pytest.raises(ValueError, match="16 or 32"):
+            calibrated_prune(self._model(), calib, amount=0.5, method="tile", block=8, progress=False)
         with pytest.raises(ValueError, match="does not fit the pattern"):
             calibrated_prune(self._model(), calib, n=2, m=4, method="tile", progress=False)
         lin = nn.Sequential(nn.Conv2d(3, 32, 1), nn.Flatten(), nn.Linear(32 * 4, 8))

@@ -59,6 +59,7 @@ from sparseyolo.prune.layerwise import (
 from sparseyolo.prune.levels import Level, canonical_level, level_fits, level_label, level_order
 from sparseyolo.prune.methods import PruneReport, select_layers
 from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP
+from sparseyolo.prune.tiles import TILE_IN, TILE_OUT, tile_pattern
 
 __all__ = [  # the solver and data helpers live in layerwise.py and calibration_data.py; re-exported here
     "CalibratedPruneReport",
@@ -112,7 +113,8 @@ class CalibratedPruneReport(PruneReport):
                 counts[label] = counts.get(label, 0) + 1
             what = "per-layer levels (" + ", ".join(f"{k} x{v}" for k, v in counts.items()) + ")"
         else:
-            unit = "of the 16x32 tiles" if self.method == "tile" else "unstructured"
+            unit = (f"of the {TILE_OUT if self.block == 1 else self.block}x{TILE_IN} tiles" if self.method == "tile"
+                    else "unstructured")
             what = f"{100 * (self.amount or 0):g}% {unit}"
         errs = list(self.rel_error.values())
         worst = sorted(self.rel_error.items(), key=lambda kv: -kv[1])[:3]
@@ -334,8 +336,10 @@ def calibrated_prune(
             ``16 x 32`` channel tiles of each tap of every conv (what the AMX CPU kernel skips), the tiles of least
             OBS cost at each of the ``steps`` (:func:`sparseyolo.prune.obs.group_obs_mask`). Default: ``"nm"``
             with ``n, m``, else ``"l1"``.
-        block: ``"nm"`` only: every ``block`` consecutive output channels share one N:M choice, made on their
-            summed OBS saliency (the pattern of ``prune(..., block=B)`` that the block-sparse CPU kernel wants).
+        block: ``"nm"``: every ``block`` consecutive output channels share one N:M choice, made on their summed
+            OBS saliency (the pattern of ``prune(..., block=B)`` that the block-sparse CPU kernel wants).
+            ``"tile"``: the tiles' output channels, 16 (or 1, the same) or 32 (``32 x 32`` tiles, which the kernel
+            without AMX runs two blocks at a time).
         amounts: ``"l1"``/``"tile"`` only, instead of ``amount``: ``{layer name: level}``, one sparsity level per
             layer (a profile of :mod:`sparseyolo.sparse.speedup_profile`): a float is that layer's amount (of tiles
             for ``"tile"``), a string such as ``"2:4b32"`` an N:M pattern shared by a block of output channels
@@ -364,9 +368,9 @@ def calibrated_prune(
         A layer that is not reached by the forward pass is left dense and reported as skipped.
     """
     if amounts is not None:
-        if amount is not None or n is not None or m is not None or method not in ("l1", "tile"):
+        if amount is not None or n is not None or m is not None or block != 1 or method not in ("l1", "tile"):
             raise ValueError("calibrated pruning: amounts (one per layer) goes with method 'l1' or 'tile' and "
-                             "without amount or n, m")
+                             "without amount, n, m or block (each level names its own pattern)")
         try:
             amounts = {name: canonical_level(v) for name, v in amounts.items()}
         except ValueError as e:
@@ -378,8 +382,10 @@ def calibrated_prune(
     if method not in ("nm", "l1", "tile") or (method == "nm") != (n is not None):
         raise ValueError(f"calibrated pruning: method {method!r} does not fit the pattern given (nm takes n and m; "
                          "l1 and tile take amount)")
-    if not (isinstance(block, int) and block >= 1) or (block > 1 and method != "nm"):
-        raise ValueError(f"block must be a positive int and is for method nm only, got {block!r} with {method}")
+    if not (isinstance(block, int) and block >= 1) or (block > 1 and method == "l1"):
+        raise ValueError(f"block must be a positive int and is for methods nm and tile, got {block!r} with {method}")
+    if method == "tile":
+        tile_pattern(TILE_OUT if block == 1 else block)  # raises for a height the kernel has no tile of
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if target not in TARGETS:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparseyolo.prune.levels import Level, canonical_level, parse_level, parse_nm
+from sparseyolo.prune.tiles import TILE_ROWS
 from sparseyolo.utils.errors import ParameterError
 
 METHODS = ("l1", "global", "nm", "tile")  # sparseyolo.prune.prune's methods
@@ -43,7 +44,8 @@ class PruneConfig:
         amount: sparsity for ``'l1'``/``'global'``/``'tile'``, in [0, 1) (in (0, 1) for training); None for
             ``'nm'``.
         n, m: the N:M pattern of ``'nm'``.
-        block: ``'nm'`` only: share each N:M choice across ``block`` consecutive output channels.
+        block: ``'nm'``: share each N:M choice across ``block`` consecutive output channels; ``'tile'``: the
+            tiles' height, 16 (or 1, the same) or 32 output channels.
         permute: ``'nm'`` only, ``sparseyolo prune``: first permute input channels (folded into the weights,
             :mod:`sparseyolo.prune.permute`) so that the N:M groups keep more saliency.
         include, exclude: ``fnmatch`` patterns of layer names to prune / never prune.
@@ -133,10 +135,16 @@ class PruneConfig:
                 raise ParameterError(f"N:M pruning needs 1 <= n < m <= 16 (keep n of every m), got {self.n}:{self.m}")
             if self.block < 1:
                 raise ParameterError(f"block must be >= 1, got {self.block}", "block")
-        else:
-            if self.block != 1:
-                raise ParameterError(f"n:m and block are for method nm, not method {self.method}", "n:m", "block",
-                                     "method")
+        elif self.method == "tile":
+            if self.block not in (1, *TILE_ROWS):
+                raise ParameterError(f"block is the tiles' height for method tile: 16 or 32, got {self.block}",
+                                     "block")
+            if self.block != 1 and self.target_speedup is not None:
+                raise ParameterError("target_speedup chooses among levels of 16 x 32 tiles; drop block", "block",
+                                     "target_speedup")
+        elif self.block != 1:
+            raise ParameterError(f"block is for methods nm and tile, not method {self.method}", "block", "method")
+        if self.method != "nm":
             if self.permute:
                 raise ParameterError(f"permute is for method nm (N:M groups), not method {self.method}", "permute",
                                      "method")
@@ -220,6 +228,8 @@ class PruneConfig:
                 kw["block"] = self.block
         else:
             kw["amount"] = self.amount
+            if self.method == "tile" and self.block != 1:
+                kw["block"] = self.block
         return kw
 
     def to_dict(self) -> dict[str, Any]:
@@ -284,7 +294,7 @@ class PruneConfig:
         """
         finetune = hasattr(args, "prune_method")
         nm_spec = getattr(args, "nm", None)
-        block = getattr(args, "nm_block", 1)
+        block = getattr(args, "block", 1)
         if finetune:
             method = args.prune_method
             if method is None:

@@ -24,7 +24,7 @@ from sparseyolo.prune.obs import (
     masked_least_squares,
     sparsegpt_prune,
 )
-from sparseyolo.prune.tiles import TILE_OUT, TILE_PATTERN, tile_column_groups
+from sparseyolo.prune.tiles import TILE_OUT, tile_column_groups, tile_pattern
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -190,11 +190,12 @@ def prune_layer(
         steps: prune in this many increments (N:M: keep ``m-1`` of ``m``, ... down to ``n``; unstructured:
             ``amount / steps`` more each time), each followed by the refit: closer to OBC's one-weight-at-a-time
             greedy order than choosing the whole mask at once.
-        block: N:M only: every ``block`` consecutive output channels share one N:M choice, made on their summed
-            OBS saliency (the pattern of ``prune(..., block=B)``, which the block-sparse CPU kernel wants).
-        tiles: prune ``amount`` of the ``16 x 32`` tiles of each tap (a conv; :mod:`sparseyolo.prune.tiles`), the
-            tiles of least OBS cost (:func:`sparseyolo.prune.obs.group_obs_mask`) at each step. Without ``refit``
-            the kept weights stay as they are.
+        block: N:M: every ``block`` consecutive output channels share one N:M choice, made on their summed OBS
+            saliency (the pattern of ``prune(..., block=B)``, which the block-sparse CPU kernel wants). Tiles: the
+            tiles' output channels, 16 (or 1, the same) or 32.
+        tiles: prune ``amount`` of the ``16 x 32`` (``block=32``: ``32 x 32``) tiles of each tap (a conv;
+            :mod:`sparseyolo.prune.tiles`), the tiles of least OBS cost (:func:`sparseyolo.prune.obs.group_obs_mask`)
+            at each step. Without ``refit`` the kept weights stay as they are.
         solver: how each step's mask is chosen: ``"admm"`` (the whole mask at once,
             :func:`sparseyolo.prune.admm.admm_prune`) or ``"sparsegpt"`` (column by column, with SparseGPT's weight
             updates; tiles: each tile's OBS cost, :func:`sparseyolo.prune.obs.group_obs_mask`). The refit that
@@ -231,17 +232,19 @@ def prune_layer(
     inv = None if perm is None else torch.argsort(perm)
     h = hessian if perm is None else hessian[perm][:, perm]
     cur, bias = w2, None
+    rows = TILE_OUT if block == 1 else block
     if tiles:
         if w.dim() != 4:
             raise ValueError("tile pruning is for conv weights [Cout, Cin, KH, KW]")
+        tile_pattern(rows)  # raises for a height the kernel has no tile of
         groups = tile_column_groups(w.shape, w.device)
         for amount_k, _ in _schedule(amount, None, None, steps):
             if solver == "admm":
                 res = admm_prune(cur, hessian, sparsity=amount_k, damp=damp, row_weight=row_weight, pruned=~keep,
-                                 block_rows=TILE_OUT, col_groups=groups)
+                                 block_rows=rows, col_groups=groups)
                 keep, cur = res.mask, (res.weight if not do_refit else cur * res.mask)
             else:
-                keep = group_obs_mask(cur, hessian, groups, TILE_OUT, amount_k, keep, damp, row_weight)
+                keep = group_obs_mask(cur, hessian, groups, rows, amount_k, keep, damp, row_weight)
                 cur = cur * keep
             if do_refit:
                 cur, bias, rel = _refit(acc, w0, w2, keep, damp, with_bias=sink is not None, init=cur)
@@ -268,7 +271,7 @@ def prune_layer(
         else:
             sink.data.add_(bias.to(sink.dtype))
     w.data.copy_(cur.view_as(w).to(w.dtype))
-    pattern = TILE_PATTERN if tiles else f"{n}:{m}" if n is not None else "unstructured"
+    pattern = tile_pattern(rows) if tiles else f"{n}:{m}" if n is not None else "unstructured"
     _set(module, keep.reshape(w.shape).contiguous(), pattern)
     return rel
 

@@ -19,7 +19,7 @@ from sparseyolo import ops
 from sparseyolo.prune.config import METHODS
 from sparseyolo.prune.masks import PATTERN_ATTR, has_mask, set_mask
 from sparseyolo.prune.obs import block_sums
-from sparseyolo.prune.tiles import TILE_PATTERN, is_tile_mask, tile_mask
+from sparseyolo.prune.tiles import TILE_OUT, is_tile_mask, pattern_tile_rows, tile_mask, tile_pattern
 
 LOGGER = logging.getLogger(__name__)
 
@@ -162,7 +162,8 @@ def prune(
         ``"nm"``: N:M along input channels, keep the ``n`` largest ``|w|`` of every ``m`` consecutive input
         channels at each ``(cout, kh, kw)`` (:func:`sparseyolo.ops.nm_mask`).
         ``"tile"``: per layer, mask the ``round(amount * tiles)`` 16 x 32 (output x input channel) tiles of each
-        tap with the smallest L2 norm (:mod:`sparseyolo.prune.tiles`): the unit the AMX CPU kernel skips.
+        tap with the smallest L2 norm (:mod:`sparseyolo.prune.tiles`): the unit the AMX CPU kernel skips;
+        ``block=32``: 32 x 32 tiles, which the CPU kernel without AMX runs two blocks at a time.
 
     Args:
         model: any module; Conv2d/Linear weights are pruned, biases never.
@@ -172,10 +173,11 @@ def prune(
         include, exclude: ``fnmatch`` patterns on module names.
         filter_fn: ``(name, module) -> bool``; False skips the layer.
         min_layer_sparsity, max_layer_sparsity: per-layer floor and cap of ``global`` (fractions).
-        block: ``nm`` only: share each N:M choice across ``block`` consecutive output channels, keeping the
+        block: ``nm``: share each N:M choice across ``block`` consecutive output channels, keeping the
             positions with the largest ``|w|`` summed over the block (the last block may be shorter). Every
-            row is still N:M. Equal patterns let the CPU sparse kernel run 4 output channels per input load
-            (``block=4``); it costs accuracy against per-row N:M.
+            row is still N:M. Patterns shared by 16 output channels are what the CPU kernel skips work for (32:
+            two blocks at a time); it costs accuracy against per-row N:M. ``tile``: the tiles' output channels,
+            16 (or 1, the same) or 32.
 
     Returns:
         A :class:`PruneReport` (pruned layers with their sparsity, skipped layers with reasons).
@@ -200,8 +202,11 @@ def prune(
         raise ValueError(f"unknown pruning method '{method}'; choose one of {', '.join(METHODS)}")
     if not (isinstance(block, int) and block >= 1):
         raise ValueError(f"block must be a positive int, got {block!r}")
-    if block > 1 and method != "nm":
-        raise ValueError(f"block (output channels sharing a pattern) is for method 'nm', not '{method}'")
+    if method == "tile":
+        rows = TILE_OUT if block == 1 else block
+        tile_pattern(rows)  # raises for a height the kernel has no tile of
+    elif block > 1 and method != "nm":
+        raise ValueError(f"block (output channels sharing a pattern) is for methods 'nm' and 'tile', not '{method}'")
     if method == "nm":
         if amount is not None:
             raise ValueError("method 'nm' takes n and m, not amount")
@@ -226,7 +231,7 @@ def prune(
     elif method == "tile":
         for _, mod in selected:
             w = mod.weight * mod.weight_mask if has_mask(mod) else mod.weight
-            _set(mod, tile_mask(w, amount), TILE_PATTERN)
+            _set(mod, tile_mask(w, amount, rows=rows), tile_pattern(rows))
     else:
         _prune_global(selected, amount, min_layer_sparsity, max_layer_sparsity)
 
@@ -253,8 +258,9 @@ def _set(mod: nn.Module, new: torch.Tensor, pattern: str) -> None:
         new = new & old
         if torch.equal(new, old):
             pattern = getattr(mod, PATTERN_ATTR, pattern)
-    if pattern == TILE_PATTERN:
-        if not is_tile_mask(new):
+    rows = pattern_tile_rows(pattern)
+    if rows is not None:
+        if not is_tile_mask(new, rows):
             pattern = "unstructured"
     elif pattern != "unstructured":
         n, m = (int(v) for v in pattern.split(":"))
