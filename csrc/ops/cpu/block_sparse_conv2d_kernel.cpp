@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -95,7 +96,9 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
   // work item for the rows its own tiles read, into its thread's buffer, just before it computes them: the copy is
   // then read back from L2. A whole-image pass before the tiles wrote the copy out to memory and read it back (on a
   // 64->128 3x3 stride-2 layer at 160x160 the pass alone took a fifth of the layer's time). Each thread keeps its
-  // buffer (the largest image layout it has needed) from call to call.
+  // buffer (the largest image layout it has needed) from call to call, allocated without being zeroed: only the
+  // pages of the rows its items lay out are ever touched, so with the same split of tiles from call to call the
+  // threads together hold about one image's layout, not one each.
   const int64_t in_elem = bf16 ? 2 : 4;
   const char* xin = static_cast<const char*>(x.const_data_ptr());
   const int64_t image_bytes = in_channels * g.h * g.w * in_elem;
@@ -118,7 +121,8 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
   char* po = static_cast<char*>(out.mutable_data_ptr());
   const int64_t out_image_bytes = out_channels * g.ho * g.wo * in_elem;
   at::parallel_for(0, n * n_chunks, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<uint32_t> layout;
+    thread_local std::unique_ptr<uint32_t[]> layout;
+    thread_local int64_t layout_units = 0;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t img = item / n_chunks, ch = item % n_chunks;
       const int64_t t0 = ch * tiles / n_chunks, t1 = (ch + 1) * tiles / n_chunks;
@@ -126,18 +130,21 @@ at::Tensor block_sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& we
       const char* src = xin + img * image_bytes;
       const uint32_t* image = reinterpret_cast<const uint32_t*>(src);
       if (!g.direct) {
-        if (layout.size() < static_cast<size_t>(g.image_units)) layout.resize(static_cast<size_t>(g.image_units));
+        if (layout_units < g.image_units) {
+          layout.reset(new uint32_t[static_cast<size_t>(g.image_units)]);  // default-initialised: not touched
+          layout_units = g.image_units;
+        }
         const auto [r0, r1] = k::bs_tile_rows(g, t0 * tile, t1 * tile);
         for (int64_t phase = 0; phase < g.pa * g.pb; ++phase) {
           if (bf16) {
-            k::bs_prepare_rows(g, reinterpret_cast<const uint16_t*>(src), layout.data(), phase * g.hq + r0,
+            k::bs_prepare_rows(g, reinterpret_cast<const uint16_t*>(src), layout.get(), phase * g.hq + r0,
                                phase * g.hq + r1);
           } else {
-            k::bs_prepare_rows(g, reinterpret_cast<const float*>(src), layout.data(), phase * g.hq + r0,
+            k::bs_prepare_rows(g, reinterpret_cast<const float*>(src), layout.get(), phase * g.hq + r0,
                                phase * g.hq + r1);
           }
         }
-        image = layout.data();
+        image = layout.get();
       }
       k::BsArgs a = args;
       a.output = po + img * out_image_bytes;
