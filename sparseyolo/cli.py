@@ -14,10 +14,12 @@ class _UserError(Exception):
     """A mistake in the command's arguments or inputs: printed as one line, no traceback."""
 
 
-# sparseyolo.prune.METHODS and sparseyolo.prune.config.SOLVERS, spelled here so that building the parser (and
-# --help) does not import torch; tests/test_prune_tiles.py and tests/test_admm.py check that they agree.
+# sparseyolo.prune.METHODS, sparseyolo.prune.config.SOLVERS and the profile's default levels, spelled here so that
+# building the parser (and --help) does not import torch; tests/test_prune_tiles.py, tests/test_admm.py and
+# tests/test_speedup_profile.py check that they agree.
 _PRUNE_METHODS = ["l1", "global", "nm", "tile"]
 _CALIB_SOLVERS = ["sparsegpt", "admm"]
+_PROFILE_LEVELS = ["0.25", "0.5", "0.75"]
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -136,7 +138,7 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
                    help="instead of --amount: time every conv on this machine (dense and on the kernel at each of "
                    "--levels), calibrate each one's error at each level, and choose per conv the level that reaches "
                    "S x the faster compiled dense model (bf16 or fp32) at the least error; then measure the result")
-    s.add_argument("--levels", nargs="+", default=["0.25", "0.5", "0.75"], metavar="LEVEL",
+    s.add_argument("--levels", nargs="+", default=_PROFILE_LEVELS, metavar="LEVEL",
                    help="what --target-speedup chooses from besides dense and 0: tile sparsities (0.5) and N:M "
                    "shared by B output channels (2:4b32, which the kernel without AMX runs fast; on yolov5n it "
                    "was no more accurate than tiles alone); default 0.25 0.5 0.75")

@@ -544,3 +544,10 @@ def test_cli_prune_target_speedup_chooses_and_records_nm_block_levels(monkeypatc
     model = load_model(str(out), fuse=False)
     for name in nm:
         assert _is_nm_block_mask(model.get_submodule(name).weight_mask, 2, 4, 32), name
+
+
+def test_cli_levels_default_is_the_profiles():
+    from sparseyolo import cli
+    from sparseyolo.sparse.speedup_profile import DEFAULT_LEVELS
+
+    assert tuple(float(v) for v in cli._PROFILE_LEVELS) == DEFAULT_LEVELS

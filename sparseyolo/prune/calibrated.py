@@ -59,7 +59,7 @@ from sparseyolo.prune.layerwise import (
 from sparseyolo.prune.levels import Level, canonical_level, level_fits, level_label, level_order
 from sparseyolo.prune.methods import PruneReport, select_layers
 from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP
-from sparseyolo.prune.tiles import TILE_IN, TILE_OUT, tile_pattern
+from sparseyolo.prune.tiles import TILE_IN, tile_height
 
 __all__ = [  # the solver and data helpers live in layerwise.py and calibration_data.py; re-exported here
     "CalibratedPruneReport",
@@ -113,8 +113,7 @@ class CalibratedPruneReport(PruneReport):
                 counts[label] = counts.get(label, 0) + 1
             what = "per-layer levels (" + ", ".join(f"{k} x{v}" for k, v in counts.items()) + ")"
         else:
-            unit = (f"of the {TILE_OUT if self.block == 1 else self.block}x{TILE_IN} tiles" if self.method == "tile"
-                    else "unstructured")
+            unit = f"of the {tile_height(self.block)}x{TILE_IN} tiles" if self.method == "tile" else "unstructured"
             what = f"{100 * (self.amount or 0):g}% {unit}"
         errs = list(self.rel_error.values())
         worst = sorted(self.rel_error.items(), key=lambda kv: -kv[1])[:3]
@@ -385,7 +384,7 @@ def calibrated_prune(
     if not (isinstance(block, int) and block >= 1) or (block > 1 and method == "l1"):
         raise ValueError(f"block must be a positive int and is for methods nm and tile, got {block!r} with {method}")
     if method == "tile":
-        tile_pattern(TILE_OUT if block == 1 else block)  # raises for a height the kernel has no tile of
+        tile_height(block)  # raises for a height the kernel has no tile of
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if target not in TARGETS:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparseyolo.prune.levels import Level, canonical_level, parse_level, parse_nm
-from sparseyolo.prune.tiles import TILE_ROWS
+from sparseyolo.prune.tiles import tile_height
 from sparseyolo.utils.errors import ParameterError
 
 METHODS = ("l1", "global", "nm", "tile")  # sparseyolo.prune.prune's methods
@@ -136,9 +136,11 @@ class PruneConfig:
             if self.block < 1:
                 raise ParameterError(f"block must be >= 1, got {self.block}", "block")
         elif self.method == "tile":
-            if self.block not in (1, *TILE_ROWS):
+            try:
+                tile_height(self.block)
+            except ValueError:
                 raise ParameterError(f"block is the tiles' height for method tile: 16 or 32, got {self.block}",
-                                     "block")
+                                     "block") from None
             if self.block != 1 and self.target_speedup is not None:
                 raise ParameterError("target_speedup chooses among levels of 16 x 32 tiles; drop block", "block",
                                      "target_speedup")

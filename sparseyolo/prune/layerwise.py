@@ -24,7 +24,7 @@ from sparseyolo.prune.obs import (
     masked_least_squares,
     sparsegpt_prune,
 )
-from sparseyolo.prune.tiles import TILE_OUT, tile_column_groups, tile_pattern
+from sparseyolo.prune.tiles import tile_column_groups, tile_height, tile_pattern
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -232,11 +232,10 @@ def prune_layer(
     inv = None if perm is None else torch.argsort(perm)
     h = hessian if perm is None else hessian[perm][:, perm]
     cur, bias = w2, None
-    rows = TILE_OUT if block == 1 else block
     if tiles:
         if w.dim() != 4:
             raise ValueError("tile pruning is for conv weights [Cout, Cin, KH, KW]")
-        tile_pattern(rows)  # raises for a height the kernel has no tile of
+        rows = tile_height(block)
         groups = tile_column_groups(w.shape, w.device)
         for amount_k, _ in _schedule(amount, None, None, steps):
             if solver == "admm":

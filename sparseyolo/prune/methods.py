@@ -19,7 +19,7 @@ from sparseyolo import ops
 from sparseyolo.prune.config import METHODS
 from sparseyolo.prune.masks import PATTERN_ATTR, has_mask, set_mask
 from sparseyolo.prune.obs import block_sums
-from sparseyolo.prune.tiles import TILE_OUT, is_tile_mask, pattern_tile_rows, tile_mask, tile_pattern
+from sparseyolo.prune.tiles import is_tile_mask, pattern_tile_rows, tile_height, tile_mask, tile_pattern
 
 LOGGER = logging.getLogger(__name__)
 
@@ -203,8 +203,7 @@ def prune(
     if not (isinstance(block, int) and block >= 1):
         raise ValueError(f"block must be a positive int, got {block!r}")
     if method == "tile":
-        rows = TILE_OUT if block == 1 else block
-        tile_pattern(rows)  # raises for a height the kernel has no tile of
+        rows = tile_height(block)
     elif block > 1 and method != "nm":
         raise ValueError(f"block (output channels sharing a pattern) is for methods 'nm' and 'tile', not '{method}'")
     if method == "nm":

@@ -29,6 +29,14 @@ def tile_pattern(rows: int = TILE_OUT) -> str:
     return f"tile{rows}x{TILE_IN}"
 
 
+def tile_height(block: int) -> int:
+    """The tiles' output channels that a ``block`` argument asks for: 16 for 1 (the default) or 16, 32 for 32;
+    raises ValueError for any other."""
+    rows = TILE_OUT if block == 1 else block
+    tile_pattern(rows)  # raises for a height the kernel has no tile of
+    return rows
+
+
 def pattern_tile_rows(pattern: str) -> int | None:
     """The tile height of a ``weight_mask_pattern`` made by :func:`tile_pattern`, None for any other pattern."""
     for rows in TILE_ROWS:
