@@ -59,6 +59,7 @@ def test_unknown_keys_are_dropped_with_a_warning(caplog):
         ({"method": "global", "amount": 1.0}, None, r"amount must be in \[0, 1\)"),
         ({"method": "l1", "amount": 0.3, "block": 4}, None, "block is for methods nm and tile"),
         ({"method": "tile", "amount": 0.3, "block": 8}, None, "16 or 32"),
+        ({"method": "tile", "target_speedup": 1.2, "calibrate": "d.yaml", "block": 32}, None, "drop block"),
         ({"method": "global", "amount": 0.3, "calibrate": "d.yaml"}, None, "calibrate works with method l1"),
         ({"method": "nm", "calibrate": "d.yaml", "calib_steps": 0}, None, "calib_steps must be at least 1"),
         ({"method": "nm", "gradual": True, "start": 2, "end": 2}, 3, "0 <= start < end <= epochs"),

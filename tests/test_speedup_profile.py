@@ -195,6 +195,7 @@ def test_calibrated_prune_takes_nm_block_levels_per_layer():
     (dict(amounts={"1.conv": "2:4"}, method="tile"), "level"),
     (dict(amounts={"1.conv": 0.5}, amount=0.5, method="tile"), "amounts"),
     (dict(amounts={"1.conv": 0.5}, n=2, m=4), "amounts"),
+    (dict(amounts={"1.conv": 0.5}, method="tile", block=32), "each level names its own pattern"),
     (dict(amounts={"1.conv": 1.0}, method="tile"), r"\[0, 1\)"),
     (dict(amounts={"no.such.layer": 0.5}, method="tile"), "does not have"),
 ])
