@@ -14,12 +14,14 @@ class _UserError(Exception):
     """A mistake in the command's arguments or inputs: printed as one line, no traceback."""
 
 
-# sparseyolo.prune.METHODS, sparseyolo.prune.config.SOLVERS and the profile's default levels, spelled here so that
-# building the parser (and --help) does not import torch; tests/test_prune_tiles.py, tests/test_admm.py and
-# tests/test_speedup_profile.py check that they agree.
+# sparseyolo.prune.METHODS, sparseyolo.prune.config.SOLVERS, the profile's default levels and
+# sparseyolo.train.config.OPTIMIZERS, spelled here so that building the parser (and --help) does not import torch;
+# tests/test_prune_tiles.py, tests/test_admm.py, tests/test_speedup_profile.py and tests/test_train_engine.py check
+# that they agree.
 _PRUNE_METHODS = ["l1", "global", "nm", "tile"]
 _CALIB_SOLVERS = ["sparsegpt", "admm"]
 _PROFILE_LEVELS = ["0.25", "0.5", "0.75"]
+_OPTIMIZERS = ["SGD", "Adam", "AdamW"]
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -161,8 +163,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     cfg = PruneConfig.from_cli_args(args)
     model = load_model(args.weights, fuse=args.fused)
     batches = _calibration_batches(model, cfg) if cfg.calibrate else None
-    if cfg.permute:
-        _permute(model, cfg, batches)
+    permutation = _permute(model, cfg, batches) if cfg.permute else None
     profile = dense_copy = None
     if cfg.target_speedup is not None:
         dense_copy = copy.deepcopy(model) if args.measure else None
@@ -175,7 +176,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         report = prune(model, cfg.method, **cfg.prune_kwargs())
     dtype = torch.float32 if args.fp32 else torch.float16
     print(sparsity_report(model, dtype=dtype, skipped=report.skipped).table())
-    path = save_checkpoint(model.to(dtype), args.out, pruning=cfg.to_dict())
+    extra = {"channel_permutation": permutation} if permutation else {}
+    path = save_checkpoint(model.to(dtype), args.out, pruning=cfg.to_dict(), **extra)
     print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if profile is not None and args.measure:
         _measure_profile(dense_copy, path, profile)
@@ -256,13 +258,16 @@ def _calibration_batches(model, cfg):
     return calibration_batches(cfg.calibrate, cfg.calib_images, cfg.calib_img, cfg.calib_batch, stride)
 
 
-def _permute(model, cfg, batches) -> None:
+def _permute(model, cfg, batches) -> dict[str, list[int]]:
+    """Permute ``model``'s channels for cfg's N:M pattern; returns the permutations (kept in the checkpoint's meta
+    as ``channel_permutation``, so that fine-tuning can put a dense teacher's features in the same order)."""
     from sparseyolo.prune import select_layers
     from sparseyolo.prune.permute import activation_energy, permute_channels
 
     chosen = {mod for _, mod in select_layers(model, "nm", cfg.m, cfg.include, cfg.exclude)[0]}
     energy = activation_energy(model.eval(), batches) if batches is not None else None
-    permute_channels(model, cfg.n, cfg.m, block=cfg.block, energy=energy, layers=chosen.__contains__)  # logs a summary
+    report = permute_channels(model, cfg.n, cfg.m, block=cfg.block, energy=energy, layers=chosen.__contains__)
+    return report.perms
 
 
 def _calibrated_prune(model, cfg, batches):
@@ -318,6 +323,14 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
                    "when that file is here; 'none': labels only")
     p.add_argument("--distill", type=float, default=1.0, metavar="W",
                    help="weight of the distillation term relative to the detection loss (default 1.0)")
+    p.add_argument("--feature-distill", type=float, default=0.0, metavar="W",
+                   help="with a teacher, also imitate its intermediate features (every Conv/C3/SPPF block's output, "
+                   "relative squared error) with this weight (default 0: off)")
+    p.add_argument("--optimizer", choices=_OPTIMIZERS, default="SGD",
+                   help="SGD (nesterov, default) or Adam/AdamW with betas (momentum, 0.999), as YOLOv5's")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="BatchNorm layers keep and normalise with their running statistics (their scale and shift "
+                   "still train)")
     p.add_argument("--noval", action="store_true", help="validate only after the final epoch")
     p.add_argument("--single-cls", action="store_true", help="train as a single class")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -370,6 +383,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         single_cls=args.single_cls,
         teacher=args.teacher,
         distill=args.distill,
+        feature_distill=args.feature_distill,
+        freeze_bn=args.freeze_bn,
+        optimizer=args.optimizer,
     )
     LOGGER.info("finetune: " + ", ".join(f"{k}={v}" for k, v in vars(args).items() if k not in ("func", "command")))
     train(cfg)

@@ -13,6 +13,7 @@ from torch import nn
 from sparseyolo.prune import is_nm_mask, prune
 from sparseyolo.prune.permute import (
     activation_energy,
+    apply_permutations,
     channel_spaces,
     kept_saliency,
     permute_channels,
@@ -156,6 +157,23 @@ def test_yolov5n_outputs_unchanged_and_nm_keeps_more(block):
         assert _kept_magnitude(model) > _kept_magnitude(plain)
 
 
+def test_recorded_permutations_replay_on_another_copy():
+    model, other = _yolov5n(0), _yolov5n(0)
+    report = permute_channels(model, 2, 4, max_rounds=6, progress=False)
+    assert report.perms and all(sorted(p) == list(range(len(p))) for p in report.perms.values())
+    assert any(p != sorted(p) for p in report.perms.values())
+    apply_permutations(other, report.perms)  # a dense teacher put in the permuted student's channel order
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    label, perm = next(iter(report.perms.items()))
+    with pytest.raises(ValueError, match="not the model that was permuted"):
+        apply_permutations(_yolov5n(0), {label: perm + [len(perm)]})
+    with pytest.raises(ValueError, match="not the model that was permuted"):
+        apply_permutations(_yolov5n(0), {"model.99.conv": perm})
+    with pytest.raises(ValueError, match="not a permutation"):
+        apply_permutations(_yolov5n(0), {label: [0] * len(perm)})
+
+
 def test_energy_saliency_and_uint8_batches():
     model = _yolov5n(1)
     batches = [torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)]
@@ -199,7 +217,9 @@ def test_cli_permute_with_calibration(shared, tmp_path, capsys):
                      "--calibrate", str(data), "--calib-images", "2", "--calib-img", "128",
                      "--include", "model.2.*", "--out", str(out)]) == 0
     assert "channel permutation: " in capsys.readouterr().out  # the CLI logs to stdout
-    assert load_checkpoint(out).meta["pruning"]["permute"] is True
+    meta = load_checkpoint(out).meta
+    assert meta["pruning"]["permute"] is True
+    assert meta["channel_permutation"] and all(isinstance(p, list) for p in meta["channel_permutation"].values())
     model = load_model(out, fuse=False)
     masked = [mod for mod in model.modules() if hasattr(mod, "weight_mask")]
     assert masked and all(is_nm_mask(mod.weight_mask, 2, 4) for mod in masked)

@@ -18,6 +18,7 @@ from sparseyolo.train.augmented_dataset import TrainDataset
 from sparseyolo.train.ema import ModelEMA
 from sparseyolo.train.engine import build_optimizer, lr_lambda
 from sparseyolo.train.gradual import GradualPruner, _partial_nm_mask
+from sparseyolo.utils.errors import ParameterError
 from tests._train_helpers import make_dataset
 
 
@@ -170,6 +171,32 @@ def test_optimizer_groups_and_ema_keep_masks():
     prune(model, "l1", amount=0.5)  # masks appear after the EMA was made (gradual pruning)
     ema.update(model)
     assert hasattr(ema.ema.model[0].conv, "weight_mask") and not _violations(ema.ema)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_adam_keeps_the_groups_and_the_masks(name):
+    from sparseyolo import cli
+    from sparseyolo.models import DetectionModel
+    from sparseyolo.prune import prune
+    from sparseyolo.train.config import OPTIMIZERS
+    from sparseyolo.prune.masks import enforce_masks
+
+    assert tuple(cli._OPTIMIZERS) == OPTIMIZERS
+    model = DetectionModel("yolov5n.yaml")
+    prune(model, "nm", n=2, m=4)
+    opt = build_optimizer(model, 0.01, 0.9, 5e-4, name)
+    assert isinstance(opt, getattr(torch.optim, name)) and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 5e-4, 0.0]
+    enforcer = enforce_masks(model, opt)
+    before = model.model[2].cv1.conv.weight.detach().clone()
+    model(torch.rand(1, 3, 64, 64))[0].sum().backward()
+    opt.step()
+    enforcer.remove()
+    assert not _violations(model) and not torch.equal(before, model.model[2].cv1.conv.weight)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        build_optimizer(model, 0.01, 0.9, 5e-4, "RMSprop")
+    with pytest.raises(ParameterError, match="optimizer"):
+        TrainConfig(optimizer="sgd").check()
 
 
 def test_train_dataset_labels_follow_pixels(tmp_path):

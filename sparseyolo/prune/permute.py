@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +49,7 @@ __all__ = [
     "ChannelSpace",
     "PermutationReport",
     "activation_energy",
+    "apply_permutations",
     "channel_spaces",
     "kept_saliency",
     "permute_channels",
@@ -364,6 +365,9 @@ class PermutationReport:
     #: ``(first producer's name, channels, kept saliency before, after, search rounds)`` per permuted space
     rows: list[tuple[str, int, float, float, int]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # producer, reason
+    #: the permutation applied to each permuted space, by its first producer's name (what
+    #: :func:`apply_permutations` replays on another copy of the same model)
+    perms: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def before(self) -> float:
@@ -466,9 +470,31 @@ def permute_channels(
             after = before
         else:
             _apply(space, perm)
+            report.perms[label] = perm.tolist()
         report.rows.append((label, space.length, before, after, rounds))
     LOGGER.info("%s", report.summary())
     return report
+
+
+def apply_permutations(model: nn.Module, perms: Mapping[str, Sequence[int]]) -> None:
+    """Permute ``model``'s channels as :func:`permute_channels` permuted another copy of it (``report.perms``).
+
+    A dense teacher so permuted computes the same function as before, with every feature map's channels in the
+    order of the permuted (and pruned) student's. Raises ``ValueError`` when a space named in ``perms`` is not in
+    ``model`` or has another number of channels (another architecture).
+    """
+    names = {mod: name for name, mod in model.named_modules()}
+    spaces = {names[space.producers[0]]: space for space in channel_spaces(model)}
+    for label, perm in perms.items():
+        space = spaces.get(label)
+        if space is None or space.length != len(perm):
+            have = "absent" if space is None else f"{space.length} channels"
+            raise ValueError(f"cannot replay the channel permutation of {label} ({len(perm)} channels) on this "
+                             f"model ({have}): it is not the model that was permuted")
+        p = torch.as_tensor(list(perm), dtype=torch.long)
+        if not torch.equal(p.sort().values, torch.arange(len(p))):
+            raise ValueError(f"the recorded permutation of {label} is not a permutation of 0..{len(p) - 1}")
+        _apply(space, p)
 
 
 @torch.no_grad()

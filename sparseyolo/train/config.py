@@ -14,7 +14,9 @@ from sparseyolo.train.augment import AugmentConfig
 from sparseyolo.train.loss import LossGains
 from sparseyolo.utils.errors import ParameterError
 
-__all__ = ["TrainConfig", "TrainResult"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult"]
+
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
 
 @dataclass
@@ -29,7 +31,8 @@ class TrainConfig:
         nbs: nominal batch size; gradients are accumulated over ``round(nbs / batch_size)`` batches and weight
             decay is scaled by ``batch_size * accumulate / nbs``.
         lr0, lrf: initial LR and final LR fraction. cos_lr: cosine instead of linear decay.
-        momentum, weight_decay: SGD settings (nesterov).
+        momentum, weight_decay: SGD settings (nesterov); Adam's first beta is ``momentum``.
+        optimizer: one of :data:`OPTIMIZERS` (YOLOv5's ``--optimizer``).
         warmup_epochs, warmup_momentum, warmup_bias_lr: warm-up length (at least 100 batches when > 0, as in
             YOLOv5), starting momentum, and the bias group's starting LR (ramped down to its scheduled LR).
         loss: loss gains before scaling to the model (:func:`~sparseyolo.train.loss.scaled_loss_gains`).
@@ -48,6 +51,9 @@ class TrainConfig:
             weights themselves when pruned in this run, else the dense source a pruned checkpoint records, when
             that file is here) or None (no distillation).
         distill: weight of the distillation term relative to the detection loss (with a teacher).
+        feature_distill: weight of feature imitation (the teacher's block outputs, with a teacher; 0: off).
+        freeze_bn: BatchNorm layers normalise with their running statistics and keep them (eval mode) while the
+            rest trains; a small batch's statistics are a different function from the one validated.
     """
 
     weights: str = "yolov5n.pt"
@@ -61,6 +67,7 @@ class TrainConfig:
     cos_lr: bool = False
     momentum: float = 0.937
     weight_decay: float = 0.0005
+    optimizer: str = "SGD"
     warmup_epochs: float = 3.0
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
@@ -83,6 +90,8 @@ class TrainConfig:
     resume: str | bool = False
     teacher: str | None = "auto"
     distill: float = 1.0
+    feature_distill: float = 0.0
+    freeze_bn: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form stored in checkpoints (``train_args``)."""
@@ -113,6 +122,12 @@ class TrainConfig:
         if self.distill <= 0:
             raise ParameterError(f"distill (the distillation weight) must be > 0, got {self.distill}; "
                                  "use teacher none to train without a teacher", "distill", "teacher")
+        if self.optimizer not in OPTIMIZERS:
+            raise ParameterError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+                                 "optimizer")
+        if self.feature_distill < 0:
+            raise ParameterError(f"feature_distill must be >= 0 (0: off), got {self.feature_distill}",
+                                 "feature_distill")
         if self.prune is not None:
             self.prune.validate(self.epochs)
 

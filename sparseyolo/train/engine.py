@@ -56,7 +56,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sparseyolo.checkpoint import load_checkpoint, load_model, save_checkpoint
+from sparseyolo.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from sparseyolo.prune.permute import apply_permutations
 from sparseyolo.prune.report import masked_sparsity
 from sparseyolo.train.augmented_dataset import create_train_dataloader
 from sparseyolo.train.checkpointing import (
@@ -67,7 +68,7 @@ from sparseyolo.train.checkpointing import (
     _strip_training_state,
     load_training_model,
 )
-from sparseyolo.train.config import TrainConfig, TrainResult
+from sparseyolo.train.config import OPTIMIZERS, TrainConfig, TrainResult
 from sparseyolo.train.distributed import DistContext, barrier, broadcast_masks, cleanup, init_distributed, wrap_ddp
 from sparseyolo.train.ema import ModelEMA, unwrap
 from sparseyolo.train.gradual import GradualPruner, mask_buffers
@@ -107,10 +108,13 @@ def fitness(map50: float, map5095: float) -> float:
     return 0.1 * map50 + 0.9 * map5095
 
 
-def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """SGD (nesterov) with YOLOv5's three groups: 0 biases, 1 other weights (decayed), 2 normalisation weights.
+def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+                    name: str = "SGD") -> torch.optim.Optimizer:
+    """YOLOv5's optimizer with its three groups: 0 biases, 1 other weights (decayed), 2 normalisation weights.
 
-    Group 0 is the bias group because warm-up starts it at a high LR (``warmup_bias_lr``).
+    ``name`` is one of :data:`OPTIMIZERS`: SGD (nesterov, ``momentum``), or Adam / AdamW with ``betas=(momentum,
+    0.999)`` as YOLOv5's ``--optimizer``. Group 0 is the bias group because warm-up starts it at a high LR
+    (``warmup_bias_lr``).
     """
     biases, weights, norms = [], [], []
     for module in model.modules():
@@ -121,21 +125,20 @@ def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: 
                 norms.append(p)
             else:
                 weights.append(p)
-    opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    if name == "SGD":
+        opt: torch.optim.Optimizer = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+        how = f"SGD(lr={lr:g}, momentum={momentum:g}, nesterov)"
+    elif name in ("Adam", "AdamW"):
+        opt = getattr(torch.optim, name)(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+        how = f"{name}(lr={lr:g}, betas=({momentum:g}, 0.999))"
+    else:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     opt.add_param_group({"params": weights, "weight_decay": weight_decay})
     opt.add_param_group({"params": norms, "weight_decay": 0.0})
     for g in opt.param_groups:
         g["initial_lr"] = lr
-    LOGGER.info(
-        "optimizer: SGD(lr=%g, momentum=%g, nesterov) with parameter groups %d weight(decay=0.0), "
-        "%d weight(decay=%g), %d bias",
-        lr,
-        momentum,
-        len(norms),
-        len(weights),
-        weight_decay,
-        len(biases),
-    )
+    LOGGER.info("optimizer: %s with parameter groups %d weight(decay=0.0), %d weight(decay=%g), %d bias", how,
+                len(norms), len(weights), weight_decay, len(biases))
     return opt
 
 
@@ -224,6 +227,7 @@ def train(
             model.float().requires_grad_(True)
         else:
             model = load_training_model(cfg.weights)
+        channel_order = _channel_order(ck_resume.meta if ck_resume is not None else _checkpoint_meta(cfg.weights))
         nc = 1 if cfg.single_cls else data["nc"]
         if model.nc != nc:
             raise ValueError(
@@ -274,17 +278,16 @@ def train(
         # ---- optimisation (YOLOv5 train.py): accumulate to the nominal batch, scale decay accordingly
         accumulate = max(round(cfg.nbs / cfg.batch_size), 1)
         weight_decay = cfg.weight_decay * cfg.batch_size * accumulate / cfg.nbs
-        optimizer = build_optimizer(model, cfg.lr0, cfg.momentum, weight_decay)
+        optimizer = build_optimizer(model, cfg.lr0, cfg.momentum, weight_decay, cfg.optimizer)
         lf = lr_lambda(cfg.epochs, cfg.lrf, cfg.cos_lr)
         nl = model.model[-1].nl
         gains = scaled_loss_gains(cfg.loss, nl, model.nc, cfg.imgsz)
         compute_loss = YoloLoss(model, gains)
-        distiller = None
         teacher = resolve_teacher(cfg.teacher, cfg.weights, recipe is not None and not had_masks)
-        if teacher is not None:
-            distiller = DetectionDistiller(load_model(teacher, device=device, fuse=False).float(), gains, cfg.distill)
-            if ctx.is_main:
-                LOGGER.info("distilling from %s (weight %g)", teacher, cfg.distill)
+        if teacher is None and cfg.feature_distill > 0:
+            raise ParameterError(f"feature_distill {cfg.feature_distill} needs a dense teacher, and none was found for "
+                                 f"{cfg.weights}: pass teacher (the dense checkpoint), or feature_distill 0",
+                                 "feature_distill", "teacher")
         amp = cfg.amp and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
@@ -313,6 +316,17 @@ def train(
         if ctx.is_main and mask_buffers(model):
             LOGGER.info("%s", sparsity_report(model))
 
+        distiller = None
+        if teacher is not None:  # after the EMA copy, so that the copy carries none of the student's hooks
+            teacher_model = load_model(teacher, device=device, fuse=False).float()
+            if cfg.feature_distill > 0:
+                _align_teacher(teacher_model, channel_order, cfg.weights)
+            distiller = DetectionDistiller(teacher_model, gains, cfg.distill, student=model,
+                                           feature_weight=cfg.feature_distill)
+            if ctx.is_main:
+                LOGGER.info("distilling from %s (head weight %g, feature weight %g)", teacher, cfg.distill,
+                            cfg.feature_distill)
+
         enforcer = enforce_masks(model, optimizer)
         ddp_model = wrap_ddp(model, ctx)
 
@@ -340,6 +354,8 @@ def train(
         epoch = start_epoch
         for epoch in range(start_epoch, cfg.epochs):
             ddp_model.train()
+            if cfg.freeze_bn:
+                freeze_batchnorm_statistics(model)
             if hasattr(loader.sampler, "set_epoch"):
                 loader.sampler.set_epoch(epoch)
             for g in optimizer.param_groups:
@@ -363,7 +379,8 @@ def train(
                     for j, g in enumerate(optimizer.param_groups):
                         start_lr = cfg.warmup_bias_lr if j == 0 else 0.0
                         g["lr"] = float(np.interp(ni, xi, [start_lr, g["initial_lr"] * lf(epoch)]))
-                        g["momentum"] = float(np.interp(ni, xi, [cfg.warmup_momentum, cfg.momentum]))
+                        if "momentum" in g:  # SGD; Adam's betas stay as built
+                            g["momentum"] = float(np.interp(ni, xi, [cfg.warmup_momentum, cfg.momentum]))
 
                 do_step = ni - last_opt_step >= accumulate
                 sync = ddp_model.no_sync() if (ctx.enabled and not do_step) else contextlib.nullcontext()
@@ -459,6 +476,7 @@ def train(
                     "ema_updates": ema.updates,
                     "train_args": cfg.as_dict(),
                     "pruning": recipe.to_dict() if recipe is not None else None,
+                    "channel_permutation": channel_order[1],
                     "pruner": pruner.state_dict() if pruner is not None else None,
                     "history": history,
                     "last_opt_step": last_opt_step,
@@ -496,10 +514,50 @@ def train(
                 )
             LOGGER.info("Results saved to %s", save_dir)
         enforcer.remove()
+        if distiller is not None:
+            distiller.close()
         barrier(ctx)
         return result
     finally:
         cleanup(ctx)
+
+
+def _checkpoint_meta(weights: str | Path) -> dict[str, Any]:
+    try:
+        return dict(load_checkpoint(weights).meta or {})
+    except (CheckpointError, OSError, ValueError):  # an asset name load_training_model fetched: no sparseyolo meta
+        return {}
+
+
+def _channel_order(meta: dict[str, Any]) -> tuple[bool, dict[str, list[int]] | None]:
+    """``(permuted, permutations)`` a checkpoint records: whether ``sparseyolo prune --permute`` reordered its
+    channels, and how (``channel_permutation``, carried from file to file by fine-tuning), None when not recorded."""
+    perms = meta.get("channel_permutation")
+    permuted = bool(perms) or bool((meta.get("pruning") or {}).get("permute"))
+    return permuted, perms or None
+
+
+def _align_teacher(teacher: nn.Module, channel_order: tuple[bool, dict[str, list[int]] | None],
+                   weights: str | Path) -> None:
+    """Put the dense teacher's channels in the permuted student's order, so that their features compare."""
+    permuted, perms = channel_order
+    if perms:
+        apply_permutations(teacher, perms)
+        LOGGER.info("feature distillation: the teacher's channels permuted as %s's (%d spaces)", weights, len(perms))
+    elif permuted:
+        raise ParameterError(f"{weights} had its channels permuted (prune --permute) but does not record how, so its "
+                             "features cannot be compared with the dense teacher's: prune it again with this version "
+                             "(it records the permutation), or fine-tune with feature_distill 0", "feature_distill")
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> int:
+    """Put every BatchNorm layer of ``model`` in eval mode, so that training normalises with (and keeps) the running
+    statistics the model was trained with instead of each batch's; its scale and shift still train. Returns how many
+    layers it froze. Call after ``model.train()``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.eval()
+    return len(bns)
 
 
 def _write_results_csv(path: Path, history: list[dict[str, float]]) -> None:
