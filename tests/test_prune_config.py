@@ -130,3 +130,18 @@ def test_finetune_cli_error_uses_its_flags(capsys):
     err = capsys.readouterr().err
     assert "--prune-start 3 / --prune-end 1 must satisfy" in err, err
 
+
+
+def test_finetune_cli_passes_the_recovery_options(monkeypatch, capsys):
+    import sparseyolo.train as train_pkg
+
+    seen = []
+    monkeypatch.setattr(train_pkg, "train", lambda cfg: seen.append(cfg) or cfg.check())
+    argv = ["finetune", "--weights", "w.pt", "--data", "d.yaml", "--feature-distill", "0.5", "--freeze-bn",
+            "--optimizer", "AdamW"]
+    assert cli.main(argv) == 0
+    assert (seen[0].feature_distill, seen[0].freeze_bn, seen[0].optimizer) == (0.5, True, "AdamW")
+    assert cli.main(["finetune", "--weights", "w.pt", "--data", "d.yaml"]) == 0
+    assert (seen[1].feature_distill, seen[1].freeze_bn, seen[1].optimizer) == (0.0, False, "SGD")
+    assert cli.main(argv[:5] + ["--feature-distill", "-1"]) == 2
+    assert "--feature-distill must be >= 0" in capsys.readouterr().err
