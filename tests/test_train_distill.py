@@ -81,6 +81,24 @@ def test_resolve_teacher(shared, tmp_path):
     assert resolve_teacher("auto", here, False) == str(dense)
     assert resolve_teacher("auto", gone, False) is None
     assert resolve_teacher(str(dense), gone, False) == str(dense)
+    # the meta a caller has read already is used as it is, not read again
+    assert resolve_teacher("auto", gone, False, meta={"pruning": {"source": str(dense)}}) == str(dense)
+    assert resolve_teacher("auto", here, False, meta={}) is None
+
+
+def test_pruning_record_names_the_dense_source():
+    """A fine-tuned file records how its masks were made, with the dense checkpoint they came from, so that
+    ``--teacher auto`` finds the teacher of an already fine-tuned file too."""
+    from sparseyolo.prune import PruneConfig
+    from sparseyolo.train.engine import _pruning_record
+
+    pruned = {"pruning": {"method": "nm", "n": 2, "m": 4, "source": "dense.pt", "permute": True}}
+    assert _pruning_record(None, pruned, "p.pt", False) == pruned["pruning"]  # masks kept: the record carried
+    assert _pruning_record(None, {}, "p.pt", False) is None
+    here = _pruning_record(PruneConfig(method="l1", amount=0.3), {}, "dense.pt", True)
+    assert here["method"] == "l1" and here["source"] == "dense.pt" and here["permute"] is False
+    grown = _pruning_record(PruneConfig(method="l1", amount=0.6), pruned, "p.pt", False)
+    assert grown["amount"] == 0.6 and grown["source"] == "dense.pt" and grown["permute"] is True
 
 
 @pytest.mark.slow
@@ -230,6 +248,7 @@ def test_feature_imitation_of_a_permuted_student(shared, tmp_path, capsys):
                       project=str(tmp_path / "runs"), noval=True, epochs=1, teacher=str(dense), feature_distill=1.0)
     first = train(cfg)
     assert load_checkpoint(first.last).meta["channel_permutation"] == meta["channel_permutation"]
+    assert resolve_teacher("auto", first.last, False) == str(dense)  # the dense source is carried too
     again = train(TrainConfig(**{**cfg.__dict__, "weights": str(first.last), "name": "again"}))
     assert again.history[-1]["distill_loss"] > 0
     with pytest.raises(ParameterError, match="does not record how"):

@@ -184,12 +184,14 @@ class DetectionDistiller:
             self._taps = None
 
 
-def resolve_teacher(teacher: str | None, weights: str | Path, pruned_in_run: bool) -> str | None:
+def resolve_teacher(teacher: str | None, weights: str | Path, pruned_in_run: bool,
+                    meta: dict[str, Any] | None = None) -> str | None:
     """The checkpoint to distil from, or None.
 
     ``teacher`` is a checkpoint path, ``None``/``"none"`` (no distillation) or ``"auto"``: the weights themselves
-    when they are dense and pruned in this run, else the dense checkpoint a sparseyolo-pruned file records as its
-    source (``meta["pruning"]["source"]``) when that file exists here, else None.
+    when they are dense and pruned in this run, else the dense checkpoint a sparseyolo-pruned (or fine-tuned) file
+    records as its source (``meta["pruning"]["source"]``) when that file exists here, else None. ``meta``: the
+    weights' checkpoint meta when the caller has read it already.
     """
     if teacher is None or str(teacher).lower() == "none":
         return None
@@ -201,8 +203,10 @@ def resolve_teacher(teacher: str | None, weights: str | Path, pruned_in_run: boo
         return str(weights)
     from sparseyolo.checkpoint import CheckpointError, load_checkpoint
 
-    try:
-        source = (load_checkpoint(weights).meta.get("pruning") or {}).get("source")
-    except (CheckpointError, OSError, ValueError):
-        return None
+    if meta is None:
+        try:
+            meta = load_checkpoint(weights).meta or {}
+        except (CheckpointError, OSError, ValueError):
+            return None
+    source = (meta.get("pruning") or {}).get("source")
     return str(source) if source and Path(source).is_file() else None

@@ -57,6 +57,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sparseyolo.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from sparseyolo.prune.config import PruneConfig
 from sparseyolo.prune.permute import apply_permutations
 from sparseyolo.prune.report import masked_sparsity
 from sparseyolo.train.augmented_dataset import create_train_dataloader
@@ -227,7 +228,8 @@ def train(
             model.float().requires_grad_(True)
         else:
             model = load_training_model(cfg.weights)
-        channel_order = _channel_order(ck_resume.meta if ck_resume is not None else _checkpoint_meta(cfg.weights))
+        start_meta = ck_resume.meta if ck_resume is not None else _checkpoint_meta(cfg.weights)
+        channel_order = _channel_order(start_meta)
         nc = 1 if cfg.single_cls else data["nc"]
         if model.nc != nc:
             raise ValueError(
@@ -283,11 +285,16 @@ def train(
         nl = model.model[-1].nl
         gains = scaled_loss_gains(cfg.loss, nl, model.nc, cfg.imgsz)
         compute_loss = YoloLoss(model, gains)
-        teacher = resolve_teacher(cfg.teacher, cfg.weights, recipe is not None and not had_masks)
-        if teacher is None and cfg.feature_distill > 0:
-            raise ParameterError(f"feature_distill {cfg.feature_distill} needs a dense teacher, and none was found for "
-                                 f"{cfg.weights}: pass teacher (the dense checkpoint), or feature_distill 0",
-                                 "feature_distill", "teacher")
+        pruned_here = recipe is not None and not had_masks
+        pruning_record = (start_meta.get("pruning") if ck_resume is not None
+                          else _pruning_record(recipe, start_meta, cfg.weights, pruned_here))
+        teacher = resolve_teacher(cfg.teacher, cfg.weights, pruned_here, meta=start_meta)
+        if cfg.feature_distill > 0:
+            if teacher is None:
+                raise ParameterError(f"feature_distill {cfg.feature_distill} needs a dense teacher, and none was found "
+                                     f"for {cfg.weights}: pass teacher (the dense checkpoint), or feature_distill 0",
+                                     "feature_distill", "teacher")
+            _check_channel_order(channel_order, cfg.weights)
         amp = cfg.amp and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
@@ -475,7 +482,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "ema_updates": ema.updates,
                     "train_args": cfg.as_dict(),
-                    "pruning": recipe.to_dict() if recipe is not None else None,
+                    "pruning": pruning_record,
                     "channel_permutation": channel_order[1],
                     "pruner": pruner.state_dict() if pruner is not None else None,
                     "history": history,
@@ -537,17 +544,38 @@ def _channel_order(meta: dict[str, Any]) -> tuple[bool, dict[str, list[int]] | N
     return permuted, perms or None
 
 
-def _align_teacher(teacher: nn.Module, channel_order: tuple[bool, dict[str, list[int]] | None],
-                   weights: str | Path) -> None:
-    """Put the dense teacher's channels in the permuted student's order, so that their features compare."""
+def _pruning_record(recipe: PruneConfig | None, start_meta: dict[str, Any], weights: str | Path,
+                    pruned_here: bool) -> dict[str, Any] | None:
+    """How the masks of this run's files were made (their ``meta["pruning"]``): the start file's record when its
+    masks are kept as they are, else this run's recipe with the dense checkpoint it started from (``source``, which
+    ``--teacher auto`` reads) and whether the channels were permuted before."""
+    before = start_meta.get("pruning") or None
+    if recipe is None:
+        return before
+    record = recipe.to_dict()
+    if not record.get("source"):
+        record["source"] = str(weights) if pruned_here else (before or {}).get("source")
+    record["permute"] = bool(record.get("permute")) or bool((before or {}).get("permute"))
+    return record
+
+
+def _check_channel_order(channel_order: tuple[bool, dict[str, list[int]] | None], weights: str | Path) -> None:
+    """Refuse feature imitation for a permuted student whose file does not say how its channels were permuted."""
     permuted, perms = channel_order
-    if perms:
-        apply_permutations(teacher, perms)
-        LOGGER.info("feature distillation: the teacher's channels permuted as %s's (%d spaces)", weights, len(perms))
-    elif permuted:
+    if permuted and not perms:
         raise ParameterError(f"{weights} had its channels permuted (prune --permute) but does not record how, so its "
                              "features cannot be compared with the dense teacher's: prune it again with this version "
                              "(it records the permutation), or fine-tune with feature_distill 0", "feature_distill")
+
+
+def _align_teacher(teacher: nn.Module, channel_order: tuple[bool, dict[str, list[int]] | None],
+                   weights: str | Path) -> None:
+    """Put the dense teacher's channels in the permuted student's order, so that their features compare."""
+    _check_channel_order(channel_order, weights)
+    perms = channel_order[1]
+    if perms:
+        apply_permutations(teacher, perms)
+        LOGGER.info("feature distillation: the teacher's channels permuted as %s's (%d spaces)", weights, len(perms))
 
 
 def freeze_batchnorm_statistics(model: nn.Module) -> int:
