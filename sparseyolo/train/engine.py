@@ -241,6 +241,16 @@ def train(
 
         recipe = cfg.prune
         had_masks = bool(mask_buffers(model))
+        pruned_here = recipe is not None and not had_masks
+        pruning_record = (start_meta.get("pruning") if ck_resume is not None
+                          else _pruning_record(recipe, start_meta, cfg.weights, pruned_here))
+        teacher = resolve_teacher(cfg.teacher, cfg.weights, pruned_here, meta=start_meta)
+        if cfg.feature_distill > 0:
+            if teacher is None:
+                raise ParameterError(f"feature_distill {cfg.feature_distill} needs a dense teacher, and none was found "
+                                     f"for {cfg.weights}: pass teacher (the dense checkpoint), or feature_distill 0",
+                                     "feature_distill", "teacher")
+            _check_channel_order(channel_order, cfg.weights)
         pruner = None
         if recipe is not None and recipe.gradual:
             if had_masks and ck_resume is None:
@@ -285,16 +295,6 @@ def train(
         nl = model.model[-1].nl
         gains = scaled_loss_gains(cfg.loss, nl, model.nc, cfg.imgsz)
         compute_loss = YoloLoss(model, gains)
-        pruned_here = recipe is not None and not had_masks
-        pruning_record = (start_meta.get("pruning") if ck_resume is not None
-                          else _pruning_record(recipe, start_meta, cfg.weights, pruned_here))
-        teacher = resolve_teacher(cfg.teacher, cfg.weights, pruned_here, meta=start_meta)
-        if cfg.feature_distill > 0:
-            if teacher is None:
-                raise ParameterError(f"feature_distill {cfg.feature_distill} needs a dense teacher, and none was found "
-                                     f"for {cfg.weights}: pass teacher (the dense checkpoint), or feature_distill 0",
-                                     "feature_distill", "teacher")
-            _check_channel_order(channel_order, cfg.weights)
         amp = cfg.amp and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
