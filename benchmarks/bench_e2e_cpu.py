@@ -17,6 +17,12 @@ rounds after two warm-up forwards; medians), so a change of machine load hits ev
   dense model's work, which tells the kernel's own gain (its fused epilogue) from the gain of skipping tiles;
 * with ``--compile 1``, each sparse model also through the same torch.compile as the dense rows (``... compiled``).
 
+``--processes K`` runs the whole measurement in K fresh processes, one after another, and reports per variant the
+median of its times and the median (and range) of its per-process ratio to that process's fastest dense runtime.
+On the 2-core Xeon without AMX the PyTorch-compiled models, dense and sparse alike, ran 10-20% slower in some
+processes than in others while OpenVINO did not (benchmarks/results/finetuned_profiles_yolov5n_avx512bf16_2026-12-05.md),
+so one process's ratio against OpenVINO can be 10% off either way.
+
 The stem (3 input channels) and the Detect head stay dense (``exclude``). Speedups are against the fastest dense
 runtime of the same run. Weights: ../shared/weights/<model>.pt when present, else the config's random initialisation
 (speed does not depend on the values; ``auto``'s choices can).
@@ -33,7 +39,10 @@ import logging
 import math
 import os
 import shlex
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -119,7 +128,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="the pruning patterns to time (default: all)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="repeat the whole measurement in this many fresh processes and report medians over them")
     args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if args.processes < 1:
+        ap.error("--processes must be at least 1")
+    if args.processes > 1:
+        return _over_processes(args, argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,17 +165,34 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"machine": machine(), "isa": ops.cpu_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "img": args.img, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_before": load_before, "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-            "command": "python benchmarks/bench_e2e_cpu.py " + shlex.join(argv or sys.argv[1:])}
+            "command": "python benchmarks/bench_e2e_cpu.py " + shlex.join(argv)}
+    _write(args, meta, rows)
+    return 0
+
+
+def _write(args: argparse.Namespace, meta: dict, rows: list[dict]) -> None:
+    """Print the table (and write ``--json`` / ``--markdown``)."""
+    processes = meta.get("processes", 1)
+    how = (f"medians of {args.reps} round-robin forwards" if processes == 1 else
+           (f"{processes} processes, each timing {args.reps} round-robin forwards; ms: median over the processes of "
+            f"each one's median; ratio: median (range) over the processes of each one's ratio to its fastest dense "
+            f"runtime"))
     lines = [f"Machine: {meta['machine']}; CPU path {meta['isa']}; {meta['threads']} threads; {args.img}x{args.img}; "
              f"torch {meta['torch']}; load average before/after {meta['load_before']} / {meta['load_after']}; "
-             f"medians of {args.reps} round-robin forwards; {meta['date']}.", f"Command: `{meta['command']}`", ""]
+             f"{how}; {meta['date']}.", f"Command: `{meta['command']}`", ""]
     for r in rows:
         lines += [f"**{r['model']} ({r['weights']}), batch {r['batch']}**: fastest dense runtime "
-                  f"{r['fastest_dense']} {r['fastest_dense_ms']:.1f} ms", "",
-                  "| variant | ms | vs fastest dense | note |", "|---|---|---|---|"]
-        for k, ms in r["ms"].items():
-            ratio = r["fastest_dense_ms"] / ms if ms == ms else math.nan
-            lines.append(f"| {k} | {ms:.1f} | {ratio:.2f}x | {r['notes'][k]} |")
+                  f"{r['fastest_dense']} {r['fastest_dense_ms']:.1f} ms", ""]
+        if processes == 1:
+            lines += ["| variant | ms | vs fastest dense | note |", "|---|---|---|---|"]
+            for k, ms in r["ms"].items():
+                ratio = r["fastest_dense_ms"] / ms if ms == ms else math.nan
+                lines.append(f"| {k} | {ms:.1f} | {ratio:.2f}x | {r['notes'][k]} |")
+        else:
+            lines += ["| variant | ms | vs fastest dense | range over processes | note |", "|---|---|---|---|---|"]
+            for k, ms in r["ms"].items():
+                lo, mid, hi = r["ratio_range"][k]
+                lines.append(f"| {k} | {ms:.1f} | {mid:.2f}x | {lo:.2f}-{hi:.2f}x | {r['notes'][k]} |")
         lines.append("")
     md = "\n".join(lines)
     print(md)
@@ -168,6 +201,58 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     if args.markdown:
         args.markdown.write_text(md + "\n")
+
+
+def _nanmedian(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def merge_processes(runs: list[dict]) -> list[dict]:
+    """One row per (model, batch) from several processes' JSON rows: each variant's median ms, and the median and
+    range of its ratio to the fastest dense runtime of the same process (``ratio_range``: ``(min, median, max)``)."""
+    merged = []
+    for i, first in enumerate(runs[0]["rows"]):
+        rows = [run["rows"][i] for run in runs]
+        ms = {k: _nanmedian([r["ms"].get(k, math.nan) for r in rows]) for k in first["ms"]}
+        ratio_range = {}
+        for k in first["ms"]:
+            ratios = [r["fastest_dense_ms"] / r["ms"][k] for r in rows if not math.isnan(r["ms"].get(k, math.nan))]
+            ratio_range[k] = (min(ratios), statistics.median(ratios), max(ratios)) if ratios else (math.nan,) * 3
+        dense_ms = {k: ms[k] for k in first["ms"] if k in DENSE_RUNTIMES}
+        best_name, best_ms = fastest(dense_ms)
+        merged.append({**{k: first[k] for k in ("model", "weights", "batch", "notes")}, "ms": ms,
+                       "ratio_range": ratio_range, "fastest_dense": best_name, "fastest_dense_ms": best_ms,
+                       "per_process": [{"ms": r["ms"], "fastest_dense": r["fastest_dense"]} for r in rows]})
+    return merged
+
+
+def _over_processes(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run this script ``args.processes`` times in fresh processes and report the medians over them."""
+    child_args, skip = [], False
+    for a in argv:  # drop the options the parent keeps: --processes, --json, --markdown (and their values)
+        if skip:
+            skip = False
+            continue
+        if a in ("--processes", "--json", "--markdown"):
+            skip = True
+            continue
+        if a.split("=")[0] in ("--processes", "--json", "--markdown"):
+            continue
+        child_args.append(a)
+    load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = Path(tmp) / f"run{i}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), *child_args, "--json", str(out)]
+            LOGGER.warning("process %d of %d: %s", i + 1, args.processes, shlex.join(cmd))
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            runs.append(json.loads(out.read_text()))
+    meta = {**runs[-1]["meta"], "processes": args.processes, "load_before": load_before,
+            "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+            "command": "python benchmarks/bench_e2e_cpu.py " + shlex.join(argv)}
+    _write(args, meta, merge_processes(runs))
     return 0
 
 
