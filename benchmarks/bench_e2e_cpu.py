@@ -229,26 +229,17 @@ def merge_processes(runs: list[dict]) -> list[dict]:
 
 def _over_processes(args: argparse.Namespace, argv: list[str]) -> int:
     """Run this script ``args.processes`` times in fresh processes and report the medians over them."""
-    child_args, skip = [], False
-    for a in argv:  # drop the options the parent keeps: --processes, --json, --markdown (and their values)
-        if skip:
-            skip = False
-            continue
-        if a in ("--processes", "--json", "--markdown"):
-            skip = True
-            continue
-        if a.split("=")[0] in ("--processes", "--json", "--markdown"):
-            continue
-        child_args.append(a)
     load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.processes):
-            out = Path(tmp) / f"run{i}.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), *child_args, "--json", str(out)]
+            out = Path(tmp) / f"run{i}"
+            # argparse keeps an option's last value: the child runs once and writes its files here, not the parent's
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--processes", "1",
+                   "--json", str(out.with_suffix(".json")), "--markdown", str(out.with_suffix(".md"))]
             LOGGER.warning("process %d of %d: %s", i + 1, args.processes, shlex.join(cmd))
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            runs.append(json.loads(out.read_text()))
+            runs.append(json.loads(out.with_suffix(".json").read_text()))
     meta = {**runs[-1]["meta"], "processes": args.processes, "load_before": load_before,
             "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "command": "python benchmarks/bench_e2e_cpu.py " + shlex.join(argv)}
