@@ -38,3 +38,13 @@ def test_merge_takes_medians_of_per_process_ratios():
     skewed = merge_processes([_run(40.0, 28.0, 20.0), _run(40.0, 27.0, 30.0), _run(40.0, 22.0, 29.0)])[0]
     assert skewed["ratio_range"]["tiles 75% fp32 cpu_block compiled"][1] == pytest.approx(27.0 / 30.0)
     assert skewed["fastest_dense_ms"] / skewed["ms"]["tiles 75% fp32 cpu_block compiled"] == pytest.approx(27.0 / 29.0)
+
+
+def test_processes_must_be_positive(capsys):
+    sys.path.insert(0, str(ROOT))
+    pytest.importorskip("sparseyolo")
+    from benchmarks.bench_e2e_cpu import main
+
+    with pytest.raises(SystemExit):
+        main(["--processes", "0"])
+    assert "--processes must be at least 1" in capsys.readouterr().err
