@@ -304,9 +304,14 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
     p.add_argument("--no-mosaic", dest="mosaic", action="store_false", help="disable 4-image mosaic augmentation")
     p.add_argument("--prune-method", choices=_PRUNE_METHODS, default=None,
-                   help="prune before (or, with --gradual, during) training: l1 per layer, global magnitude, or nm")
-    p.add_argument("--amount", type=float, default=None, help="final sparsity in (0, 1) for l1/global")
+                   help="prune before (or, with --gradual, during) training: l1 per layer, global magnitude, nm, or "
+                   "tile (16 x 32 channel tiles of each tap)")
+    p.add_argument("--amount", type=float, default=None, help="final sparsity in (0, 1) for l1/global/tile")
     p.add_argument("--nm", default=None, metavar="N:M", help="N:M pattern for --prune-method nm (default 2:4)")
+    p.add_argument("--block", "--nm-block", dest="block", type=int, default=1, metavar="B",
+                   help="output channels sharing a pattern, as sparseyolo prune's --block: nm, one N:M choice shared "
+                   "by B consecutive output channels (with --gradual the pattern reaches whole blocks at a time); "
+                   "tile, the tiles' height, 16 or 32; needs an unpruned start (default 1)")
     p.add_argument("--include", nargs="+", default=None, metavar="PATTERN", help="only prune layers matching these")
     p.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN", help="never prune layers matching these")
     p.add_argument("--gradual", action="store_true", help="gradual magnitude pruning (Zhu & Gupta cubic schedule)")

@@ -101,6 +101,13 @@ def test_from_cli_args_finetune():
     assert (cfg.method, cfg.amount, cfg.gradual, cfg.start, cfg.end) == ("l1", 0.5, True, 1, 2)
     none = parser.parse_args(["finetune", "--weights", "w.pt", "--data", "d.yaml"])
     assert PruneConfig.from_cli_args(none, epochs=none.epochs) is None
+    blocks = parser.parse_args(["finetune", "--weights", "w.pt", "--data", "d.yaml", "--epochs", "4",
+                                "--prune-method", "nm", "--block", "32", "--gradual"])
+    cfg = PruneConfig.from_cli_args(blocks, epochs=blocks.epochs)
+    assert (cfg.method, cfg.n, cfg.m, cfg.block, cfg.prune_kwargs()["block"]) == ("nm", 2, 4, 32, 32)
+    lone = parser.parse_args(["finetune", "--weights", "w.pt", "--data", "d.yaml", "--block", "32"])
+    with pytest.raises(ParameterError, match="block needs method"):
+        PruneConfig.from_cli_args(lone, epochs=lone.epochs)
 
 
 def test_from_cli_args_prune():

@@ -12,6 +12,7 @@ import torch
 
 from sparseyolo.checkpoint import load_checkpoint
 from sparseyolo.prune import is_nm_mask
+from sparseyolo.prune.methods import nm_magnitude_mask
 from sparseyolo.train import PruneRecipe, TrainConfig, cubic_sparsity, load_training_model, train
 from sparseyolo.train.augment import AugmentConfig
 from sparseyolo.train.augmented_dataset import TrainDataset
@@ -155,6 +156,78 @@ class TestPartialNM:
         more = _partial_nm_mask(w * half, full, half, 4, 0.75)
         assert not (more & ~half).any()  # masks only grow
         assert torch.equal(_partial_nm_mask(w, full, None, 4, 1.0), full) and is_nm_mask(full, 2, 4)
+
+    def test_block_groups_move_together(self):
+        """With block 8 the unit is a block-group: 20 output channels make blocks of 8, 8 and 4."""
+        torch.manual_seed(1)
+        w = torch.randn(20, 8, 3, 3)
+        full = nm_magnitude_mask(w, 2, 4, block=8)
+        half = _partial_nm_mask(w, full, None, 4, 0.5, block=8)
+        kept = half.movedim(1, -1).reshape(20, 3, 3, 2, 4).sum(-1)  # [Cout, kh, kw, groups]
+        blocks = [kept[0:8], kept[8:16], kept[16:20]]
+        for b in blocks:
+            assert (b == b[0]).all()  # every row of a block-group holds the pattern, or none does
+        groups = torch.stack([b[0] for b in blocks])  # [3 blocks, kh, kw, groups]: 2 (pattern) or 4 (dense)
+        assert set(groups.unique().tolist()) <= {2, 4} and int((groups == 2).sum()) == math.ceil(0.5 * groups.numel())
+        # The chosen block-groups remove the least magnitude summed over their rows.
+        removed = (w.abs() * ~full).movedim(1, -1).reshape(20, 3, 3, 2, 4).sum(-1)
+        removed = torch.stack([removed[0:8].sum(0), removed[8:16].sum(0), removed[16:20].sum(0)])
+        assert removed[groups == 2].max() <= removed[groups == 4].min()
+        more = _partial_nm_mask(w * half, full, half, 4, 0.75, block=8)
+        assert not (more & ~half).any()
+
+
+class TestGradualBlocks:
+    """Gradual pruning of patterns shared by blocks of output channels (the CPU kernel's patterns)."""
+
+    @staticmethod
+    def _model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(16, 40, 3), torch.nn.Conv2d(40, 32, 1), torch.nn.Conv2d(3, 8, 1))
+
+    @pytest.mark.parametrize("block", [1, 16])
+    def test_nm_block_schedule_ends_in_shared_patterns(self, block):
+        model = self._model()
+        p = GradualPruner(model, PruneRecipe(method="nm", block=block, gradual=True, start=0, end=2),
+                          batches_per_epoch=4)
+        previous = {}
+        for t in range(8):
+            if p.maybe_update(t):
+                for i in (0, 1):
+                    mask = model[i].weight_mask
+                    assert not (mask & ~previous.get(i, torch.ones_like(mask))).any()  # masks only grow
+                    previous[i] = mask.clone()
+        assert p.done and not hasattr(model[2], "weight_mask")  # 3 input channels: not a multiple of 4
+        for conv in model[:2]:
+            mask = conv.weight_mask
+            assert is_nm_mask(mask, 2, 4) and (conv.weight[~mask] == 0).all()
+            for start in range(0, mask.shape[0], block):  # one pattern per block of output channels
+                assert (mask[start:start + block] == mask[start]).all()
+
+    def test_tile_block_32(self):
+        from sparseyolo.prune.tiles import is_tile_mask
+
+        model = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3))
+        p = GradualPruner(model, PruneRecipe(method="tile", amount=0.75, block=32, gradual=True, start=0, end=1),
+                          batches_per_epoch=4)
+        for t in range(4):
+            p.maybe_update(t)
+        mask = model[0].weight_mask
+        assert p.done and is_tile_mask(mask, rows=32) and (~mask).float().mean() == 0.75
+
+
+def test_block_pattern_needs_an_unpruned_start(shared, tmp_path):
+    from sparseyolo.checkpoint import save_checkpoint
+    from sparseyolo.prune import prune
+
+    model = load_training_model(shared / "weights" / "yolov5n.pt")
+    prune(model, "nm")
+    save_checkpoint(model, tmp_path / "p.pt")
+    data = make_dataset(tmp_path / "data", n=2)
+    cfg = _cfg(shared, data, tmp_path, weights=str(tmp_path / "p.pt"), epochs=1,
+               prune=PruneRecipe(method="nm", block=32, gradual=True, start=0, end=1), teacher="none")
+    with pytest.raises(ParameterError, match="already has pruning masks.*start from the dense checkpoint"):
+        train(cfg)
 
 
 def test_optimizer_groups_and_ema_keep_masks():

@@ -300,9 +300,10 @@ class PruneConfig:
         if finetune:
             method = args.prune_method
             if method is None:
-                for name, value in (("amount", args.amount), ("n:m", nm_spec), ("gradual", args.gradual or None)):
+                for name, value in (("amount", args.amount), ("n:m", nm_spec), ("gradual", args.gradual or None),
+                                    ("block", None if block == 1 else block)):
                     if value is not None:
-                        raise ParameterError(f"{name} needs method (l1, global or nm)", name, "method")
+                        raise ParameterError(f"{name} needs method (l1, global, nm or tile)", name, "method")
                 return None
         else:
             method = args.method or ("nm" if nm_spec or block != 1 else "l1")

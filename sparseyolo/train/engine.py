@@ -251,6 +251,11 @@ def train(
                                      f"for {cfg.weights}: pass teacher (the dense checkpoint), or feature_distill 0",
                                      "feature_distill", "teacher")
             _check_channel_order(channel_order, cfg.weights)
+        if recipe is not None and recipe.block != 1 and had_masks and ck_resume is None:
+            raise ParameterError(f"{cfg.weights} already has pruning masks; a pattern shared by block {recipe.block} "
+                                 "output channels is chosen on unpruned weights: start from the dense checkpoint, or "
+                                 "prune it with sparseyolo prune --block and fine-tune that file without prune options",
+                                 "block", "weights")
         pruner = None
         if recipe is not None and recipe.gradual:
             if had_masks and ck_resume is None:

@@ -17,12 +17,14 @@ giving the N:M pattern to a growing fraction ``s(t) / (1 - N/M)`` of each layer'
 channels at a fixed output channel and kernel position), the groups whose N:M pruning removes the least
 magnitude first; at the end of the window every group of every N:M layer holds the pattern. Each update
 re-derives the N:M pattern of the groups from the current weights, so the pattern moves with training for
-the groups not yet pruned.
+the groups not yet pruned. With ``block`` B > 1 (the pattern shared by B consecutive output channels, what the
+CPU kernel skips work for) the unit is a block-group: the same M input channels at the same kernel position in
+B consecutive output channels, chosen by the magnitude the shared pattern removes from all B rows.
+Tiles (``method="tile"``, 16 or 32 output channels high) prune whole tiles by the schedule's amount.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from sparseyolo.prune.config import PruneConfig
+from sparseyolo.prune.obs import block_sums
 
 __all__ = ["cubic_sparsity", "PruneRecipe", "GradualPruner", "mask_buffers"]
 
@@ -58,24 +61,31 @@ def mask_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _partial_nm_mask(
-    w: torch.Tensor, full: torch.Tensor, old: torch.Tensor | None, m: int, frac: float
+    w: torch.Tensor, full: torch.Tensor, old: torch.Tensor | None, m: int, frac: float, block: int = 1
 ) -> torch.Tensor:
     """Apply the N:M mask ``full`` to the fraction ``frac`` of M-groups it costs least, keep the rest dense.
 
-    Groups are M consecutive input channels at fixed ``(cout, kh, kw)`` (the sparsyolo N:M convention);
-    ``w``, ``full``, ``old`` are ``[Cout, Cin, kh, kw]`` with ``Cin % m == 0``.
+    Groups are M consecutive input channels at fixed ``(cout, kh, kw)`` (the sparsyolo N:M convention), or with
+    ``block`` > 1 the same M channels and ``(kh, kw)`` in ``block`` consecutive output channels (the last block
+    may be shorter; ``full`` then shares its pattern over each block); ``w``, ``full``, ``old`` are
+    ``[Cout, Cin, kh, kw]`` with ``Cin % m == 0``.
     """
     cout, cin, kh, kw = w.shape
     # [Cout, kh, kw, Cin/m, m]: the last axis is one group.
     g = lambda x: x.permute(0, 2, 3, 1).reshape(cout, kh, kw, cin // m, m)  # noqa: E731
-    removed = (g(w.abs().float()) * ~g(full)).sum(-1).flatten()
-    k = min(removed.numel(), math.ceil(frac * removed.numel() - 1e-9))
-    chosen = torch.zeros_like(removed, dtype=torch.bool)
+    removed = (g(w.abs().float()) * ~g(full)).sum(-1)
+    if block > 1:
+        removed = block_sums(removed, block)  # [ceil(Cout / block), kh, kw, Cin/m]
+    flat = removed.flatten()
+    k = min(flat.numel(), math.ceil(frac * flat.numel() - 1e-9))
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
     if k > 0:
         # Stable order on ties: lowest group index first, so every rank picks the same groups.
-        order = torch.sort(removed, stable=True).indices
+        order = torch.sort(flat, stable=True).indices
         chosen[order[:k]] = True
-    chosen = chosen.view(cout, kh, kw, cin // m, 1)
+    chosen = chosen.view(*removed.shape, 1)
+    if block > 1:
+        chosen = chosen[torch.arange(cout, device=w.device) // block]
     mask5 = g(full) | ~chosen
     mask = mask5.reshape(cout, kh, kw, cin).permute(0, 3, 1, 2).contiguous()
     return mask & old if old is not None else mask
@@ -101,6 +111,8 @@ class GradualPruner:
         self.model = model
         self.recipe = recipe
         self.prune_kwargs = {"include": recipe.include, "exclude": recipe.exclude}
+        if recipe.method == "tile" and recipe.block != 1:
+            self.prune_kwargs["block"] = recipe.block
         nb = max(batches_per_epoch, 1)
         self.t0 = recipe.start * nb
         self.t1 = max(recipe.end * nb - 1, self.t0)
@@ -128,21 +140,24 @@ class GradualPruner:
     def update(self, sparsity: float) -> None:
         """Set the masks for ``sparsity`` (never shrinking the pruned set) and zero the pruned weights."""
         from sparseyolo.prune import apply_masks, is_nm_mask, prune, set_mask
+        from sparseyolo.prune.methods import nm_magnitude_mask, select_layers
 
         r = self.recipe
         if r.method == "nm":
             frac = sparsity / r.final
-            # The full N:M pattern of the current weights, computed on a copy so only chosen groups change here.
-            probe = copy.deepcopy(self.model)
-            prune(probe, method="nm", n=r.n, m=r.m, **self.prune_kwargs)
-            full = mask_buffers(probe)
+            selected, _ = select_layers(self.model, "nm", r.m, r.include, r.exclude)
             own = mask_buffers(self.model)
-            for name, fm in full.items():
-                module = self.model.get_submodule(name)
-                if frac >= 1.0 or fm.dim() != 4 or fm.shape[1] % r.m:
-                    new = fm & own[name] if name in own else fm
+            for name, module in selected:
+                w = module.weight.detach()
+                old = own.get(name)
+                # The full N:M pattern of the current weights, kept weights ranked before pruned ones (a kept
+                # exact zero beats a pruned weight), so groups already given the pattern keep it.
+                rank = w.abs().float() if old is None else old * (1.0 + w.abs().float())
+                full = nm_magnitude_mask(rank, r.n, r.m, r.block)
+                if frac >= 1.0 or w.dim() != 4:
+                    new = full & old if old is not None else full
                 else:
-                    new = _partial_nm_mask(module.weight.detach(), fm, own.get(name), r.m, frac)
+                    new = _partial_nm_mask(w, full, old, r.m, frac, r.block)
                 set_mask(module, new, f"{r.n}:{r.m}" if is_nm_mask(new, r.n, r.m) else "unstructured")
         elif sparsity > 0:
             prune(self.model, method=r.method, amount=sparsity, **self.prune_kwargs)
