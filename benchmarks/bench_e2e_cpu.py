@@ -128,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="the pruning patterns to time (default: all)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
+    ap.add_argument("--burst", type=int, default=1,
+                    help="calls of a variant back to back per round; the first of each burst is not timed "
+                         "(removes the effect of the variant before it; default 1: one timed call per round)")
     ap.add_argument("--processes", type=int, default=1,
                     help="repeat the whole measurement in this many fresh processes and report medians over them")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     if args.processes < 1:
         ap.error("--processes must be at least 1")
+    if args.burst < 1:
+        ap.error("--burst must be at least 1")
     if args.processes > 1:
         return _over_processes(args, argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             fns.update(sfns)
             notes.update(snotes)
             with torch.no_grad():
-                times = time_round_robin({k: (lambda _x, f=f: f(), None) for k, f in fns.items()}, args.reps)
+                times = time_round_robin({k: (lambda _x, f=f: f(), None) for k, f in fns.items()}, args.reps,
+                                         burst=args.burst)
             dense_ms = {k: times.get(k, math.nan) for k in runtimes}
             best_name, best_ms = fastest(dense_ms)
             rows.append({"model": name, "weights": source, "batch": batch, "ms": {k: times.get(k, math.nan)
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                          "notes": notes, "fastest_dense": best_name, "fastest_dense_ms": best_ms})
             LOGGER.warning("%s b%d: fastest dense %s %.1f ms", name, batch, best_name, best_ms)
     meta = {"machine": machine(), "isa": ops.cpu_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "img": args.img, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "img": args.img, "reps": args.reps, "burst": args.burst, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_before": load_before, "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "command": "python benchmarks/bench_e2e_cpu.py " + shlex.join(argv)}
     _write(args, meta, rows)
@@ -173,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
 def _write(args: argparse.Namespace, meta: dict, rows: list[dict]) -> None:
     """Print the table (and write ``--json`` / ``--markdown``)."""
     processes = meta.get("processes", 1)
-    how = (f"medians of {args.reps} round-robin forwards" if processes == 1 else
-           (f"{processes} processes, each timing {args.reps} round-robin forwards; ms: median over the processes of "
+    rounds = (f"{args.reps} round-robin forwards" if args.burst == 1 else
+              f"{args.reps} round-robin bursts of {args.burst} forwards (the first of each untimed)")
+    how = (f"medians of {rounds}" if processes == 1 else
+           (f"{processes} processes, each timing {rounds}; ms: median over the processes of "
             f"each one's median; ratio: median (range) over the processes of each one's ratio to its fastest dense "
             f"runtime"))
     lines = [f"Machine: {meta['machine']}; CPU path {meta['isa']}; {meta['threads']} threads; {args.img}x{args.img}; "

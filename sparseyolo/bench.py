@@ -16,7 +16,8 @@ folded, and the dense ones run the model as pruned: zeros multiplied.
 
 The sparse variants run in ``dtype`` (CPU: float32 or bfloat16; GPU: float16). Speedups are against the fastest
 dense row, whichever runtime it is. Medians of ``reps`` timed forwards after warm-up, interleaved round-robin so
-that a change in machine load hits every variant alike.
+that a change in machine load hits every variant alike (with ``burst`` > 1, short bursts of forwards per variant,
+the first of each untimed, so no variant is timed right after another's).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class BenchResult:
 def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu", threads: int | None = None,
               reps: int = 20, onnx: bool = True, plots: bool = True, out: str | Path = "runs/bench",
               progress: bool = True, dtype: torch.dtype | None = None, compiled: bool = True,
-              sparse_backend: str = "sparse", compiled_variant: str = "auto") -> BenchResult:
+              sparse_backend: str = "sparse", compiled_variant: str = "auto", burst: int = 1) -> BenchResult:
     """Time ``weights`` dense and sparsified (see the module doc); returns the rows, optionally writes plots.
 
     Args:
@@ -110,9 +111,13 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
             ``"cpu_block_tiles"`` for a tile-pruned model).
         compiled_variant: which sparsified model the compiled row compiles: ``"auto"`` or ``"sparse"`` (every
             pruned conv on ``sparse_backend``, as a speedup profile chose them).
+        burst: forwards of a variant back to back per round, the first untimed
+            (:func:`~sparseyolo.utils.timing.time_round_robin`); 1: one timed forward per round.
     """
     if compiled_variant not in ("auto", "sparse"):
         raise ParameterError(f"compiled_variant must be auto or sparse, got {compiled_variant!r}", "compiled_variant")
+    if burst < 1:
+        raise ParameterError(f"burst must be >= 1 (forwards per variant per round), got {burst}", "burst")
     from sparseyolo.checkpoint import load_model
     from sparseyolo.dense_runtimes import (COMPILED_RUNTIMES, DENSE_RUNTIMES, ONNXRUNTIME, OPENVINO, OPENVINO_F32,
                                            dense_runtimes)
@@ -188,7 +193,7 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
                 variants[f"{label} compiled"] = (lambda xi, run=run: run(xi), xs)
                 notes[f"{label} compiled"] = notes[label] + "; torch.compile (inductor, freezing)"
     sync = torch.cuda.synchronize if gpu else (lambda: None)
-    times = time_round_robin(variants, reps, sync, progress=progress)
+    times = time_round_robin(variants, reps, sync, progress=progress, burst=burst)
     rows = [BenchRow(k, times[k], notes.get(k, "")) for k in variants]
     rows[len(dense_rows) - len(missing):len(dense_rows) - len(missing)] = [BenchRow(k, float("nan"), notes[k])
                                                                           for k in missing]

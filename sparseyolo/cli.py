@@ -517,6 +517,9 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, or a CUDA device (cuda, 0): fp16, GPU sparse backends")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--reps", type=int, default=20, help="timed forwards per variant (median)")
+    p.add_argument("--burst", type=int, default=1,
+                   help="forwards of a variant back to back per round, the first untimed (so none is timed right "
+                   "after another variant's; default 1: one timed forward per round)")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
                    help="include the exported model's runtimes: onnxruntime and OpenVINO (CPU; pip install .[bench])")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
@@ -549,7 +552,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(args.weights, imgsz=args.imgsz, batch=args.batch, device=args.device, threads=args.threads,
                        reps=args.reps, onnx=args.onnx, plots=args.plots, out=args.out,
                        dtype=_dtypes()[args.dtype] if args.dtype else None, compiled=args.compiled,
-                       sparse_backend=args.backend, compiled_variant="auto" if args.backend == "sparse" else "sparse")
+                       sparse_backend=args.backend, compiled_variant="auto" if args.backend == "sparse" else "sparse",
+                       burst=args.burst)
     print(result.table())
     if result.plots:
         print("plots: " + ", ".join(str(p) for p in result.plots))

@@ -36,9 +36,11 @@ def test_bench_rows_and_plots(pruned_ckpt, tmp_path):
 
 
 def test_bench_dense_checkpoint_has_no_sparse_rows(tmp_path):
-    res = run_bench(str(packaged_weights()), imgsz=64, reps=1, onnx=False, plots=False, compiled=False)
+    res = run_bench(str(packaged_weights()), imgsz=64, reps=1, onnx=False, plots=False, compiled=False, burst=2)
     assert [r.name for r in res.rows] == ["pytorch fp32", "pytorch fp32 channels-last", "pytorch bf16 channels-last"]
     assert res.pruned_layers == 0
+    with pytest.raises(ParameterError, match="burst must be >= 1"):
+        run_bench(str(packaged_weights()), burst=0)
 
 
 def test_bench_runtime_rows_when_installed(pruned_ckpt):

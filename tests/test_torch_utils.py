@@ -1,4 +1,4 @@
-"""cuda_median_ms: what it times, checked on the CPU with a fake device clock.
+"""cuda_median_ms and time_round_robin: what they time, checked on the CPU with fake clocks.
 
 The fake clock advances only when the timed function runs (by the cost the test gives each input), and a fake
 CUDA event reads that clock when it is recorded, so the result says exactly which calls fell between the events.
@@ -67,3 +67,44 @@ def test_bad_arguments():
         cuda_median_ms(lambda: None, [])
     with pytest.raises(ValueError, match=">= 1"):
         cuda_median_ms(lambda: None, [()], calls=0)
+
+
+class _Clock:
+    """A host clock that only the timed functions advance."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.last = None
+
+    def perf_counter(self):
+        return self.now
+
+    def variant(self, name, cold_s, warm_s):
+        """A forward that takes ``cold_s`` right after another variant's and ``warm_s`` after its own."""
+        def fn(_x):
+            self.now += cold_s if self.last != name else warm_s
+            self.last = name
+        return fn
+
+
+@pytest.mark.parametrize("burst, expect_a_ms", [(1, 30.0), (3, 10.0)])
+def test_time_round_robin_bursts_time_the_calls_after_the_first(monkeypatch, burst, expect_a_ms):
+    from sparseyolo.utils import timing
+
+    clock = _Clock()
+    monkeypatch.setattr(timing, "time", clock)
+    calls = {"a": 0, "b": 0}
+
+    def counted(name, fn):
+        def run(x):
+            calls[name] += 1
+            fn(x)
+        return run
+
+    variants = {"a": (counted("a", clock.variant("a", 0.030, 0.010)), None),
+                "b": (counted("b", clock.variant("b", 0.005, 0.005)), None)}
+    ms = timing.time_round_robin(variants, reps=4, warmup=1, burst=burst)
+    assert ms["a"] == pytest.approx(expect_a_ms) and ms["b"] == pytest.approx(5.0)
+    assert calls == {"a": 1 + 4 * burst, "b": 1 + 4 * burst}
+    with pytest.raises(ValueError, match="burst must be >= 1"):
+        timing.time_round_robin(variants, reps=1, burst=0)

@@ -5,8 +5,8 @@
 * :func:`interleaved_median_ms`: several functions timed in rounds, round-robin, best median of the rounds per
   function, so that a burst of load on a shared machine hits every candidate alike. The autotuner
   (:mod:`sparseyolo.sparse.autotune`) and ``sparsify``'s whole-model check use it.
-* :func:`time_round_robin`: whole forwards of several variants, one call of each per round, median per variant
-  (``sparseyolo bench``, the demo, benchmarks/bench_e2e_cpu.py).
+* :func:`time_round_robin`: whole forwards of several variants, one call (or a short burst) of each per round,
+  median per variant (``sparseyolo bench``, the demo, benchmarks/bench_e2e_cpu.py).
 """
 
 from __future__ import annotations
@@ -93,10 +93,18 @@ def interleaved_median_ms(fns: Mapping[str, Callable[[], Any]], device: str | to
 
 @torch.no_grad()
 def time_round_robin(variants: dict[str, tuple[object, torch.Tensor]], reps: int, sync=lambda: None,
-                     warmup: int = 2, progress: bool = False) -> dict[str, float]:
+                     warmup: int = 2, progress: bool = False, burst: int = 1) -> dict[str, float]:
     """Median ms per variant ``{name: (fn, x)}``: ``warmup`` calls each, then ``reps`` rounds calling every variant
-    once, round-robin, so that a change of machine load hits every variant alike. ``progress``: a bar over the
-    rounds (on stderr)."""
+    in turn, round-robin, so that a change of machine load hits every variant alike. ``progress``: a bar over the
+    rounds (on stderr).
+
+    ``burst``: calls of a variant back to back in each round. With ``burst`` > 1 the first call of each burst is
+    not timed (it pays for the caches and branch predictors the previous variant left; one runtime can run 20%
+    slower right after another's forward) and the other ``burst - 1`` are, as a deployed model runs: the median is
+    then over ``reps * (burst - 1)`` calls. 1 (default): one timed call per variant per round.
+    """
+    if burst < 1:
+        raise ValueError(f"time_round_robin: burst must be >= 1, got {burst}")
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn, x in variants.values():
         for _ in range(warmup):
@@ -105,8 +113,12 @@ def time_round_robin(variants: dict[str, tuple[object, torch.Tensor]], reps: int
     for _ in tqdm(range(max(reps, 1)), desc="bench", unit="round", disable=not progress,
                   bar_format="{l_bar}{bar:20}{r_bar}"):
         for k, (fn, x) in variants.items():
-            t0 = time.perf_counter()
-            fn(x)
-            sync()
-            times[k].append((time.perf_counter() - t0) * 1e3)
+            if burst > 1:
+                fn(x)
+                sync()
+            for _ in range(max(burst - 1, 1)):
+                t0 = time.perf_counter()
+                fn(x)
+                sync()
+                times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
