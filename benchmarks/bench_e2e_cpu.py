@@ -19,9 +19,11 @@ rounds after two warm-up forwards; medians), so a change of machine load hits ev
 
 ``--processes K`` runs the whole measurement in K fresh processes, one after another, and reports per variant the
 median of its times and the median (and range) of its per-process ratio to that process's fastest dense runtime.
-On the 2-core Xeon without AMX the PyTorch-compiled models, dense and sparse alike, ran 10-20% slower in some
-processes than in others while OpenVINO did not (benchmarks/results/finetuned_profiles_yolov5n_avx512bf16_2026-12-05.md),
-so one process's ratio against OpenVINO can be 10% off either way.
+With glibc's default allocator the PyTorch models, dense and sparse alike, fault the pages of many activations in
+again on every forward (5-6 ms of yolov5n's 24-30 ms), more or less in each process, while onnxruntime and OpenVINO
+keep their own arenas: ``--malloc reuse`` (the default, as the ``sparseyolo`` command sets it) keeps freed blocks
+in the heap (:mod:`sparseyolo.utils.memory`); ``--malloc default`` measures the allocator as it is. ``--burst K``
+times K-1 forwards after an untimed one per variant and round, so that no variant is timed right after another's.
 
 The stem (3 input channels) and the Detect head stay dense (``exclude``). Speedups are against the fastest dense
 runtime of the same run. Weights: ../shared/weights/<model>.pt when present, else the config's random initialisation
@@ -58,6 +60,7 @@ from sparseyolo.models import DetectionModel  # noqa: E402
 from sparseyolo.prune import prune  # noqa: E402
 from sparseyolo.sparse import sparsify, sparsify_report  # noqa: E402
 from sparseyolo.sparse.compile import compile_inference  # noqa: E402
+from sparseyolo.utils.memory import reuse_freed_memory  # noqa: E402
 from sparseyolo.utils.timing import time_round_robin  # noqa: E402
 
 LOGGER = logging.getLogger("bench_e2e_cpu")
@@ -128,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the pruning patterns to time (default: all)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
+    ap.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                    help="reuse: glibc keeps freed activations for reuse, as the sparseyolo command sets it "
+                         "(sparseyolo.reuse_freed_memory); default: the allocator as it is (pages faulted in on every "
+                         "forward)")
     ap.add_argument("--burst", type=int, default=1,
                     help="calls of a variant back to back per round; the first of each burst is not timed "
                          "(removes the effect of the variant before it; default 1: one timed call per round)")
@@ -142,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.processes > 1:
         return _over_processes(args, argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.malloc == "reuse" and not reuse_freed_memory():
+        LOGGER.warning("--malloc reuse: not glibc, the allocator is left as it is")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -169,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                          "notes": notes, "fastest_dense": best_name, "fastest_dense_ms": best_ms})
             LOGGER.warning("%s b%d: fastest dense %s %.1f ms", name, batch, best_name, best_ms)
     meta = {"machine": machine(), "isa": ops.cpu_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "img": args.img, "reps": args.reps, "burst": args.burst, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "img": args.img, "reps": args.reps, "burst": args.burst, "malloc": args.malloc,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_before": load_before, "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "command": "python benchmarks/bench_e2e_cpu.py " + shlex.join(argv)}
     _write(args, meta, rows)
@@ -181,6 +191,7 @@ def _write(args: argparse.Namespace, meta: dict, rows: list[dict]) -> None:
     processes = meta.get("processes", 1)
     rounds = (f"{args.reps} round-robin forwards" if args.burst == 1 else
               f"{args.reps} round-robin bursts of {args.burst} forwards (the first of each untimed)")
+    rounds += "; malloc " + meta.get("malloc", "default")
     how = (f"medians of {rounds}" if processes == 1 else
            (f"{processes} processes, each timing {rounds}; ms: median over the processes of "
             f"each one's median; ratio: median (range) over the processes of each one's ratio to its fastest dense "

@@ -2,8 +2,10 @@
 
 from sparseyolo._version import __version__
 from sparseyolo.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from sparseyolo.utils.memory import reuse_freed_memory  # noqa: E402
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_model", "save_checkpoint", "sparsify", "__version__"]
+__all__ = ["CheckpointError", "load_checkpoint", "load_model", "reuse_freed_memory", "save_checkpoint", "sparsify",
+           "__version__"]
 
 
 def __getattr__(name: str):

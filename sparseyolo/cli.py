@@ -666,6 +666,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging()
+    from sparseyolo.utils.memory import configure_from_env
+
+    configure_from_env()  # freed activations stay in the heap: no page faults per forward (SPARSEYOLO_MALLOC)
     from sparseyolo.checkpoint import CheckpointError
     from sparseyolo.utils.errors import ParameterError
 
