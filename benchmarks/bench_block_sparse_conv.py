@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_sparse_conv import conv_shapes, machine  # noqa: E402
 from sparseyolo import ops  # noqa: E402
 from sparseyolo.sparse.block_packing import BLOCK, pack_block_sparse  # noqa: E402
+from sparseyolo.utils.memory import reuse_freed_memory  # noqa: E402
 
 VARIANTS = ("onednn fp32", "onednn fp32 prepacked", "onednn bf16", "onednn bf16 prepacked", "fp32 tiles 0%",
             "fp32 2:4 b16", "fp32 2:4 b32", "fp32 tiles 50%", "fp32 tiles 75%", "fp32 tiles32 75%", "bf16 2:4 b16",
@@ -142,7 +143,8 @@ def speedup(row: dict, variant: str) -> float:
 def markdown(result: dict) -> str:
     sparse = [v for v in VARIANTS if not v.startswith("onednn")]
     lines = [f"Machine: {result['machine']}; CPU path: {result['isa']}; threads {result['threads']}; batch "
-             f"{result['batch']}; clock {result['clock']}; medians of {result['reps']} interleaved rounds.",
+             f"{result['batch']}; clock {result['clock']}; malloc {result.get('malloc', 'default')}; medians of "
+             f"{result['reps']} interleaved rounds.",
              f"Command: `{result['command']}`", "",
              "| layer (Cin->Cout k/s, input HxW) x count | " + " | ".join(f"{v} ms" for v in VARIANTS) + " | "
              + " | ".join(f"{v} speedup" for v in sparse) + " |",
@@ -176,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-cin", type=int, default=32)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
+    ap.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                    help="reuse: glibc keeps freed outputs for reuse, as the sparseyolo command sets it "
+                         "(sparseyolo.reuse_freed_memory); default: the allocator as it is")
     args = ap.parse_args(argv)
+    if args.malloc == "reuse":
+        reuse_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_speedup_vs_bar": {v: bar_ms(bar, v) / model_ms[v] for v in sparse},
     }
     result = {"machine": machine(), "isa": ops.cpu_isa(), "threads": torch.get_num_threads(), "batch": args.batch,
-              "reps": args.reps, "clock": args.clock, "cfg": args.cfg, "img": args.img,
+              "reps": args.reps, "clock": args.clock, "cfg": args.cfg, "img": args.img, "malloc": args.malloc,
               "command": "python benchmarks/bench_block_sparse_conv.py " + shlex.join(argv or sys.argv[1:]),
               "layers": rows, "summary": summary}
     table = markdown(result)

@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="reuse: glibc keeps freed activations for reuse, as the sparseyolo command sets it "
                          "(sparseyolo.reuse_freed_memory); default: the allocator as it is (pages faulted in on every "
                          "forward)")
-    ap.add_argument("--burst", type=int, default=1,
+    ap.add_argument("--burst", type=int, default=2,
                     help="calls of a variant back to back per round; the first of each burst is not timed "
-                         "(removes the effect of the variant before it; default 1: one timed call per round)")
+                         "(removes the effect of the variant before it; default 2; 1: one timed call per round, "
+                         "right after another variant's)")
     ap.add_argument("--processes", type=int, default=1,
                     help="repeat the whole measurement in this many fresh processes and report medians over them")
     args = ap.parse_args(argv)

@@ -517,9 +517,9 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, or a CUDA device (cuda, 0): fp16, GPU sparse backends")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--reps", type=int, default=20, help="timed forwards per variant (median)")
-    p.add_argument("--burst", type=int, default=1,
-                   help="forwards of a variant back to back per round, the first untimed (so none is timed right "
-                   "after another variant's; default 1: one timed forward per round)")
+    p.add_argument("--burst", type=int, default=2,
+                   help="forwards of a variant back to back per round, the first untimed, so none is timed right "
+                   "after another variant's (default 2; 1: one timed forward per round)")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
                    help="include the exported model's runtimes: onnxruntime and OpenVINO (CPU; pip install .[bench])")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
