@@ -89,7 +89,7 @@ class BenchResult:
 def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu", threads: int | None = None,
               reps: int = 20, onnx: bool = True, plots: bool = True, out: str | Path = "runs/bench",
               progress: bool = True, dtype: torch.dtype | None = None, compiled: bool = True,
-              sparse_backend: str = "sparse", compiled_variant: str = "auto", burst: int = 1) -> BenchResult:
+              sparse_backend: str = "sparse", compiled_variant: str = "auto", burst: int = 2) -> BenchResult:
     """Time ``weights`` dense and sparsified (see the module doc); returns the rows, optionally writes plots.
 
     Args:
@@ -112,7 +112,8 @@ def run_bench(weights: str, imgsz: int = 640, batch: int = 1, device: str = "cpu
         compiled_variant: which sparsified model the compiled row compiles: ``"auto"`` or ``"sparse"`` (every
             pruned conv on ``sparse_backend``, as a speedup profile chose them).
         burst: forwards of a variant back to back per round, the first untimed
-            (:func:`~sparseyolo.utils.timing.time_round_robin`); 1: one timed forward per round.
+            (:func:`~sparseyolo.utils.timing.time_round_robin`), so no variant is timed right after another's
+            forward; 1: one timed forward per round.
     """
     if compiled_variant not in ("auto", "sparse"):
         raise ParameterError(f"compiled_variant must be auto or sparse, got {compiled_variant!r}", "compiled_variant")
