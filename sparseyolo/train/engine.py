@@ -252,10 +252,10 @@ def train(
                                      "feature_distill", "teacher")
             _check_channel_order(channel_order, cfg.weights)
         if recipe is not None and recipe.block != 1 and had_masks and ck_resume is None:
-            raise ParameterError(f"{cfg.weights} already has pruning masks; a pattern shared by block {recipe.block} "
-                                 "output channels is chosen on unpruned weights: start from the dense checkpoint, or "
-                                 "prune it with sparseyolo prune --block and fine-tune that file without prune options",
-                                 "block", "weights")
+            raise ParameterError(f"{cfg.weights} already has pruning masks, and block {recipe.block} patterns (one "
+                                 "choice shared by that many output channels) are chosen on an unpruned model: start "
+                                 "from the dense checkpoint, or prune it with sparseyolo prune --block and fine-tune "
+                                 "that file without pruning options", "block")
         pruner = None
         if recipe is not None and recipe.gradual:
             if had_masks and ck_resume is None:
