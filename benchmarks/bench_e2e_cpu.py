@@ -1,7 +1,8 @@
 """End to end on the CPU: pruned YOLOv5 through ``sparsify`` against every dense runtime a user could pick instead.
 
-Per model and batch, all in one process and timed round-robin (one forward of each variant per round, ``--reps``
-rounds after two warm-up forwards; medians), so a change of machine load hits every variant alike:
+Per model and batch, all in one process and timed round-robin (``--burst`` forwards of each variant per round, all
+but the first timed, ``--reps`` rounds after two warm-up forwards; medians), so a change of machine load hits every
+variant alike:
 
 * the dense runtimes of :mod:`sparseyolo.dense_runtimes` on the BN-folded model: PyTorch fp32 (NCHW and
   channels-last), PyTorch bf16 autocast channels-last, with ``--compile 1`` the fp32 and the bf16 model through
