@@ -56,9 +56,8 @@ def reuse_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 51
     if libc is None:
         LOGGER.debug("reuse_freed_memory: the C library is not glibc; allocator left as it is")
         return False
-    ok = all(libc.mallopt(param, value) == 1 for param, value in ((_M_MMAP_THRESHOLD, mmap_threshold),
-                                                                 (_M_TRIM_THRESHOLD, trim_threshold),
-                                                                 (_M_TOP_PAD, top_pad)))
+    settings = ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad))
+    ok = all([libc.mallopt(param, value) == 1 for param, value in settings])  # every one tried
     if not ok:
         LOGGER.warning("reuse_freed_memory: glibc refused a threshold (mmap %d, trim %d, top pad %d)",
                        mmap_threshold, trim_threshold, top_pad)
