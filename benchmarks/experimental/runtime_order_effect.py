@@ -30,18 +30,10 @@ from sparseyolo.checkpoint import load_model  # noqa: E402
 from sparseyolo.dense_runtimes import dense_runtimes  # noqa: E402
 from sparseyolo.sparse import sparsify  # noqa: E402
 from sparseyolo.sparse.compile import compile_inference  # noqa: E402
+from sparseyolo.utils.timing import median_ms  # noqa: E402
 
 WEIGHTS = ROOT.parent / "shared" / "weights" / "yolov5n.pt"
 OV, ORT = "openvino f32", "onnxruntime fp32"
-
-
-def median_ms(fn, n: int = 25) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def main(steps: list[str]) -> None:
@@ -59,7 +51,7 @@ def main(steps: list[str]) -> None:
             runtimes = dense_runtimes(sparsify(load_model(WEIGHTS), backend="dense"), x, 2, (OV, ORT))
             calls.update(ov=runtimes[OV].run, ort=runtimes[ORT].run)
         if step in calls:
-            print(f"{step} alone: {median_ms(calls[step]):.2f} ms", flush=True)
+            print(f"{step} alone: {median_ms(calls[step], reps=25, warmup=0):.2f} ms", flush=True)
         elif step.startswith("rrs"):
             gap = float(step[3:]) / 1e3
             times: dict[str, list[float]] = {k: [] for k in ("torch", "ov", "ort")}

@@ -110,9 +110,6 @@ class GradualPruner:
     def __init__(self, model: nn.Module, recipe: PruneRecipe, batches_per_epoch: int) -> None:
         self.model = model
         self.recipe = recipe
-        self.prune_kwargs = {"include": recipe.include, "exclude": recipe.exclude}
-        if recipe.method == "tile" and recipe.block != 1:
-            self.prune_kwargs["block"] = recipe.block
         nb = max(batches_per_epoch, 1)
         self.t0 = recipe.start * nb
         self.t1 = max(recipe.end * nb - 1, self.t0)
@@ -160,7 +157,7 @@ class GradualPruner:
                     new = _partial_nm_mask(w, full, old, r.m, frac, r.block)
                 set_mask(module, new, f"{r.n}:{r.m}" if is_nm_mask(new, r.n, r.m) else "unstructured")
         elif sparsity > 0:
-            prune(self.model, method=r.method, amount=sparsity, **self.prune_kwargs)
+            prune(self.model, method=r.method, **{**r.prune_kwargs(), "amount": sparsity})
         apply_masks(self.model)
         self.sparsity = sparsity
         LOGGER.info("gradual pruning: masks set for %.4g sparsity (%s)", sparsity, r.method)
