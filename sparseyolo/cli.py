@@ -132,6 +132,12 @@ def _add_prune_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--calib-solver", choices=_CALIB_SOLVERS, default="admm",
                    help="how each layer's mask is chosen: the whole mask at once by ADMM (admm, default: less "
                    "output error and more held-out mAP, docs/results.md) or column by column as SparseGPT (sparsegpt)")
+    c.add_argument("--reconstruct", type=int, default=0, metavar="K",
+                   help="afterwards train each stage's kept weights K Adam steps to reproduce the dense model's "
+                   "stage output on the calibration images (stage reconstruction; 300 is a good start, minutes on "
+                   "a CPU); default 0: none")
+    c.add_argument("--reconstruct-lr", type=float, default=1e-3, metavar="LR",
+                   help="initial learning rate of --reconstruct (cosine decay to 0)")
     c.add_argument("--no-refit", dest="refit", action="store_false",
                    help="keep SparseGPT's weights as they are; by default the kept weights (and a per-channel bias, "
                    "folded into the BatchNorm) are re-solved exactly once each layer's mask is chosen")
@@ -164,14 +170,19 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     model = load_model(args.weights, fuse=args.fused)
     batches = _calibration_batches(model, cfg) if cfg.calibrate else None
     permutation = _permute(model, cfg, batches) if cfg.permute else None
-    profile = dense_copy = None
+    profile = None
+    # the unpruned model (permuted as the pruned one): what reconstruction reproduces and the profile is timed against
+    dense_copy = copy.deepcopy(model) if cfg.reconstruct or (cfg.target_speedup is not None and args.measure) else None
     if cfg.target_speedup is not None:
-        dense_copy = copy.deepcopy(model) if args.measure else None
         profile = _speedup_profile(model, cfg, batches)
         cfg.layer_amounts = profile.amounts()
     if cfg.calibrate:
         report = _calibrated_prune(model, cfg, batches)
         cfg.calib_images = report.calib_images  # the images there were, recorded
+        if cfg.reconstruct:
+            from sparseyolo.prune.reconstruct import reconstruct_stages
+
+            print(reconstruct_stages(model, dense_copy, batches, iters=cfg.reconstruct, lr=cfg.reconstruct_lr).table())
     else:
         report = prune(model, cfg.method, **cfg.prune_kwargs())
     dtype = torch.float32 if args.fp32 else torch.float16

@@ -494,9 +494,9 @@ class TestYolov5n:
         back = load_model(path, fuse=False)
         assert is_nm_mask(back.model[1].conv.weight_mask, 2, 4)
 
-    def test_cli_records_the_recipe(self, shared, tmp_path):
+    def test_cli_records_the_recipe(self, shared, tmp_path, capsys):
         from sparseyolo import cli
-        from sparseyolo.checkpoint import load_checkpoint
+        from sparseyolo.checkpoint import load_checkpoint, load_model
 
         data = tmp_path / "coco8.yaml"
         data.write_text(f"path: {shared / 'data' / 'coco8'}\ntrain: images/train\nval: images/val\n"
@@ -504,10 +504,14 @@ class TestYolov5n:
         out = tmp_path / "cal.pt"
         assert cli.main(["prune", "--weights", str(shared / "weights" / "yolov5n.pt"), "--nm", "2:4",
                          "--calibrate", str(data), "--calib-images", "2", "--calib-img", "160", "--no-refit",
-                         "--out", str(out)]) == 0
+                         "--reconstruct", "2", "--out", str(out)]) == 0
         meta = load_checkpoint(out).meta["pruning"]
         assert meta["refit"] is False and meta["calib_images"] == 2 and meta["calib_target"] == "dense"
         assert meta["calib_steps"] == 1  # the default for N:M
+        # stage reconstruction (tests/test_prune_reconstruct.py): every stage with a pruned conv, recorded
+        assert "stage reconstruction: 18 stages, 2 iterations each on 2 images" in capsys.readouterr().out
+        assert meta["reconstruct"] == 2 and meta["reconstruct_lr"] == 1e-3
+        assert is_nm_mask(load_model(out, fuse=False).model[1].conv.weight_mask, 2, 4)
 
     def test_cli_errors(self, shared, tmp_path, capsys):
         from sparseyolo import cli

@@ -59,6 +59,7 @@ from sparseyolo.prune.layerwise import (
 from sparseyolo.prune.levels import Level, canonical_level, level_fits, level_label, level_order
 from sparseyolo.prune.methods import PruneReport, select_layers
 from sparseyolo.prune.obs import DEFAULT_BLOCKSIZE, DEFAULT_DAMP
+from sparseyolo.prune.stages import ActivationStream
 from sparseyolo.prune.tiles import TILE_IN, tile_height
 
 __all__ = [  # the solver and data helpers live in layerwise.py and calibration_data.py; re-exported here
@@ -143,15 +144,6 @@ def _peak_rss_mb() -> float:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _stages(model: nn.Module) -> tuple[list[nn.Module], list, set[int]]:
-    """Top-level layers with their input routing: YOLOv5's ``model.model`` (``.f`` routing, ``model.save``),
-    else the whole model as one stage."""
-    seq = getattr(model, "model", None)
-    if isinstance(seq, nn.Sequential) and len(seq) and all(hasattr(s, "f") for s in seq) and hasattr(model, "save"):
-        return list(seq), [s.f for s in seq], set(model.save)
-    return [model], [-1], set()
-
-
 def _plan_groups(stage: nn.Module, x, targets: list[nn.Module]) -> tuple[list[list[nn.Module]], list[nn.Module]]:
     """Order ``targets`` by first execution on input ``x`` and group each with the later targets that receive the
     very same input tensor (e.g. the two 1x1 branches of a C3): a group can be calibrated in one pass.
@@ -227,36 +219,6 @@ def _calibrate_stage(
         for t in group:
             acc[t].add(got[t], None if xd is None else xd[t])
     return acc
-
-
-class _ActivationStream:
-    """Cached outputs of the top-level layers over all calibration batches, advanced one layer at a time; an
-    output is dropped as soon as its last consumer has run."""
-
-    def __init__(self, stages, routes, save, last_use, images, device, dtype) -> None:
-        self.stages, self.routes, self.save, self.last_use = stages, routes, save, last_use
-        self.images, self.device, self.dtype = images, device, dtype
-        self.cache: dict[int, list] = {}
-        self.prev: list | None = None
-
-    def input(self, i: int, b: int):
-        if i == 0:
-            return as_float_images(self.images[b], self.device, self.dtype)
-        f = self.routes[i]
-        if f == -1:
-            return self.prev[b]
-        if isinstance(f, int):
-            return self.cache[f][b]
-        return [self.prev[b] if j == -1 else self.cache[j][b] for j in f]
-
-    @torch.no_grad()
-    def advance(self, i: int) -> None:
-        """Compute stage ``i``'s outputs (its inputs must be available)."""
-        self.prev = [self.stages[i](self.input(i, b)) for b in range(len(self.images))]
-        if i in self.save:
-            self.cache[i] = self.prev
-        for j in [j for j in self.cache if self.last_use.get(j, -1) <= i]:  # every consumer has run
-            del self.cache[j]
 
 
 def _check_pattern(amount: float | None, n: int | None, m: int | None) -> tuple[float | None, int | None, int | None]:
@@ -427,18 +389,13 @@ def calibrated_prune(
                                    skipped=list(skipped), calib_images=sum(int(x.shape[0]) for x in images),
                                    block=block, levels=None if amounts is None else dict(amounts))
     bns = following_batchnorms(model)
-    stages, routes, save = _stages(model)
-    last_use: dict[int, int] = {}
-    for i, f in enumerate(routes):
-        for j in [f] if isinstance(f, int) else f:
-            last_use[i - 1 if j == -1 else j] = i
     nb = len(images)
-    pruned = _ActivationStream(stages, routes, save, last_use, images, device, dtype)
+    pruned = ActivationStream(model, images)
+    stages = pruned.stages
     dense = None
     if target == "dense":
         dense_model = copy.deepcopy(model)
-        dstages, _, _ = _stages(dense_model)
-        dense = _ActivationStream(dstages, routes, save, last_use, images, device, dtype)
+        dense = ActivationStream(dense_model, images)
         twins = dict(zip(model.modules(), dense_model.modules()))
 
     bar = tqdm(total=len(names), desc="calibrate", unit="layer", disable=not progress,

@@ -61,6 +61,9 @@ class PruneConfig:
         calib_steps: prune each layer in this many increments (None: 1 for N:M, 3 for unstructured and tiles).
         refit: re-solve the kept weights once each layer's mask is chosen.
         calib_solver: how each layer's mask is chosen: ``'sparsegpt'`` or ``'admm'`` (:mod:`sparseyolo.prune.admm`).
+        reconstruct: after calibrated pruning, Adam steps per stage of stage reconstruction
+            (:mod:`sparseyolo.prune.reconstruct`) on the calibration images; 0: none.
+        reconstruct_lr: its initial learning rate.
         target_speedup: ``'tile'`` with ``calibrate`` only, instead of ``amount``: choose each conv's sparsity
             level among ``levels`` to reach this end-to-end speedup on this machine at the least calibrated
             error (:mod:`sparseyolo.sparse.speedup_profile`).
@@ -97,6 +100,8 @@ class PruneConfig:
     calib_steps: int | None = None
     refit: bool = True
     calib_solver: str = "admm"
+    reconstruct: int = 0
+    reconstruct_lr: float = 1e-3
     target_speedup: float | None = None
     levels: list[Level] | None = None
     search_iters: int = 0
@@ -161,6 +166,9 @@ class PruneConfig:
                 raise ParameterError(f"amount must be in {low}, got {self.amount}", "amount")
         if self.calibrate is not None:
             self._validate_calibration()
+        elif self.reconstruct:
+            raise ParameterError("reconstruct trains the pruned stages on the calibration images: it needs calibrate",
+                                 "reconstruct", "calibrate")
         if self.permute and (self.gradual or epochs is not None):
             raise ParameterError("permute applies to one-shot pruning (sparseyolo prune), not during training: "
                                  "prune with permute first, then fine-tune the result", "permute")
@@ -220,6 +228,11 @@ class PruneConfig:
         if self.calib_solver not in SOLVERS:
             raise ParameterError(f"calib_solver must be one of {', '.join(SOLVERS)}, got {self.calib_solver!r}",
                                  "calib_solver")
+        if not (isinstance(self.reconstruct, int) and self.reconstruct >= 0):
+            raise ParameterError(f"reconstruct is a number of steps per stage, >= 0, got {self.reconstruct!r}",
+                                 "reconstruct")
+        if not self.reconstruct_lr > 0:
+            raise ParameterError(f"reconstruct_lr must be positive, got {self.reconstruct_lr}", "reconstruct_lr")
 
     def prune_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`sparseyolo.prune.prune` (besides ``method``) for this configuration."""
@@ -332,5 +345,9 @@ class PruneConfig:
                 fields.update(calibrate=str(args.calibrate), calib_images=args.calib_images, calib_img=args.calib_img,
                               calib_batch=args.calib_batch, blocksize=args.blocksize, damp=args.damp,
                               bn_recalib=args.bn_recalib, calib_target=args.calib_target,
-                              calib_steps=args.calib_steps, refit=args.refit, calib_solver=args.calib_solver)
+                              calib_steps=args.calib_steps, refit=args.refit, calib_solver=args.calib_solver,
+                              reconstruct=getattr(args, "reconstruct", 0),
+                              reconstruct_lr=getattr(args, "reconstruct_lr", 1e-3))
+            elif getattr(args, "reconstruct", 0):
+                fields.update(reconstruct=args.reconstruct)  # refused by validate: it needs calibrate
         return cls(**fields).validate(epochs)
