@@ -48,8 +48,12 @@ def main() -> None:
         sys.exit(f"{args.weights} records no dense source; pass --dense")
     model = load_model(args.weights, fuse=False).float()
     dense = load_model(source, fuse=False).float()
-    if meta.get("channel_permutation"):
-        apply_permutations(dense, meta["channel_permutation"])
+    perms = meta.get("channel_permutation")
+    if (meta.get("pruning") or {}).get("permute") and not perms:
+        sys.exit(f"{args.weights} had its channels permuted (prune --permute) but does not record how: the dense "
+                 "model cannot be put in its channel order; prune it again with this version")
+    if perms:
+        apply_permutations(dense, perms)
     t0 = time.perf_counter()
     batches = calibration_batches(args.data, args.images, args.img, args.batch, int(max(model.stride)))
     report = reconstruct_stages(model, dense, batches, iters=args.iters, lr=args.lr)
